@@ -1,0 +1,3 @@
+from percorso.cli import app
+
+app()

@@ -1,0 +1,92 @@
+"""Settings from environment variables (PERCORSO_*) with safe defaults for a laptop."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting has a value percorso cannot use; the message names the variable."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting percorso reads; `Settings.from_env()` is the only place env vars are read.
+
+    Example: ``Settings.from_env().database_url`` → ``"duckdb:///home/me/.percorso/percorso.duckdb"``.
+    """
+
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".percorso")
+    #: ``postgresql://…`` for production; empty means the embedded DuckDB file in ``data_dir``.
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Largest accepted request body for /v1/* calls (Segment's own limit is 500 KB per batch).
+    max_body_bytes: int = 512 * 1024
+    #: Largest accepted body for /v1/import (historical backfills send big batches).
+    max_import_body_bytes: int = 16 * 1024 * 1024
+    #: Largest single message (Segment: 32 KB).
+    max_message_bytes: int = 32 * 1024
+    #: Deepest nesting of objects/arrays inside properties, traits or context.
+    max_json_depth: int = 16
+    #: How far in the future a (skew-corrected) timestamp may be before it is refused.
+    max_future_seconds: int = 24 * 3600
+    #: Earliest year a timestamp may have; older ones are almost always unset clocks.
+    min_year: int = 2000
+    #: YAML file with channel rules replacing the built-in ones.
+    channels_file: str = ""
+    #: PostgreSQL pool size per process.
+    pool_size: int = 8
+    #: Most events one group commit writes.
+    max_commit_events: int = 20_000
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.data_dir / "percorso.duckdb"
+
+    @property
+    def engine(self) -> str:
+        url = self.database_url
+        if url.startswith(("postgresql://", "postgres://")):
+            return "postgres"
+        if url == "" or url.startswith("duckdb://"):
+            return "duckdb"
+        raise ConfigError(
+            f"PERCORSO_DATABASE_URL={url!r} is not supported: use postgresql://user@host/db "
+            "or leave it empty for the embedded DuckDB store"
+        )
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        values: dict[str, object] = {}
+        if env.get("PERCORSO_DATA_DIR"):
+            values["data_dir"] = Path(env["PERCORSO_DATA_DIR"]).expanduser()
+        for name in ("database_url", "host", "channels_file"):
+            key = f"PERCORSO_{name.upper()}"
+            if key in env:
+                values[name] = env[key]
+        defaults = cls()
+        for f in fields(cls):
+            if f.type in ("int", int):
+                values[f.name] = _env_int(f"PERCORSO_{f.name.upper()}", getattr(defaults, f.name))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.engine  # validate early  # noqa: B018
+        return settings
+
+
+#: Documented in docs/configuration.md; a test checks every setting appears there.
+SETTING_NAMES = tuple(f"PERCORSO_{f.name.upper()}" for f in fields(Settings))

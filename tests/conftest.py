@@ -1,0 +1,132 @@
+"""Shared fixtures: a ``store`` on both engines, a live server over real HTTP, keys."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from percorso.channels import ChannelClassifier, load_rules
+from percorso.config import Settings
+from percorso.events import Limits
+from percorso.store import Store, open_store
+from percorso.store.duckdb import DuckDBStore
+from percorso.store.postgres import PostgresStore
+
+PG_ADMIN_URL = os.environ.get("PERCORSO_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ENGINES = ["duckdb", "postgres"]
+
+
+def _pg_unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"PostgreSQL is required in CI and is not usable: {reason}")
+    pytest.skip(f"PostgreSQL not available: {reason}")
+
+
+def create_pg_database(prefix: str = "percorso_test") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        _pg_unavailable(str(exc))
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if engine == "postgres":
+        return Settings(data_dir=tmp_path, database_url=request.getfixturevalue("pg_url"), pool_size=4)
+    return Settings(data_dir=tmp_path)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    """An empty, migrated store on each engine (the conformance suite's centre)."""
+    s = open_store(settings)
+    if isinstance(s, PostgresStore):
+        s.reset()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def classifier() -> ChannelClassifier:
+    return ChannelClassifier(load_rules())
+
+
+@pytest.fixture(scope="session")
+def limits() -> Limits:
+    return Limits()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    store: Store
+    write_key: str
+    secret_key: str
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, auth=(key or self.secret_key, ""), timeout=30)
+
+
+@pytest.fixture
+def server(store: Store, settings: Settings) -> Iterator[LiveServer]:
+    """The real application under uvicorn on a loopback port, sharing the test's store."""
+    from percorso.web.app import create_app
+
+    port = free_port()
+    app = create_app(settings, store)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not instance.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    _, write_key = store.create_api_key("write", "tests")
+    _, secret_key = store.create_api_key("secret", "tests")
+    yield LiveServer(f"http://127.0.0.1:{port}", store, write_key, secret_key)
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+__all__ = ["DuckDBStore", "LiveServer", "create_pg_database", "drop_pg_database", "free_port"]
