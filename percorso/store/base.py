@@ -1,0 +1,222 @@
+"""The store interface: one API over DuckDB (embedded) and PostgreSQL (production).
+
+Features call :class:`Store` methods; SQL lives in this package only. Engine differences are
+confined to the two :class:`Session` implementations (placeholders, bulk loading, sequences,
+locks) — the SQL text itself is shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from percorso.events import Event
+from percorso.store.migrations import MIGRATIONS
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (unreachable, locked, wrong schema)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or is busy; the caller may retry later."""
+
+
+class DataRejected(StoreError):
+    """The database refused a value; the message says which."""
+
+
+class Session(ABC):
+    """One connection inside one transaction. SQL uses ``?`` placeholders on every engine."""
+
+    json_type: str = "JSON"
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    @abstractmethod
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        rows = self.rows(sql, params)
+        columns = self.last_columns()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    @abstractmethod
+    def last_columns(self) -> list[str]: ...
+
+    @abstractmethod
+    def insert_events(self, events: list[Event]) -> set[str]:
+        """Appends events, skipping message ids already stored; returns the ids inserted."""
+
+    @abstractmethod
+    def next_ids(self, sequence: str, count: int) -> list[int]: ...
+
+    @abstractmethod
+    def lock_identity_graph(self) -> None:
+        """Serialises identity-graph changes across processes (a no-op where one writer is given)."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    kind: str  # "write" | "secret"
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class Store(ABC):
+    """The store every feature talks to. Open one with :func:`percorso.store.open_store`."""
+
+    engine: str = ""
+    #: Held around writes on engines that allow one writer per process (DuckDB).
+    write_lock: threading.Lock | None = None
+
+    @abstractmethod
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back on error."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def describe(self) -> str:
+        return self.engine
+
+    # -- schema -------------------------------------------------------------------------------
+    def _migration_sql(self, sql: str) -> str:
+        return sql.replace("{json}", "JSON").replace("{events_indexes}", "")
+
+    def schema_version(self) -> int:
+        with self.session() as s:
+            s.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            rows = s.rows("SELECT max(version) FROM schema_migrations")
+        return int(rows[0][0] or 0)
+
+    def migrate(self) -> list[str]:
+        """Applies pending migrations in order; returns their names."""
+        applied = []
+        current = self.schema_version()
+        latest = MIGRATIONS[-1].version
+        if current > latest:
+            raise StoreError(
+                f"the database is at schema version {current}, newer than this percorso ({latest}); upgrade percorso"
+            )
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            with self.session() as s:
+                s.lock_identity_graph()  # one migrator at a time on a shared database
+                done = s.rows("SELECT 1 FROM schema_migrations WHERE version = ?", [migration.version])
+                if done:
+                    continue
+                for statement in _statements(self._migration_sql(migration.sql)):
+                    s.execute(statement)
+                s.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    [migration.version, migration.name, datetime.now(UTC)],
+                )
+            applied.append(f"{migration.version}: {migration.name}")
+        return applied
+
+    # -- ingestion ----------------------------------------------------------------------------
+    def ingest(self, events: list[Event]) -> set[str]:
+        """Resolves identities and appends events in one transaction; returns ids newly stored."""
+        from percorso.store.ingest import write_batch
+
+        if not events:
+            return set()
+        lock = self.write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self.session() as s:
+                return write_batch(s, events, datetime.now(UTC))
+        finally:
+            if lock is not None:
+                lock.release()
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A write transaction outside ingestion (erasure, consent, keys)."""
+        lock = self.write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self.session() as s:
+                yield s
+        finally:
+            if lock is not None:
+                lock.release()
+
+    # -- api keys -----------------------------------------------------------------------------
+    def create_api_key(self, kind: str, name: str) -> tuple[ApiKey, str]:
+        """Creates a key; the secret is returned once and only its hash is kept."""
+        if kind not in ("write", "secret"):
+            raise ValueError(f"key kind must be 'write' or 'secret', not {kind!r}")
+        prefix = "wk" if kind == "write" else "sk"
+        secret = f"{prefix}_{secrets.token_urlsafe(24)}"
+        key = ApiKey(
+            key_id=f"{prefix}_{secrets.token_hex(4)}", kind=kind, name=name, created_at=datetime.now(UTC)
+        )
+        with self.writing() as s:
+            s.execute(
+                "INSERT INTO api_keys (key_id, kind, name, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                [key.key_id, kind, name, hash_key(secret), key.created_at],
+            )
+        return key, secret
+
+    def api_keys(self) -> list[ApiKey]:
+        with self.session() as s:
+            rows = s.rows(
+                "SELECT key_id, kind, name, created_at, revoked_at FROM api_keys ORDER BY created_at"
+            )
+        return [ApiKey(*row) for row in rows]
+
+    def find_api_key(self, secret: str) -> ApiKey | None:
+        with self.session() as s:
+            rows = s.rows(
+                "SELECT key_id, kind, name, created_at, revoked_at FROM api_keys WHERE key_hash = ?",
+                [hash_key(secret)],
+            )
+        return ApiKey(*rows[0]) if rows else None
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        with self.writing() as s:
+            found = s.rows("SELECT 1 FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", [key_id])
+            if found:
+                s.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", [datetime.now(UTC), key_id])
+        return bool(found)
+
+    def reset(self) -> None:
+        """Deletes every row (schema and keys' table stay). For tests and ``demo --fresh``."""
+        with self.writing() as s:
+            for table in ("events", "identities", "contacts", "identity_conflicts", "erasures", "api_keys"):
+                s.execute(f"DELETE FROM {table}")
+
+    # -- contacts (see store/contacts.py) -----------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            events = s.rows("SELECT count(*) FROM events")[0][0]
+            contacts = s.rows("SELECT count(*) FROM contacts WHERE merged_into IS NULL")[0][0]
+            identities = s.rows("SELECT count(*) FROM identities")[0][0]
+        return {"events": int(events), "contacts": int(contacts), "identities": int(identities)}
+
+
+def _statements(sql: str) -> list[str]:
+    return [part.strip() for part in sql.split(";") if part.strip()]

@@ -1,0 +1,342 @@
+"""Contacts: search, profile, timeline, export and erasure — identity resolved at query time."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from percorso.events import EVENT_COLUMNS, event_to_json, iso_utc, normalise_email
+from percorso.identity import EMAIL, KINDS, USER_ID
+from percorso.store.base import Session, Store
+
+_decode = msgspec.json.Decoder().decode
+_TRAIT_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\- ]{0,63}$")
+
+
+class ContactNotFound(LookupError):
+    pass
+
+
+class BadQuery(ValueError):
+    """A search parameter percorso cannot use; ``field`` names it."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ContactQuery:
+    email: str | None = None
+    q: str | None = None
+    traits: tuple[tuple[str, str], ...] = ()
+    channel: str | None = None
+    first_seen_after: datetime | None = None
+    first_seen_before: datetime | None = None
+    last_seen_after: datetime | None = None
+    last_seen_before: datetime | None = None
+    known: bool | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+def _json_text(s: Session, column: str) -> str:
+    """SQL reading one top-level key of a JSON column as text; takes the key as a parameter."""
+    if s.json_type == "JSONB":
+        return f"({column} ->> ?)"
+    return f"json_extract_string({column}, ?)"
+
+
+def _json_key(s: Session, key: str) -> str:
+    return key if s.json_type == "JSONB" else '$."' + key + '"'
+
+
+def encode_cursor(*parts: Any) -> str:
+    text = "|".join(p.isoformat() if isinstance(p, datetime) else str(p) for p in parts)
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, count: int) -> list[str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        parts = text.split("|", count - 1)
+        if len(parts) != count:
+            raise ValueError
+        datetime.fromisoformat(parts[0])
+        return parts
+    except (ValueError, UnicodeDecodeError):
+        raise BadQuery("cursor", "is not a cursor this API returned") from None
+
+
+def _traits(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return _decode(value) if value else {}
+    return value or {}
+
+
+def search_contacts(store: Store, query: ContactQuery) -> dict[str, Any]:
+    """Live contacts matching every filter, most recently seen first, with a cursor for the next page."""
+    if not 1 <= query.limit <= 1000:
+        raise BadQuery("limit", "must be between 1 and 1000")
+    where = ["c.merged_into IS NULL"]
+    params: list[Any] = []
+    with store.session() as s:
+        if query.email is not None:
+            email = normalise_email(query.email)
+            if email is None:
+                raise BadQuery("email", f"{query.email!r} is not an email address")
+            where.append("c.contact_id IN (SELECT contact_id FROM identities WHERE kind = ? AND value = ?)")
+            params += [EMAIL, email]
+        if query.q:
+            where.append(
+                "(c.contact_id IN (SELECT contact_id FROM identities WHERE lower(value) LIKE ?) "
+                "OR CAST(c.contact_id AS TEXT) = ?)"
+            )
+            params += [f"%{query.q.lower()}%", query.q]
+        for key, value in query.traits:
+            if not _TRAIT_KEY.match(key):
+                raise BadQuery(f"trait.{key}", "trait names are letters, digits, '_', '-', '.' and spaces")
+            where.append(f"{_json_text(s, 'c.traits')} = ?")
+            params += [_json_key(s, key), value]
+        if query.channel:
+            where.append(
+                "c.contact_id IN (SELECT i.contact_id FROM events e JOIN identities i "
+                "ON i.identity_id = e.identity_id WHERE e.channel = ?)"
+            )
+            params.append(query.channel)
+        bounds: tuple[tuple[str, str, datetime | None], ...] = (
+            ("st.first_seen", ">=", query.first_seen_after),
+            ("st.first_seen", "<", query.first_seen_before),
+            ("st.last_seen", ">=", query.last_seen_after),
+            ("st.last_seen", "<", query.last_seen_before),
+        )
+        for column, op, bound in bounds:
+            if bound is not None:
+                where.append(f"{column} {op} ?")
+                params.append(bound)
+        if query.known is not None:
+            known = "c.contact_id IN (SELECT contact_id FROM identities WHERE kind IN (?, ?))"
+            where.append(known if query.known else f"NOT {known}")
+            params += [USER_ID, EMAIL]
+        if query.cursor:
+            last_seen, contact_id = decode_cursor(query.cursor, 2)
+            where.append("(st.last_seen < ? OR (st.last_seen = ? AND c.contact_id < ?))")
+            stamp = datetime.fromisoformat(last_seen)
+            params += [stamp, stamp, int(contact_id)]
+        sql = f"""
+            WITH st AS (
+                SELECT i.contact_id, min(e.timestamp) AS first_seen, max(e.timestamp) AS last_seen,
+                       count(*) AS events
+                FROM events e JOIN identities i ON i.identity_id = e.identity_id
+                GROUP BY i.contact_id
+            )
+            SELECT c.contact_id, c.traits, c.consent, st.first_seen, st.last_seen, st.events,
+                   (SELECT min(value) FROM identities x WHERE x.contact_id = c.contact_id AND x.kind = ?) AS email,
+                   (SELECT min(value) FROM identities x WHERE x.contact_id = c.contact_id AND x.kind = ?) AS user_id
+            FROM contacts c JOIN st ON st.contact_id = c.contact_id
+            WHERE {" AND ".join(where)}
+            ORDER BY st.last_seen DESC, c.contact_id DESC
+            LIMIT ?
+        """
+        rows = s.dicts(sql, [EMAIL, USER_ID, *params, query.limit + 1])
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    contacts = [
+        {
+            "id": int(r["contact_id"]),
+            "email": r["email"],
+            "userId": r["user_id"],
+            "traits": _traits(r["traits"]),
+            "consent": r["consent"],
+            "firstSeen": iso_utc(r["first_seen"]),
+            "lastSeen": iso_utc(r["last_seen"]),
+            "events": int(r["events"]),
+        }
+        for r in rows
+    ]
+    next_cursor = encode_cursor(rows[-1]["last_seen"], rows[-1]["contact_id"]) if more and rows else None
+    return {"contacts": contacts, "next_cursor": next_cursor}
+
+
+def resolve_contact(s: Session, contact_id: int) -> tuple[int, dict[str, Any]]:
+    """The live contact for an id, following merges (a merged id answers with its survivor)."""
+    rows = s.dicts(
+        "SELECT contact_id, created_at, merged_into, traits, traits_updated_at, consent, consent_updated_at "
+        "FROM contacts WHERE contact_id = ?",
+        [contact_id],
+    )
+    if not rows:
+        raise ContactNotFound(contact_id)
+    row = rows[0]
+    if row["merged_into"] is not None:
+        return resolve_contact(s, int(row["merged_into"]))
+    return int(row["contact_id"]), row
+
+
+def find_contact(store: Store, kind: str, value: str) -> int:
+    """The contact an identifier belongs to."""
+    if kind not in KINDS:
+        raise BadQuery("kind", f"must be one of {', '.join(KINDS)}")
+    if kind == EMAIL:
+        value = normalise_email(value) or value
+    with store.session() as s:
+        rows = s.rows("SELECT contact_id FROM identities WHERE kind = ? AND value = ?", [kind, value])
+    if not rows:
+        raise ContactNotFound(f"{kind}={value}")
+    return int(rows[0][0])
+
+
+def contact_profile(store: Store, contact_id: int) -> dict[str, Any]:
+    """Merged traits, identifiers, first/last seen and counts by channel for one contact."""
+    with store.session() as s:
+        live_id, row = resolve_contact(s, contact_id)
+        identities = s.dicts(
+            "SELECT kind, value, created_at FROM identities WHERE contact_id = ? ORDER BY identity_id",
+            [live_id],
+        )
+        channels = s.rows(
+            "SELECT e.channel, count(*), min(e.timestamp), max(e.timestamp) FROM events e "
+            "WHERE e.identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?) "
+            "GROUP BY e.channel ORDER BY count(*) DESC, e.channel",
+            [live_id],
+        )
+        merged = s.rows(
+            "SELECT contact_id FROM contacts WHERE merged_into = ? ORDER BY contact_id", [live_id]
+        )
+    firsts = [r[2] for r in channels]
+    lasts = [r[3] for r in channels]
+    return {
+        "id": live_id,
+        "requestedId": contact_id,
+        "createdAt": iso_utc(row["created_at"]),
+        "traits": _traits(row["traits"]),
+        "consent": row["consent"],
+        "identifiers": [
+            {"kind": i["kind"], "value": i["value"], "firstSeen": iso_utc(i["created_at"])}
+            for i in identities
+        ],
+        "mergedContacts": [int(r[0]) for r in merged],
+        "firstSeen": iso_utc(min(firsts)) if firsts else None,
+        "lastSeen": iso_utc(max(lasts)) if lasts else None,
+        "events": sum(int(r[1]) for r in channels),
+        "channels": {r[0]: int(r[1]) for r in channels},
+    }
+
+
+def contact_timeline(
+    store: Store, contact_id: int, *, limit: int = 50, cursor: str | None = None, channel: str | None = None
+) -> dict[str, Any]:
+    """The contact's touchpoints, newest first, across every identifier they have used."""
+    if not 1 <= limit <= 1000:
+        raise BadQuery("limit", "must be between 1 and 1000")
+    where = ["e.identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)"]
+    with store.session() as s:
+        live_id, _ = resolve_contact(s, contact_id)
+        params: list[Any] = [live_id]
+        if channel:
+            where.append("e.channel = ?")
+            params.append(channel)
+        if cursor:
+            stamp_text, message_id = decode_cursor(cursor, 2)
+            stamp = datetime.fromisoformat(stamp_text)
+            where.append("(e.timestamp < ? OR (e.timestamp = ? AND e.message_id < ?))")
+            params += [stamp, stamp, message_id]
+        rows = s.dicts(
+            f"SELECT {', '.join('e.' + c for c in EVENT_COLUMNS)} FROM events e WHERE {' AND '.join(where)} "
+            "ORDER BY e.timestamp DESC, e.message_id DESC LIMIT ?",
+            [*params, limit + 1],
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1]["timestamp"], rows[-1]["message_id"]) if more and rows else None
+    return {"contact": live_id, "events": [event_to_json(r) for r in rows], "next_cursor": next_cursor}
+
+
+def export_contact(store: Store, contact_id: int) -> dict[str, Any]:
+    """Everything percorso holds on a contact, for a data-subject access request."""
+    profile = contact_profile(store, contact_id)
+    live_id = profile["id"]
+    with store.session() as s:
+        rows = s.dicts(
+            f"SELECT {', '.join('e.' + c for c in EVENT_COLUMNS)} FROM events e "
+            "WHERE e.identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?) "
+            "ORDER BY e.timestamp, e.message_id",
+            [live_id],
+        )
+        conflicts = s.dicts(
+            "SELECT detected_at, kind, value, reason FROM identity_conflicts "
+            "WHERE contact_id = ? OR other_contact_id = ? ORDER BY detected_at",
+            [live_id, live_id],
+        )
+    events = []
+    for r in rows:
+        item = event_to_json(r)
+        for key in ("integrations",):
+            if r.get(key) and r[key] != "{}":
+                item[key] = _traits(r[key])
+        for key in (
+            "ip",
+            "user_agent",
+            "locale",
+            "page_url",
+            "page_referrer",
+            "utm_source",
+            "utm_medium",
+            "utm_campaign",
+            "email",
+        ):
+            if r.get(key) is not None:
+                item.setdefault("stored", {})[key] = r[key]
+        events.append(item)
+    return {
+        "exportedAt": iso_utc(datetime.now(UTC)),
+        "contact": profile,
+        "events": events,
+        "identityConflicts": [{**c, "detected_at": iso_utc(c["detected_at"])} for c in conflicts],
+    }
+
+
+def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
+    """Deletes a contact's events, identifiers, traits and merged profiles; keeps a count-only record."""
+    now = datetime.now(UTC)
+    with store.writing() as s:
+        s.lock_identity_graph()
+        live_id, _ = resolve_contact(s, contact_id)
+        identities = s.rows("SELECT identity_id FROM identities WHERE contact_id = ?", [live_id])
+        events = s.rows(
+            "SELECT count(*) FROM events WHERE identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)",
+            [live_id],
+        )[0][0]
+        s.execute(
+            "DELETE FROM events WHERE identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)",
+            [live_id],
+        )
+        s.execute(
+            "DELETE FROM identity_conflicts WHERE contact_id = ? OR other_contact_id = ?", [live_id, live_id]
+        )
+        s.execute("DELETE FROM identities WHERE contact_id = ?", [live_id])
+        s.execute("DELETE FROM contacts WHERE contact_id = ? OR merged_into = ?", [live_id, live_id])
+        s.execute(
+            "INSERT INTO erasures (erased_at, contact_id, identities, events) VALUES (?, ?, ?, ?)",
+            [now, live_id, len(identities), int(events)],
+        )
+    return {"erased": live_id, "identities": len(identities), "events": int(events), "erasedAt": iso_utc(now)}
+
+
+def set_consent(store: Store, contact_id: int, consent: str) -> dict[str, Any]:
+    if consent not in ("granted", "denied"):
+        raise BadQuery("consent", "must be 'granted' or 'denied'")
+    now = datetime.now(UTC)
+    with store.writing() as s:
+        live_id, _ = resolve_contact(s, contact_id)
+        s.execute(
+            "UPDATE contacts SET consent = ?, consent_updated_at = ? WHERE contact_id = ?",
+            [consent, now, live_id],
+        )
+    return {"id": live_id, "consent": consent, "consentUpdatedAt": iso_utc(now)}

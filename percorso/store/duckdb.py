@@ -1,0 +1,127 @@
+"""The embedded store: one DuckDB file in the data directory, zero configuration."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from percorso.events import EVENT_COLUMNS, Event
+from percorso.store.base import DataRejected, Session, Store, StoreError, StoreUnavailable
+
+_TS = pa.timestamp("us", tz="UTC")
+_TIME_COLUMNS = {"timestamp", "original_timestamp", "sent_at", "received_at"}
+_SCHEMA = pa.schema(
+    [
+        (name, _TS if name in _TIME_COLUMNS else pa.int64() if name == "identity_id" else pa.string())
+        for name in EVENT_COLUMNS
+    ]
+)
+_ROW = attrgetter(*EVENT_COLUMNS)
+_INSERT = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM percorso_batch "
+    "ON CONFLICT DO NOTHING RETURNING message_id"
+)
+
+
+class DuckDBSession(Session):
+    json_type = "JSON"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+        self._columns: list[str] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.con.execute(sql, list(params) if params else None)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        result = self.con.execute(sql, list(params) if params else None)
+        self._columns = [d[0] for d in result.description or []]
+        return result.fetchall()
+
+    def last_columns(self) -> list[str]:
+        return self._columns
+
+    def insert_events(self, events: list[Event]) -> set[str]:
+        if not events:
+            return set()
+        columns = zip(*[_ROW(e) for e in events], strict=True)
+        table = pa.Table.from_arrays(
+            [pa.array(values, type=field.type) for values, field in zip(columns, _SCHEMA, strict=True)],
+            schema=_SCHEMA,
+        )
+        self.con.register("percorso_batch", table)
+        try:
+            return {row[0] for row in self.con.execute(_INSERT).fetchall()}
+        finally:
+            self.con.unregister("percorso_batch")
+
+    def next_ids(self, sequence: str, count: int) -> list[int]:
+        return [
+            int(r[0])
+            for r in self.con.execute(f"SELECT nextval('{sequence}') FROM range(?)", [count]).fetchall()
+        ]
+
+    def lock_identity_graph(self) -> None:
+        # One process owns a DuckDB file and its writes go through Store.write_lock.
+        return None
+
+
+class DuckDBStore(Store):
+    engine = "duckdb"
+
+    def __init__(self, path: Path | str, *, read_only: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreError(
+                    f"{self.path} is in use by another process (probably a running `percorso serve`). "
+                    "Stop it, or send data to the running server over HTTP instead (see `percorso import --url`)."
+                ) from None
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
+        if not read_only:
+            self._db.execute("SET GLOBAL TimeZone = 'UTC'")
+        self.write_lock = threading.Lock()
+        self._local = threading.local()
+
+    def describe(self) -> str:
+        return f"duckdb:{self.path}"
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        # DuckDB connections are not thread-safe; each thread gets its own cursor on the database.
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._db.cursor()
+            self._local.cursor = cur
+        return cur
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        con = self._cursor()
+        con.begin()
+        try:
+            yield DuckDBSession(con)
+        except BaseException:
+            con.rollback()
+            raise
+        try:
+            con.commit()
+        except duckdb.TransactionException as exc:
+            raise StoreUnavailable(f"write conflict, retry: {exc}") from None
+        except (duckdb.ConversionException, duckdb.ConstraintException) as exc:
+            raise DataRejected(str(exc)) from None
+
+    def checkpoint(self) -> None:
+        self._cursor().execute("CHECKPOINT")
+
+    def close(self) -> None:
+        self._db.close()

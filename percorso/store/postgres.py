@@ -1,0 +1,127 @@
+"""The production store: PostgreSQL through psycopg 3 and a connection pool."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from operator import attrgetter
+from typing import Any
+
+import psycopg
+from psycopg.types.string import TextLoader
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from percorso.events import EVENT_COLUMNS, Event
+from percorso.store.base import DataRejected, Session, Store, StoreError, StoreUnavailable
+
+#: One lock id for identity-graph changes, shared by every process on the database.
+IDENTITY_LOCK = 0x7065_7263  # "perc"
+_GETTER = attrgetter(*EVENT_COLUMNS)
+_COLUMNS = ", ".join(EVENT_COLUMNS)
+
+
+@lru_cache(maxsize=512)
+def to_pyformat(sql: str) -> str:
+    """Shared SQL uses ``?`` placeholders; psycopg wants ``%s`` (and literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresSession(Session):
+    json_type = "JSONB"
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self.conn = conn
+        self.cur = conn.cursor()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.cur.execute(to_pyformat(sql), list(params) if params else None)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.cur.execute(to_pyformat(sql), list(params) if params else None)
+        return self.cur.fetchall()
+
+    def last_columns(self) -> list[str]:
+        return [d.name for d in self.cur.description or []]
+
+    def insert_events(self, events: list[Event]) -> set[str]:
+        if not events:
+            return set()
+        cur = self.cur
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS events_staging (LIKE events) ON COMMIT DELETE ROWS")
+        with cur.copy(f"COPY events_staging ({_COLUMNS}) FROM STDIN") as copy:
+            for event in events:
+                copy.write_row(_GETTER(event))
+        cur.execute(
+            f"INSERT INTO events ({_COLUMNS}) SELECT {_COLUMNS} FROM events_staging "
+            "ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+        )
+        return {row[0] for row in cur.fetchall()}
+
+    def next_ids(self, sequence: str, count: int) -> list[int]:
+        self.cur.execute(f"SELECT nextval('{sequence}') FROM generate_series(1, %s)", [count])
+        return [int(r[0]) for r in self.cur.fetchall()]
+
+    def lock_identity_graph(self) -> None:
+        self.cur.execute("SELECT pg_advisory_xact_lock(%s)", [IDENTITY_LOCK])
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    # JSON columns come back as text on both engines, so callers decode them one way.
+    conn.adapters.register_loader("jsonb", TextLoader)
+    conn.adapters.register_loader("json", TextLoader)
+
+
+class PostgresStore(Store):
+    engine = "postgres"
+
+    def __init__(self, url: str, *, pool_size: int = 8):
+        self.url = url
+        try:
+            # One direct attempt first: a wrong URL fails at once instead of after the pool's retries.
+            psycopg.connect(url, connect_timeout=5).close()
+            self.pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=max(pool_size, 2),
+                kwargs={"options": "-c timezone=UTC", "autocommit": False},
+                configure=_configure,
+                open=True,
+                timeout=10,
+            )
+            self.pool.wait(timeout=10)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from None
+
+    def describe(self) -> str:
+        return f"postgres:{_redact(self.url)}"
+
+    def _migration_sql(self, sql: str) -> str:
+        return sql.replace("{json}", "JSONB").replace(
+            "{events_indexes}",
+            "CREATE INDEX events_identity_time ON events (identity_id, timestamp);"
+            "CREATE INDEX events_time ON events (timestamp);",
+        )
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield PostgresSession(conn)
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"no database connection available: {exc}") from None
+        except psycopg.errors.DataError as exc:
+            raise DataRejected(str(exc).strip()) from None
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(str(exc).strip()) from None
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", url)
+
+
+__all__ = ["PostgresStore", "StoreError"]
