@@ -1,0 +1,1 @@
+"""HTTP ingestion: Segment-compatible endpoints, write keys, group commit."""

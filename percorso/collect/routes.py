@@ -1,0 +1,206 @@
+"""Segment-compatible ingestion endpoints: /v1/track|identify|page|screen|group|alias|batch|import."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from percorso.collect.writer import GroupCommitWriter, WriteOutcome
+from percorso.events import (
+    CALL_TYPES,
+    Event,
+    MessageError,
+    check_json_body,
+    decode_batch,
+    new_received_at,
+    parse_message,
+)
+from percorso.store import StoreUnavailable
+from percorso.web.auth import authenticate
+from percorso.web.errors import ApiError
+
+router = APIRouter(tags=["collect"])
+
+
+class _KeyOnly(msgspec.Struct):
+    writeKey: str | None = None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` (also after gunzip)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+        try:
+            body = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise ApiError(400, "invalid_body", f"body is not valid {encoding} data: {exc}", "body") from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise _too_large(len(body), limit)
+    elif encoding not in ("", "identity"):
+        raise ApiError(
+            415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip"
+        )
+    return body
+
+
+def _too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        413, "body_too_large", f"the body is {size:,} bytes or more; the limit is {limit:,} bytes", "body"
+    )
+
+
+def _bad(exc: MessageError, **extra: Any) -> ApiError:
+    return ApiError(400, "invalid_message", str(exc), exc.field, **extra)
+
+
+async def _write(request: Request, events: list[Event]) -> WriteOutcome:
+    writer: GroupCommitWriter = request.app.state.writer
+    try:
+        return await writer.write(events)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        error = ApiError(503, "unavailable", f"could not store the data, retry: {exc}")
+        error.headers["Retry-After"] = "1"
+        raise error from None
+
+
+def _single(call: str) -> Any:
+    async def endpoint(request: Request) -> JSONResponse:
+        state = request.app.state
+        body = await read_body(request, state.settings.max_body_bytes)
+        try:
+            check_json_body(body)
+            # Also proves the body is well-formed JSON before authentication.
+            body_key = msgspec.json.decode(body, type=_KeyOnly).writeKey
+        except MessageError as exc:
+            raise _bad(exc) from None
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ApiError(400, "invalid_json", f"body: invalid JSON: {exc}", "body") from None
+        key = authenticate(request, body_key)
+        try:
+            event = parse_message(
+                body,
+                received_at=new_received_at(),
+                classifier=state.classifier,
+                limits=state.limits,
+                call_type=call,
+                source_id=key.key_id,
+            )
+        except MessageError as exc:
+            raise _bad(exc) from None
+        outcome = await _write(request, [event])
+        if event.message_id in outcome.refused:
+            raise ApiError(400, "invalid_message", outcome.refused[event.message_id], "message")
+        result: dict[str, Any] = {"success": True, "stored": event.message_id in outcome.stored}
+        if not result["stored"]:
+            result["duplicate"] = True
+        if event.warnings:
+            result["warnings"] = [{"field": f, "reason": r} for f, r in event.warnings]
+        return JSONResponse(result)
+
+    endpoint.__name__ = f"collect_{call}"
+    endpoint.__doc__ = f"Receive one Segment `{call}` call."
+    return endpoint
+
+
+for _call in CALL_TYPES:
+    router.add_api_route(f"/v1/{_call}", _single(_call), methods=["POST"], summary=f"Send a {_call} call")
+
+
+async def _ingest_many(request: Request, *, historical: bool) -> JSONResponse:
+    state = request.app.state
+    limit = state.settings.max_import_body_bytes if historical else state.settings.max_body_bytes
+    body = await read_body(request, limit)
+    ndjson = historical and "ndjson" in request.headers.get("content-type", "")
+    try:
+        if ndjson:
+            body.decode("utf-8")
+            messages: list[Any] = [line for line in body.split(b"\n") if line.strip()]
+            if not messages:
+                raise MessageError("body", "contains no messages")
+            batch_sent_at, body_key = None, None
+        else:
+            check_json_body(body)
+            envelope = decode_batch(body)
+            messages, batch_sent_at, body_key = envelope.batch, envelope.sentAt, envelope.writeKey
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_body", f"body is not valid UTF-8 (byte {exc.start})", "body") from None
+    except MessageError as exc:
+        raise _bad(exc) from None
+    key = authenticate(request, body_key)
+
+    received_at = new_received_at()
+    events: list[Event] = []
+    index_of: dict[str, int] = {}
+    rejected: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
+    for index, raw in enumerate(messages):
+        try:
+            event = parse_message(
+                raw,
+                received_at=received_at,
+                classifier=state.classifier,
+                limits=state.limits,
+                batch_sent_at=batch_sent_at,
+                source_id=key.key_id,
+                historical=historical,
+            )
+        except MessageError as exc:
+            rejected.append({"index": index, "field": exc.field, "reason": exc.reason})
+            continue
+        events.append(event)
+        index_of.setdefault(event.message_id, index)
+        if event.warnings:
+            warnings.extend({"index": index, "field": f, "reason": r} for f, r in event.warnings)
+
+    outcome = await _write(request, events) if events else WriteOutcome()
+    for message_id, reason in outcome.refused.items():
+        rejected.append({"index": index_of[message_id], "field": "message", "reason": reason})
+    rejected.sort(key=lambda r: r["index"])
+    accepted = len(events) - len(outcome.refused)
+    result: dict[str, Any] = {
+        "success": accepted > 0,
+        "received": len(messages),
+        "stored": len(outcome.stored),
+        "duplicates": accepted - len(outcome.stored),
+        "rejected": rejected,
+    }
+    if warnings:
+        result["warnings"] = warnings
+    if accepted == 0:
+        first = rejected[0]
+        result.update(
+            code="invalid_batch",
+            message=f"no message in the batch could be stored; first problem: message {first['index']}: "
+            f"{first['field']}: {first['reason']}",
+        )
+        return JSONResponse(result, status_code=400)
+    return JSONResponse(result)
+
+
+@router.post("/v1/batch", summary="Send a batch of Segment calls")
+async def collect_batch(request: Request) -> JSONResponse:
+    """Valid messages are stored even when others are rejected; each rejection names its index."""
+    return await _ingest_many(request, historical=False)
+
+
+@router.post("/v1/import", summary="Import historical messages (JSON batch or NDJSON)")
+async def collect_import(request: Request) -> JSONResponse:
+    """Like /v1/batch with a larger body limit and timestamps taken as given (no clock-skew correction)."""
+    return await _ingest_many(request, historical=True)

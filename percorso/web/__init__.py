@@ -1,0 +1,1 @@
+"""The HTTP application: collector, REST API (and, later, the dashboard)."""

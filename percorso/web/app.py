@@ -1,0 +1,74 @@
+"""The FastAPI application: collector, REST API, health. ``create_app`` is the one factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from percorso import __version__
+from percorso.channels import ChannelClassifier, load_rules
+from percorso.collect.keys import KeyRing
+from percorso.collect.routes import router as collect_router
+from percorso.collect.writer import GroupCommitWriter
+from percorso.config import Settings
+from percorso.events import Limits
+from percorso.store import Store, open_store
+from percorso.web.contacts import router as contacts_router
+from percorso.web.errors import install_error_handlers
+from percorso.web.keys import router as keys_router
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    """The whole HTTP surface. Pass a ``store`` to share one you opened; otherwise it opens its own."""
+    settings = settings or Settings.from_env()
+    classifier = ChannelClassifier(load_rules(settings.channels_file or None))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = store is None
+        active = store if store is not None else open_store(settings)
+        writer = GroupCommitWriter(active, max_events=settings.max_commit_events)
+        writer.start()
+        app.state.store = active
+        app.state.writer = writer
+        app.state.keys = KeyRing(active)
+        try:
+            yield
+        finally:
+            writer.stop()
+            if owned:
+                active.close()
+
+    app = FastAPI(
+        title="percorso",
+        version=__version__,
+        summary="Customer journey platform: Segment-compatible collector and REST API",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.classifier = classifier
+    app.state.limits = Limits.from_settings(settings)
+    install_error_handlers(app)
+    app.include_router(collect_router)
+    app.include_router(contacts_router)
+    app.include_router(keys_router)
+
+    @app.get("/health", tags=["health"], summary="Liveness and store status")
+    def health(request: Request) -> dict[str, Any]:
+        active: Store = request.app.state.store
+        return {
+            "status": "ok",
+            "version": __version__,
+            "store": active.engine,
+            "schema": active.schema_version(),
+        }
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The application configured from the environment (for multi-process ``percorso serve``)."""
+    return create_app(Settings.from_env())

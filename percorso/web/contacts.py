@@ -1,0 +1,107 @@
+"""Contacts REST API (secret key): search, profile, timeline, export, erasure, consent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel
+
+from percorso.identity import ANONYMOUS_ID, EMAIL, USER_ID
+from percorso.store.contacts import (
+    BadQuery,
+    ContactQuery,
+    contact_profile,
+    contact_timeline,
+    erase_contact,
+    export_contact,
+    find_contact,
+    search_contacts,
+    set_consent,
+)
+from percorso.web.auth import require_secret
+
+router = APIRouter(prefix="/v1/contacts", tags=["contacts"], dependencies=[Depends(require_secret)])
+
+ContactId = Annotated[
+    int, Path(ge=1, le=2**63 - 1, description="A contact id (a merged id answers with its survivor)")
+]
+
+
+@router.get("", summary="Search contacts")
+def list_contacts(
+    request: Request,
+    email: str | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="substring of any identifier")] = None,
+    channel: Annotated[str | None, Query(max_length=40)] = None,
+    first_seen_after: datetime | None = None,
+    first_seen_before: datetime | None = None,
+    last_seen_after: datetime | None = None,
+    last_seen_before: datetime | None = None,
+    known: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> dict[str, Any]:
+    """Filter by trait with ``trait.<name>=<value>`` (repeatable), e.g. ``?trait.plan=member``."""
+    traits = tuple((k[6:], v) for k, v in request.query_params.multi_items() if k.startswith("trait."))
+    query = ContactQuery(
+        email=email,
+        q=q,
+        traits=traits,
+        channel=channel,
+        first_seen_after=first_seen_after,
+        first_seen_before=first_seen_before,
+        last_seen_after=last_seen_after,
+        last_seen_before=last_seen_before,
+        known=known,
+        limit=limit,
+        cursor=cursor,
+    )
+    return search_contacts(request.app.state.store, query)
+
+
+@router.get("/lookup", summary="Find the contact an identifier belongs to")
+def lookup(
+    request: Request, email: str | None = None, userId: str | None = None, anonymousId: str | None = None
+) -> dict[str, Any]:
+    given = [(k, v) for k, v in ((EMAIL, email), (USER_ID, userId), (ANONYMOUS_ID, anonymousId)) if v]
+    if len(given) != 1:
+        raise BadQuery("email", "give exactly one of email, userId or anonymousId")
+    store = request.app.state.store
+    return contact_profile(store, find_contact(store, *given[0]))
+
+
+@router.get("/{contact_id}", summary="A contact's profile")
+def profile(request: Request, contact_id: ContactId) -> dict[str, Any]:
+    return contact_profile(request.app.state.store, contact_id)
+
+
+@router.get("/{contact_id}/timeline", summary="A contact's touchpoints, newest first")
+def timeline(
+    request: Request,
+    contact_id: ContactId,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    channel: Annotated[str | None, Query(max_length=40)] = None,
+) -> dict[str, Any]:
+    return contact_timeline(request.app.state.store, contact_id, limit=limit, cursor=cursor, channel=channel)
+
+
+@router.get("/{contact_id}/export", summary="Everything held on a contact (data-subject access)")
+def export(request: Request, contact_id: ContactId) -> dict[str, Any]:
+    return export_contact(request.app.state.store, contact_id)
+
+
+@router.delete("/{contact_id}", summary="Erase a contact: events, identifiers and traits")
+def erase(request: Request, contact_id: ContactId) -> dict[str, Any]:
+    return erase_contact(request.app.state.store, contact_id)
+
+
+class ConsentBody(BaseModel):
+    consent: Literal["granted", "denied"]
+
+
+@router.put("/{contact_id}/consent", summary="Record a contact's marketing consent")
+def consent(request: Request, contact_id: ContactId, body: ConsentBody) -> dict[str, Any]:
+    return set_consent(request.app.state.store, contact_id, body.consent)

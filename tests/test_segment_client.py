@@ -1,0 +1,67 @@
+"""The real segment-analytics-python client, unmodified, against percorso over HTTP."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from segment.analytics import Client
+
+
+@pytest.mark.parametrize("gzip", [False, True])
+def test_segment_library_anonymous_visitor_identifies_and_keeps_history(server, gzip):
+    failures: list = []
+    client = Client(
+        server.write_key, host=server.url, gzip=gzip, on_error=lambda e, batch: failures.append(e)
+    )
+    start = datetime.now(UTC) - timedelta(hours=2)
+    at = [start + timedelta(minutes=10 * i) for i in range(5)]
+    client.page(
+        anonymous_id="anon-42",
+        name="Home",
+        properties={"path": "/", "url": "https://shop.example/"},
+        context={"page": {"referrer": "https://www.google.com/"}},
+        timestamp=at[0],
+    )
+    client.track(
+        anonymous_id="anon-42", event="Product Viewed", properties={"product_id": "p1"}, timestamp=at[1]
+    )
+    client.track(anonymous_id="anon-42", event="Registration Started", timestamp=at[2])
+    client.identify(
+        user_id="user-42",
+        anonymous_id="anon-42",
+        traits={"email": "Chiara.Bianchi@example.it", "first_name": "Chiara"},
+        timestamp=at[3],
+    )
+    client.track(user_id="user-42", event="Registration Confirmed", timestamp=at[4])
+    client.flush()
+    client.shutdown()
+    assert failures == []
+
+    with server.client() as api:
+        found = api.get("/v1/contacts/lookup", params={"email": "chiara.bianchi@example.it"})
+        assert found.status_code == 200, found.text
+        profile = found.json()
+        assert profile["traits"]["first_name"] == "Chiara"
+        kinds = {(i["kind"], i["value"]) for i in profile["identifiers"]}
+        assert {
+            ("anonymous_id", "anon-42"),
+            ("user_id", "user-42"),
+            ("email", "chiara.bianchi@example.it"),
+        } <= kinds
+        timeline = api.get(f"/v1/contacts/{profile['id']}/timeline").json()["events"]
+    # Newest first; the anonymous visits from before the identify are part of the contact's story.
+    names = [e.get("event") or e.get("name") or e["type"] for e in timeline]
+    assert names == ["Registration Confirmed", "identify", "Registration Started", "Product Viewed", "Home"]
+    assert timeline[-1]["channel"] == "search"
+    assert all(e["context"]["library"]["name"] == "analytics-python" for e in timeline)
+    assert profile["events"] == 5 and server.store.counts()["contacts"] == 1
+
+
+def test_segment_library_sees_a_client_error(server):
+    errors: list = []
+    client = Client(server.write_key, host=server.url, on_error=lambda e, b: errors.append(e))
+    client.track(user_id="u", event="x" * 300)  # longer than any event name percorso accepts
+    client.flush()
+    client.shutdown()
+    assert len(errors) == 1 and errors[0].status == 400 and "event" in errors[0].message
