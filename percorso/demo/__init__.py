@@ -1,0 +1,1 @@
+"""The demo dataset: six months of a fictional Italian retailer's customers."""

@@ -1,0 +1,102 @@
+"""``percorso demo``: generate a realistic dataset, load it through the ingestion path, serve it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from percorso.channels import ChannelClassifier, load_rules
+from percorso.collect.loader import load_messages
+from percorso.events import Limits
+from percorso.store import Store
+
+if TYPE_CHECKING:
+    from percorso.demo.generator import DemoSpec
+
+MESSAGES_PER_CONTACT = 50  # the generator's average, for the progress bar
+
+
+def load_demo(store: Store, spec: DemoSpec, progress: Any = None) -> dict[str, Any]:
+    """Generates the demo dataset into ``store`` through the same path as the collector."""
+    from percorso.demo.generator import generate
+
+    def pairs() -> Iterator[tuple[int, dict[str, Any]]]:
+        n = 0
+        for person in generate(spec):
+            for message in person:
+                yield n, message
+                n += 1
+
+    started = time.perf_counter()
+    report = load_messages(
+        store,
+        pairs(),
+        classifier=ChannelClassifier(load_rules()),
+        limits=Limits(),
+        batch_size=20_000,
+        source_id="demo",
+        progress=progress,
+    )
+    return {**report.as_dict(), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def demo(
+    contacts: Annotated[int, typer.Option(help="People in the dataset (~50 touchpoints each)")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data")] = 7,
+    days: Annotated[int, typer.Option(help="Days of history")] = 183,
+    fresh: Annotated[bool, typer.Option(help="Delete the existing embedded demo store first")] = False,
+    serve: Annotated[bool, typer.Option(help="Start the server after loading")] = True,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="Port")] = None,
+) -> None:
+    """Load a realistic six-month dataset and start the server on it."""
+    from percorso.cli import console, fail, opened, progress_bar, serve_store, settings_for
+    from percorso.demo.generator import DemoSpec, stories
+
+    settings = settings_for(data_dir, host=host, port=port)
+    if fresh:
+        if settings.engine != "duckdb":
+            raise fail("--fresh only deletes the embedded DuckDB store; empty a PostgreSQL database yourself")
+        for path in (settings.duckdb_path, settings.duckdb_path.with_suffix(".duckdb.wal")):
+            path.unlink(missing_ok=True)
+    spec = DemoSpec(contacts=contacts, seed=seed, days=days)
+    with opened(settings) as store:
+        existing = store.counts()
+        if existing["events"]:
+            console.print(
+                f"using the {existing['events']:,} events already in {store.describe()} (--fresh to regenerate)"
+            )
+        else:
+            with progress_bar("loading demo data") as progress:
+                task = progress.add_task("load", total=contacts * MESSAGES_PER_CONTACT)
+                result = load_demo(store, spec, lambda n: progress.advance(task, n))
+            console.print(
+                f"loaded {result['stored']:,} events in {result['seconds']} s "
+                f"({len(result['rejected'])} rejected)"
+            )
+        counts = store.counts()
+        _, write_key = store.create_api_key("write", "demo website")
+        _, secret_key = store.create_api_key("secret", "demo admin")
+        base = f"http://{settings.host}:{settings.port}"
+        console.print(
+            f"\n[bold]{counts['contacts']:,} contacts, {counts['events']:,} events[/] in {store.describe()}"
+        )
+        console.print(f"  server      {base}   (API docs: {base}/docs)")
+        console.print(f"  write key   {write_key}")
+        console.print(f"  secret key  {secret_key}")
+        console.print("\n[bold]Start with these people[/]:")
+        for story in stories(spec):
+            who = story.email or story.user_id or story.anonymous_id
+            console.print(
+                f"  {story.description}\n    curl -u {secret_key}: '{base}/v1/contacts/lookup?"
+                f"{'email=' + story.email if story.email else 'anonymousId=' + story.anonymous_id}'"
+                f"   ({who})"
+            )
+        if serve:
+            console.print(f"\nserving on {base} — Ctrl-C to stop")
+            serve_store(settings, store)

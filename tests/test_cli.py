@@ -1,0 +1,102 @@
+"""The command line: migrate, keys, contacts; settings are documented."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+from typer.testing import CliRunner
+
+from percorso.cli import app
+from percorso.config import SETTING_NAMES, Settings
+from percorso.events import parse_message
+from percorso.store import open_store
+
+runner = CliRunner()
+ROOT = Path(__file__).parent.parent
+
+
+def test_every_setting_is_documented():
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [name for name in SETTING_NAMES if f"`{name}`" not in text]
+    assert not missing, f"undocumented settings: {missing}"
+
+
+def test_every_command_has_help():
+    for args in (
+        ["--help"],
+        ["serve", "--help"],
+        ["import", "--help"],
+        ["demo", "--help"],
+        ["keys", "create", "--help"],
+        ["contacts", "erase", "--help"],
+        ["migrate", "--help"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage" in result.output
+
+
+def test_migrate_keys_and_contacts(tmp_path, classifier):
+    env = {"PERCORSO_DATA_DIR": str(tmp_path)}
+    result = runner.invoke(app, ["migrate"], env=env)
+    assert result.exit_code == 0 and "schema version 1" in result.output
+    result = runner.invoke(app, ["keys", "create", "--kind", "write", "--name", "site"], env=env)
+    assert result.exit_code == 0 and result.output.strip().splitlines()[-1].startswith("wk_")
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--format", "json"], env=env).output)
+    assert [(k["kind"], k["name"]) for k in listed] == [("write", "site")]
+    bad = runner.invoke(app, ["keys", "revoke", "wk_nothing"], env=env)
+    assert bad.exit_code == 1 and "no active key" in bad.output
+
+    store = open_store(Settings(data_dir=tmp_path))
+    messages = [
+        {"type": "page", "anonymousId": "a1", "messageId": "1", "timestamp": "2026-01-01T10:00:00Z"},
+        {
+            "type": "identify",
+            "anonymousId": "a1",
+            "userId": "u1",
+            "messageId": "2",
+            "timestamp": "2026-01-01T10:05:00Z",
+            "traits": {"email": "lucia@example.it"},
+        },
+    ]
+    store.ingest(
+        [
+            parse_message(msgspec.json.encode(m), received_at=datetime.now(UTC), classifier=classifier)
+            for m in messages
+        ]
+    )
+    store.close()
+
+    shown = runner.invoke(app, ["contacts", "show", "lucia@example.it", "--format", "json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    profile = json.loads(shown.output)[0]
+    assert profile["events"] == 2 and [e["messageId"] for e in profile["timeline"]] == ["2", "1"]
+    found = json.loads(
+        runner.invoke(app, ["contacts", "search", "lucia", "--format", "json"], env=env).output
+    )
+    assert [c["email"] for c in found] == ["lucia@example.it"]
+    missing = runner.invoke(app, ["contacts", "show", "nobody@example.it"], env=env)
+    assert missing.exit_code == 1 and "no contact" in missing.output
+    exported = json.loads(runner.invoke(app, ["contacts", "export", "u1"], env=env).output)
+    assert len(exported["events"]) == 2
+    erased = runner.invoke(app, ["contacts", "erase", "u1", "--yes"], env=env)
+    assert erased.exit_code == 0 and "2 events" in erased.output
+    assert runner.invoke(app, ["contacts", "show", "u1"], env=env).exit_code == 1
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path):
+    result = runner.invoke(
+        app, ["migrate"], env={"PERCORSO_DATABASE_URL": "mysql://x", "PERCORSO_DATA_DIR": str(tmp_path)}
+    )
+    assert result.exit_code == 1 and "is not supported" in result.output
+    result = runner.invoke(
+        app, ["migrate"], env={"PERCORSO_POOL_SIZE": "many", "PERCORSO_DATA_DIR": str(tmp_path)}
+    )
+    assert result.exit_code == 1 and "PERCORSO_POOL_SIZE='many' is not a whole number" in result.output
+    unreachable = runner.invoke(
+        app, ["migrate"], env={"PERCORSO_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"}
+    )
+    assert unreachable.exit_code == 1 and "cannot connect to PostgreSQL" in unreachable.output

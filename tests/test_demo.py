@@ -1,0 +1,77 @@
+"""``percorso demo``: loads the generated data through the ingestion path and serves it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from percorso.demo.command import load_demo
+from percorso.demo.generator import DemoSpec, stories
+from tests.conftest import free_port
+
+
+def test_demo_data_loads_on_both_engines_and_the_stories_are_there(store):
+    spec = DemoSpec(contacts=300, seed=11)
+    result = load_demo(store, spec)
+    assert result["rejected"] == [] and result["stored"] > 300 * 20
+    counts = store.counts()
+    assert counts["events"] == result["stored"]
+    # Anonymous visitors identify later: fewer contacts than identifiers.
+    assert counts["contacts"] < counts["identities"]
+    from percorso.store.contacts import contact_profile, contact_timeline, find_contact
+
+    for story in stories(spec):
+        kind, value = ("email", story.email) if story.email else ("anonymous_id", story.anonymous_id)
+        profile = contact_profile(store, find_contact(store, kind, value))
+        names = [e.get("event") for e in contact_timeline(store, profile["id"], limit=1000)["events"]]
+        if story.key == "registered_not_confirmed":
+            assert "Registration Submitted" in names and "Registration Confirmed" not in names
+            assert any(i["kind"] == "anonymous_id" for i in profile["identifiers"])
+        elif story.key == "abandoned_registration":
+            assert "Registration Started" in names and "Registration Submitted" not in names
+        else:
+            assert names.count("Order Completed") >= 3 and "Membership Confirmed" not in names
+    # Re-loading the same spec stores nothing twice.
+    assert load_demo(store, spec)["stored"] == 0
+
+
+@pytest.mark.slow
+def test_demo_command_loads_and_serves(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PERCORSO_DATA_DIR": str(tmp_path), "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "percorso", "demo", "--contacts", "200", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = ""
+    try:
+        deadline = time.monotonic() + 120
+        assert proc.stdout is not None
+        while "serving on" not in output:
+            line = proc.stdout.readline()
+            assert line, f"demo exited early:\n{output}"
+            output += line
+            assert time.monotonic() < deadline, output
+        secret = re.search(r"secret key\s+(sk_\S+)", output).group(1)  # type: ignore[union-attr]
+        email = re.search(r"lookup\?email=(\S+?)'", output).group(1)  # type: ignore[union-attr]
+        for _ in range(100):
+            try:
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/v1/contacts/lookup", params={"email": email}, auth=(secret, "")
+                )
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["events"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
