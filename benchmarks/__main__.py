@@ -1,0 +1,340 @@
+"""Run the benchmarks and write JSON results: ``python -m benchmarks [--quick] [--only NAME ...]``.
+
+* ``ingest_batch``  — HTTP /v1/batch with durable ack (wrk over loopback, a separate process), DuckDB and PostgreSQL
+* ``ingest_single`` — HTTP /v1/track, one event per request: throughput and p99 latency
+* ``identity_merges`` — identify calls that merge two existing contacts each, through the store's ingest path
+
+Every HTTP figure counts only 2xx responses, and the store is checked afterwards to hold exactly the
+acknowledged events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+PG_ADMIN = os.environ.get("PERCORSO_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def ensure_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk:
+        return wrk
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+        wrk = shutil.which("wrk")
+    if not wrk:
+        sys.exit("wrk is needed for the HTTP benchmarks: apt-get install wrk")
+    return wrk
+
+
+class PgDatabase:
+    def __init__(self) -> None:
+        self.name = f"percorso_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        self.url = PG_ADMIN.rsplit("/", 1)[0] + "/" + self.name
+
+    def drop(self) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "percorso", *args], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr)
+    return done.stdout
+
+
+class Server:
+    """``percorso serve`` in its own process on a loopback port."""
+
+    def __init__(self, env: dict[str, str], port: int, workers: int = 1):
+        self.env, self.port = env, port
+        self.url = f"http://127.0.0.1:{port}"
+        args = ["serve", "--port", str(port), "--workers", str(workers)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "percorso", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def stored_events(env: dict[str, str]) -> int:
+    from percorso.config import Settings
+    from percorso.store import open_store
+
+    settings = Settings(
+        data_dir=Path(env["PERCORSO_DATA_DIR"]), database_url=env.get("PERCORSO_DATABASE_URL", "")
+    )
+    store = open_store(settings)
+    try:
+        return store.counts()["events"]
+    finally:
+        store.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_load(
+    engine: str, *, batch: int, connections: int, seconds: int, warmup: int, workers: int = 1
+) -> dict[str, Any]:
+    """One server, one wrk process: warm up, then measure; verify the store holds exactly what was acked."""
+    wrk = ensure_wrk()
+    workdir = Path(tempfile.mkdtemp(prefix="percorso-bench-"))
+    env = {**os.environ, "PERCORSO_DATA_DIR": str(workdir)}
+    pg = PgDatabase() if engine == "postgres" else None
+    if pg:
+        env["PERCORSO_DATABASE_URL"] = pg.url
+    try:
+        cli(env, "migrate")
+        key = cli(env, "keys", "create", "--kind", "write", "--name", "bench").strip().splitlines()[-1]
+        server = Server(env, free_port(), workers)
+        runs = []
+        try:
+            for phase, duration in (("warmup", warmup), ("measure", seconds)):
+                wrk_env = {
+                    **os.environ,
+                    "BATCH": str(batch),
+                    "AUTH": base64.b64encode(f"{key}:".encode()).decode(),
+                    "RUN": phase,
+                }
+                done = subprocess.run(
+                    [
+                        wrk,
+                        "-t1",
+                        f"-c{connections}",
+                        f"-d{duration}s",
+                        "--timeout",
+                        "10s",
+                        "-s",
+                        str(HERE / "load.lua"),
+                        server.url,
+                    ],
+                    env=wrk_env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                line = next(ln for ln in done.stdout.splitlines() if ln.startswith("WRKJSON "))
+                runs.append((phase, json.loads(line[len("WRKJSON ") :])))
+        finally:
+            server.stop()
+        total_ok = sum(r["requests"] - r["non_2xx"] for _, r in runs)
+        stored = stored_events(env)
+        result = dict(runs)["measure"]
+        ok = result["requests"] - result["non_2xx"]
+        seconds_measured = result["duration_us"] / 1e6
+        return {
+            "engine": engine,
+            "server_processes": workers,
+            "batch_size": batch,
+            "connections": connections,
+            "seconds": round(seconds_measured, 2),
+            "requests_per_s": round(ok / seconds_measured),
+            "events_per_s": round(ok * batch / seconds_measured),
+            "latency_ms": {k[:-3]: result[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")},
+            "non_2xx": result["non_2xx"],
+            "socket_errors": result["socket_errors"],
+            "acked_events_total": total_ok * batch,
+            "stored_events_total": stored,
+            # Requests still in flight when wrk stops can be stored without being counted as acked.
+            "every_ack_stored": stored >= total_ok * batch,
+        }
+    finally:
+        if pg:
+            pg.drop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def identity_merges(engine: str, count: int, batch: int = 5_000) -> dict[str, Any]:
+    """``count`` identify calls, each joining an existing anonymous contact to an existing known one."""
+    import msgspec
+
+    from percorso.channels import ChannelClassifier, load_rules
+    from percorso.config import Settings
+    from percorso.events import parse_message
+    from percorso.store import open_store
+
+    workdir = Path(tempfile.mkdtemp(prefix="percorso-bench-"))
+    pg = PgDatabase() if engine == "postgres" else None
+    store = open_store(Settings(data_dir=workdir, database_url=pg.url if pg else ""))
+    clf = ChannelClassifier(load_rules())
+    now = datetime.now(UTC)
+
+    def events(messages: list[dict[str, Any]]) -> list[Any]:
+        return [parse_message(msgspec.json.encode(m), received_at=now, classifier=clf) for m in messages]
+
+    try:
+        for start in range(0, count, batch):  # the two sides of every future merge exist beforehand
+            rng = range(start, min(start + batch, count))
+            store.ingest(
+                events(
+                    [{"type": "page", "anonymousId": f"anon-{i}", "messageId": f"p{i}"} for i in rng]
+                    + [
+                        {
+                            "type": "identify",
+                            "userId": f"user-{i}",
+                            "messageId": f"u{i}",
+                            "traits": {"email": f"person{i}@example.it"},
+                        }
+                        for i in rng
+                    ]
+                )
+            )
+        before = store.counts()["contacts"]
+        merges = [
+            events(
+                [
+                    {
+                        "type": "identify",
+                        "userId": f"user-{i}",
+                        "anonymousId": f"anon-{i}",
+                        "messageId": f"m{i}",
+                    }
+                    for i in range(start, min(start + batch, count))
+                ]
+            )
+            for start in range(0, count, batch)
+        ]
+        started = time.perf_counter()
+        for chunk in merges:
+            store.ingest(chunk)
+        elapsed = time.perf_counter() - started
+        after = store.counts()["contacts"]
+        assert before - after == count, f"expected {count} merges, contacts went {before} → {after}"
+        return {
+            "engine": engine,
+            "merges": count,
+            "batch_size": batch,
+            "seconds": round(elapsed, 2),
+            "merges_per_s": round(count / elapsed),
+            "contacts_before": before,
+            "contacts_after": after,
+        }
+    finally:
+        store.close()
+        if pg:
+            pg.drop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def procs(engine: str) -> int:
+    # DuckDB allows one process per file; on PostgreSQL one server process per core.
+    return 1 if engine == "duckdb" else (os.cpu_count() or 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs (a smoke check, not the published figures)"
+    )
+    parser.add_argument("--only", nargs="*", choices=["ingest_batch", "ingest_single", "identity_merges"])
+    parser.add_argument(
+        "--engines", nargs="*", default=["duckdb", "postgres"], choices=["duckdb", "postgres"]
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "collector.json")
+    args = parser.parse_args()
+    seconds, warmup = (5, 2) if args.quick else (20, 5)
+    only = set(args.only or ["ingest_batch", "ingest_single", "identity_merges"])
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "started": datetime.now(UTC).isoformat(),
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+        "results": {},
+    }
+    for engine in args.engines:
+        if "ingest_batch" in only:
+            r = http_load(
+                engine, batch=500, connections=8, seconds=seconds, warmup=warmup, workers=procs(engine)
+            )
+            results["results"][f"ingest_batch_{engine}"] = r
+            print(
+                f"{engine:8} batch ingest   {r['events_per_s']:>9,} events/s  p99 {r['latency_ms']['p99']} ms  "
+                f"every ack stored: {r['every_ack_stored']}",
+                flush=True,
+            )
+        if "ingest_single" in only:
+            r = http_load(
+                engine, batch=1, connections=64, seconds=seconds, warmup=warmup, workers=procs(engine)
+            )
+            results["results"][f"ingest_single_{engine}"] = r
+            print(
+                f"{engine:8} single events  {r['requests_per_s']:>9,} req/s     p99 {r['latency_ms']['p99']} ms  "
+                f"every ack stored: {r['every_ack_stored']}",
+                flush=True,
+            )
+        if "identity_merges" in only:
+            r = identity_merges(engine, 20_000 if args.quick else 100_000)
+            results["results"][f"identity_merges_{engine}"] = r
+            print(f"{engine:8} identity merges {r['merges_per_s']:>8,} merges/s", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

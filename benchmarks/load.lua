@@ -1,0 +1,50 @@
+-- wrk load script: every request carries new messageIds, so nothing is deduplicated away.
+-- Environment: BATCH (messages per request; 1 = single-event /v1/track), AUTH (base64 "key:"),
+-- VISITORS (size of the anonymous-visitor pool, so identity lookups hit existing contacts).
+local batch = tonumber(os.getenv("BATCH") or "100")
+local auth = os.getenv("AUTH")
+local visitors = tonumber(os.getenv("VISITORS") or "50000")
+local run = os.getenv("RUN") or "r"
+local threads = 0
+local counter = 0
+local tid = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+
+local function message(n)
+  local p = n % 97
+  return '{"type":"track","event":"Product Viewed","anonymousId":"v' .. (n % visitors) ..
+    '","messageId":"' .. run .. '-' .. tid .. '-' .. n ..
+    '","properties":{"product_id":"p' .. p .. '","price":19.9,"category":"shoes"},' ..
+    '"context":{"library":{"name":"analytics.js","version":"2.1.0"},"page":{"url":"https://shop.example/p/' .. p ..
+    '","path":"/p/' .. p .. '","referrer":"https://shop.example/"},"userAgent":"Mozilla/5.0 (X11; Linux x86_64)",' ..
+    '"ip":"203.0.113.7","locale":"it-IT"}}'
+end
+
+request = function()
+  local path, body
+  if batch == 1 then
+    counter = counter + 1
+    path, body = "/v1/track", message(counter * 7 + tid)
+  else
+    local parts = {}
+    for i = 1, batch do
+      counter = counter + 1
+      parts[i] = message(counter * 7 + tid)
+    end
+    path, body = "/v1/batch", '{"batch":[' .. table.concat(parts, ",") .. ']}'
+  end
+  return wrk.format("POST", path, {["Content-Type"] = "application/json", ["Authorization"] = "Basic " .. auth}, body)
+end
+
+done = function(summary, latency, requests)
+  local non2xx = summary.errors.status
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f}\n',
+    summary.requests, summary.duration, non2xx,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
