@@ -87,15 +87,16 @@ def demo(
             f"\n[bold]{counts['contacts']:,} contacts, {counts['events']:,} events[/] in {store.describe()}"
         )
         console.print(f"  server      {base}   (API docs: {base}/docs)")
-        console.print(f"  write key   {write_key}")
-        console.print(f"  secret key  {secret_key}")
+        console.print(f"  write key   {write_key}", soft_wrap=True)
+        console.print(f"  secret key  {secret_key}", soft_wrap=True)
         console.print("\n[bold]Start with these people[/]:")
         for story in stories(spec):
             who = story.email or story.user_id or story.anonymous_id
             console.print(
                 f"  {story.description}\n    curl -u {secret_key}: '{base}/v1/contacts/lookup?"
                 f"{'email=' + story.email if story.email else 'anonymousId=' + story.anonymous_id}'"
-                f"   ({who})"
+                f"   ({who})",
+                soft_wrap=True,
             )
         if serve:
             console.print(f"\nserving on {base} — Ctrl-C to stop")
