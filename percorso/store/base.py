@@ -53,6 +53,10 @@ class Session(ABC):
     def last_columns(self) -> list[str]: ...
 
     @abstractmethod
+    def json_text(self, column: str, key: str) -> tuple[str, Any]:
+        """SQL for the text of ``column``'s top-level ``key`` (NULL when absent), and its parameter."""
+
+    @abstractmethod
     def insert_events(self, events: list[Event]) -> set[str]:
         """Appends events, skipping message ids already stored; returns the ids inserted."""
 

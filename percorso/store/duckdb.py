@@ -48,6 +48,9 @@ class DuckDBSession(Session):
     def last_columns(self) -> list[str]:
         return self._columns
 
+    def json_text(self, column: str, key: str) -> tuple[str, Any]:
+        return f"json_extract_string({column}, ?)", '$."' + key.replace('"', '\\"') + '"'
+
     def insert_events(self, events: list[Event]) -> set[str]:
         if not events:
             return set()
@@ -78,7 +81,10 @@ class DuckDBStore(Store):
 
     def __init__(self, path: Path | str, *, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use {self.path.parent} as the data directory: {exc.strerror}") from None
         try:
             self._db = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:

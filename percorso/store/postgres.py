@@ -45,6 +45,9 @@ class PostgresSession(Session):
     def last_columns(self) -> list[str]:
         return [d.name for d in self.cur.description or []]
 
+    def json_text(self, column: str, key: str) -> tuple[str, Any]:
+        return f"({column} ->> ?::text)", key
+
     def insert_events(self, events: list[Event]) -> set[str]:
         if not events:
             return set()

@@ -1,0 +1,198 @@
+"""CLI for journey definitions and analytics: ``init``, ``journey validate|schema``, ``funnel``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from percorso.journey.definition import (
+    DURATION_PATTERN,
+    JourneyError,
+    duration_seconds,
+    journey_node,
+    json_schema,
+    load_journey_file,
+    unknown_event_names,
+)
+from percorso.journey.templates import TEMPLATES, template_text
+
+journey_app = typer.Typer(
+    help="Journey definitions: validate them, publish their JSON Schema.", no_args_is_help=True
+)
+
+
+def init(
+    template: Annotated[
+        str, typer.Option(help=f"One of: {', '.join(TEMPLATES)}", show_default=True)
+    ] = "five-stages",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the journey")] = Path(
+        "journey.yaml"
+    ),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file")] = False,
+) -> None:
+    """Start a journey definition from a template (names in English and Italian)."""
+    from percorso.cli import console, fail
+
+    if template not in TEMPLATES:
+        raise fail(f"no template {template!r}; choose one of: {', '.join(TEMPLATES)}", code=2)
+    if output.exists() and not force:
+        raise fail(f"{output} exists; use --force to overwrite it", code=2)
+    output.write_text(template_text(template), encoding="utf-8")
+    console.print(f"wrote {output} ({TEMPLATES[template]})")
+
+
+@journey_app.command("validate")
+def validate(
+    path: Annotated[Path, typer.Argument(help="A journey YAML file")],
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Check event names against this store")
+    ] = None,
+    check_data: Annotated[bool, typer.Option(help="Warn about event names never seen in the data")] = False,
+) -> None:
+    """Check a journey file; every problem is reported with its line and field."""
+    from percorso.cli import console, opened, settings_for
+
+    try:
+        journey = load_journey_file(path)
+    except JourneyError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem))
+        raise typer.Exit(2) from None
+    warnings = []
+    if check_data:
+        with opened(settings_for(data_dir)) as store, store.session() as s:
+            known = [r[0] for r in s.rows("SELECT DISTINCT event FROM events WHERE event IS NOT NULL")]
+        warnings = unknown_event_names(
+            journey, known, journey_node(path.read_text(encoding="utf-8")), str(path)
+        )
+    for warning in warnings:
+        typer.echo(str(warning))
+    console.print(
+        f"{path}: journey {journey.key!r} is valid — {len(journey.stages)} stages, "
+        f"{len(journey.touchpoints)} touchpoints, {len(journey.personas)} personas"
+        + (f", {len(warnings)} warnings" if warnings else "")
+    )
+
+
+@journey_app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of journey documents (for editors)."""
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+def _parse_day(value: str, name: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def funnel_command(
+    step: Annotated[
+        list[str],
+        typer.Option(
+            "--step",
+            "-s",
+            help="A step, in order: an event name ('Order Completed'), or event:/page:/type:/channel:/name:"
+            "/property.KEY: with globs (page:/checkout/*); join with ' & '",
+        ),
+    ],
+    since: Annotated[
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 30 days ago")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="Day after the last (YYYY-MM-DD); default tomorrow")
+    ] = None,
+    window: Annotated[
+        str, typer.Option(help="Conversion window from the first step: 30m, 12h, 14d, 2w")
+    ] = "14d",
+    breakdown: Annotated[
+        str | None, typer.Option(help="channel, campaign, property:KEY or trait:KEY (of the first step)")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Breakdown groups shown; the rest are '(other)'")] = 10,
+    dropped_at: Annotated[
+        int | None, typer.Option("--dropped-at", help="List the contacts who dropped after step K instead")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Funnel conversion between ordered steps, counted in unique contacts."""
+    import re
+
+    from percorso.analytics.funnel import FunnelError, FunnelSpec, dropped_contacts, funnel, parse_step
+    from percorso.cli import OutputFormat, console, emit, fail, opened, settings_for
+
+    if fmt not in ("table", "csv", "json"):
+        raise typer.BadParameter("table, csv or json", param_hint="--format")
+    if not re.match(DURATION_PATTERN, window):
+        raise typer.BadParameter(f"{window!r}: use 30m, 12h, 14d or 2w", param_hint="--window")
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = _parse_day(since, "--from") if since else today - timedelta(days=30)
+    end = _parse_day(until, "--to") if until else today + timedelta(days=1)
+    try:
+        spec = FunnelSpec(
+            steps=[parse_step(s) for s in step],
+            start=start,
+            end=end,
+            window_seconds=duration_seconds(window),
+            breakdown=breakdown,
+            top=top,
+        )
+        spec.check()
+        with opened(settings_for(data_dir)) as store:
+            if dropped_at is not None:
+                audience = dropped_contacts(store, spec, dropped_at)
+                emit(audience, OutputFormat(fmt), title=f"dropped after step {dropped_at}")
+                return
+            result = funnel(store, spec)
+    except FunnelError as exc:
+        raise fail(str(exc), code=2) from None
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        return
+    groups = result["breakdown"]["groups"] if result["breakdown"] else [result["total"]]
+    rows: list[dict[str, Any]] = []
+    for group in groups:
+        for s in group["steps"]:
+            row: dict[str, Any] = {}
+            if result["breakdown"]:
+                row["group"] = group["group"]
+            row.update(
+                step=s["step"],
+                label=s["label"],
+                contacts=s["contacts"],
+                conv=_pct(s["conversion_from_previous"]),
+                overall=_pct(s["conversion_from_first"]),
+                open=s.get("in_progress", ""),
+                dropped=s.get("dropped", ""),
+                median=_human(s.get("median_seconds_from_previous")),
+            )
+            rows.append(row)
+    emit(
+        rows,
+        OutputFormat(fmt),
+        title=f"funnel {result['period']['start'][:10]} → {result['period']['end'][:10]}, window {result['window']}",
+    )
+    if fmt == "table":
+        console.print(
+            f"[dim]{result['counting']}; in progress = window still open as of {result['as_of'][:16]}[/]"
+        )
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.1f}%"
+
+
+def _human(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
