@@ -196,3 +196,171 @@ def _human(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
+
+
+# -- stored journeys and stages ------------------------------------------------------------------
+
+stages_app = typer.Typer(
+    help="Where each contact is in a journey: the stage overview, updates and rebuilds.",
+    invoke_without_command=True,
+)
+
+
+@journey_app.command("apply")
+def apply(
+    path: Annotated[Path, typer.Argument(help="A journey YAML file")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+) -> None:
+    """Store (or replace) a journey and compute its stage history."""
+    from percorso.analytics.stages import save_journey, update
+    from percorso.cli import console, opened, settings_for
+
+    try:
+        journey = load_journey_file(path)
+    except JourneyError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem))
+        raise typer.Exit(2) from None
+    with opened(settings_for(data_dir)) as store:
+        saved = save_journey(store, journey, str(path))
+        report = update(store, journey)
+    verb = "stored" if saved["created"] else "replaced"
+    console.print(
+        f"{verb} journey {journey.key!r}; stage history of {report.contacts:,} contacts "
+        f"({report.entries:,} stage entries) in {report.seconds} s"
+    )
+
+
+@journey_app.command("list")
+def list_command(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """The journeys stored, with how far their stage history goes."""
+    from percorso.analytics.stages import list_journeys
+    from percorso.cli import emit, opened, settings_for
+
+    with opened(settings_for(data_dir)) as store:
+        emit(list_journeys(store), _format(fmt), title="journeys")
+
+
+def _format(fmt: str) -> Any:
+    from percorso.cli import OutputFormat
+
+    try:
+        return OutputFormat(fmt)
+    except ValueError:
+        raise typer.BadParameter("table, csv or json", param_hint="--format") from None
+
+
+def _duration(value: str, name: str) -> timedelta:
+    import re
+
+    if not re.match(DURATION_PATTERN, value):
+        raise typer.BadParameter(f"{value!r}: use 30m, 12h, 14d or 2w", param_hint=name)
+    return timedelta(seconds=duration_seconds(value))
+
+
+@stages_app.callback()
+def stages_overview(
+    ctx: typer.Context,
+    journey: Annotated[str | None, typer.Option(help="Journey key (default: the only one stored)")] = None,
+    stuck_after: Annotated[str, typer.Option(help="Stuck: in the same stage longer than this")] = "30d",
+    since: Annotated[
+        str | None, typer.Option("--from", help="Period start (YYYY-MM-DD); default 26 weeks ago")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Period end (YYYY-MM-DD); default now")] = None,
+    lang: Annotated[str, typer.Option(help="Stage names in en or it")] = "en",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Contacts per stage, conversion to the next stage, time in stage and stuck contacts."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"journey": journey, "data_dir": data_dir, "fmt": fmt, "stuck_after": stuck_after}
+        return
+    from percorso.analytics.stages import StageError, get_journey, stage_overview, update
+    from percorso.cli import console, emit, fail, opened, settings_for
+
+    output = _format(fmt)
+    stuck = _duration(stuck_after, "--stuck-after")
+    start = _parse_day(since, "--from") if since else None
+    end = _parse_day(until, "--to") if until else None
+    if lang not in ("en", "it"):
+        raise typer.BadParameter("en or it", param_hint="--lang")
+    try:
+        with opened(settings_for(data_dir)) as store:
+            chosen = get_journey(store, journey)
+            update(store, chosen)
+            result = stage_overview(store, chosen, stuck_after=stuck, since=start, until=end, lang=lang)
+    except StageError as exc:
+        raise fail(str(exc), code=2) from None
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+        return
+    rows = [
+        {
+            "stage": s["name"],
+            "now": s["current_contacts"],
+            "entered": s["entered_in_period"],
+            "to next": _pct(s["conversion_to_next"]),
+            "median time": _human(s["median_seconds_in_stage"]),
+            "p90 time": _human(s["p90_seconds_in_stage"]),
+            f"stuck >{stuck_after}": s["stuck"],
+        }
+        for s in result["stages"]
+    ]
+    emit(
+        rows, output, title=f"{chosen.key}: {result['period']['start'][:10]} → {result['period']['end'][:10]}"
+    )
+    if fmt == "table":
+        console.print(f"[dim]{result['notes']}[/]")
+
+
+@stages_app.command("update")
+def stages_update(ctx: typer.Context) -> None:
+    """Bring stage history up to date with the events received since the last update."""
+    _stage_run(ctx, full=False)
+
+
+@stages_app.command("rebuild")
+def stages_rebuild(ctx: typer.Context) -> None:
+    """Recompute every contact's stage history from scratch."""
+    _stage_run(ctx, full=True)
+
+
+def _stage_run(ctx: typer.Context, *, full: bool) -> None:
+    from percorso.analytics.stages import StageError, get_journey, rebuild, update
+    from percorso.cli import console, fail, opened, settings_for
+
+    options = ctx.obj or {}
+    try:
+        with opened(settings_for(options.get("data_dir"))) as store:
+            journey = get_journey(store, options.get("journey"))
+            report = (rebuild if full else update)(store, journey)
+    except StageError as exc:
+        raise fail(str(exc), code=2) from None
+    console.print(
+        f"{report.journey}: {report.mode}, {report.contacts:,} contacts, {report.entries:,} stage entries "
+        f"in {report.seconds} s"
+    )
+
+
+@stages_app.command("stuck")
+def stages_stuck(
+    ctx: typer.Context,
+    stage: Annotated[str, typer.Argument(help="Stage key")],
+    limit: Annotated[int, typer.Option(help="Most contacts listed")] = 1000,
+) -> None:
+    """Contacts who have been in STAGE longer than --stuck-after (an audience for a nudge)."""
+    from percorso.analytics.stages import StageError, get_journey, stuck_contacts
+    from percorso.cli import emit, fail, opened, settings_for
+
+    options = ctx.obj or {}
+    stuck = _duration(options.get("stuck_after", "30d"), "--stuck-after")
+    try:
+        with opened(settings_for(options.get("data_dir"))) as store:
+            journey = get_journey(store, options.get("journey"))
+            rows = stuck_contacts(store, journey, stage, stuck, limit)
+    except StageError as exc:
+        raise fail(str(exc), code=2) from None
+    emit(rows, _format(options.get("fmt", "table")), title=f"stuck in {stage}")

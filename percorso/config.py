@@ -51,6 +51,7 @@ class Settings:
     pool_size: int = 8
     #: Most events one group commit writes.
     max_commit_events: int = 20_000
+    stage_interval: int = 10  # seconds between stage-history updates in `serve`; 0 turns them off
 
     @property
     def duckdb_path(self) -> Path:

@@ -13,6 +13,7 @@ from percorso.cli import app
 from percorso.config import SETTING_NAMES, Settings
 from percorso.events import parse_message
 from percorso.store import open_store
+from percorso.store.migrations import MIGRATIONS
 
 runner = CliRunner()
 ROOT = Path(__file__).parent.parent
@@ -42,7 +43,10 @@ def test_every_command_has_help():
 def test_migrate_keys_and_contacts(tmp_path, classifier):
     env = {"PERCORSO_DATA_DIR": str(tmp_path)}
     result = runner.invoke(app, ["migrate"], env=env)
-    assert result.exit_code == 0 and "schema version 1" in result.output
+    assert result.exit_code == 0 and f"schema version {len(MIGRATIONS)}" in result.output
+    assert all(f"applied migration {m.version}" in result.output for m in MIGRATIONS)
+    again = runner.invoke(app, ["migrate"], env=env)
+    assert again.exit_code == 0 and "applied migration" not in again.output
     result = runner.invoke(app, ["keys", "create", "--kind", "write", "--name", "site"], env=env)
     assert result.exit_code == 0 and result.output.strip().splitlines()[-1].startswith("wk_")
     listed = json.loads(runner.invoke(app, ["keys", "list", "--format", "json"], env=env).output)

@@ -44,6 +44,21 @@ def load_demo(store: Store, spec: DemoSpec, progress: Any = None) -> dict[str, A
     return {**report.as_dict(), "seconds": round(time.perf_counter() - started, 1)}
 
 
+def demo_journey(store: Store) -> str:
+    """Stores the five-stage journey (unless one is stored already) and brings stages up to date."""
+    from percorso.analytics.stages import get_journey, list_journeys, save_journey, update
+    from percorso.journey import load_journey, template_text
+
+    stored = list_journeys(store)
+    if stored:
+        journey = get_journey(store, stored[0]["key"])
+    else:
+        journey = load_journey(template_text("five-stages"), "five-stages")
+        save_journey(store, journey, "template:five-stages")
+    update(store, journey)
+    return journey.key
+
+
 def demo(
     contacts: Annotated[int, typer.Option(help="People in the dataset (~50 touchpoints each)")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data")] = 7,
@@ -79,6 +94,7 @@ def demo(
                 f"loaded {result['stored']:,} events in {result['seconds']} s "
                 f"({len(result['rejected'])} rejected)"
             )
+        journey = demo_journey(store)
         counts = store.counts()
         _, write_key = store.create_api_key("write", "demo website")
         _, secret_key = store.create_api_key("secret", "demo admin")
@@ -87,6 +103,7 @@ def demo(
             f"\n[bold]{counts['contacts']:,} contacts, {counts['events']:,} events[/] in {store.describe()}"
         )
         console.print(f"  server      {base}   (API docs: {base}/docs)")
+        console.print(f"  journey     {journey}   (try: percorso stages, percorso funnel --help)")
         console.print(f"  write key   {write_key}", soft_wrap=True)
         console.print(f"  secret key  {secret_key}", soft_wrap=True)
         console.print("\n[bold]Start with these people[/]:")

@@ -63,6 +63,11 @@ class Session(ABC):
     @abstractmethod
     def next_ids(self, sequence: str, count: int) -> list[int]: ...
 
+    def lock_named(self, name: str) -> None:
+        """Serialises work named ``name`` across processes until the transaction ends (a no-op
+        where one process owns the store)."""
+        return None
+
     @abstractmethod
     def lock_identity_graph(self) -> None:
         """Serialises identity-graph changes across processes (a no-op where one writer is given)."""
@@ -101,7 +106,11 @@ class Store(ABC):
 
     # -- schema -------------------------------------------------------------------------------
     def _migration_sql(self, sql: str) -> str:
-        return sql.replace("{json}", "JSON").replace("{events_indexes}", "")
+        return (
+            sql.replace("{json}", "JSON")
+            .replace("{events_indexes}", "")
+            .replace("{events_received_index}", "")
+        )
 
     def schema_version(self) -> int:
         with self.session() as s:
@@ -210,7 +219,17 @@ class Store(ABC):
     def reset(self) -> None:
         """Deletes every row (schema and keys' table stay). For tests and ``demo --fresh``."""
         with self.writing() as s:
-            for table in ("events", "identities", "contacts", "identity_conflicts", "erasures", "api_keys"):
+            for table in (
+                "events",
+                "identities",
+                "contacts",
+                "identity_conflicts",
+                "erasures",
+                "api_keys",
+                "journeys",
+                "stage_entries",
+                "stage_progress",
+            ):
                 s.execute(f"DELETE FROM {table}")
 
     # -- contacts (see store/contacts.py) -----------------------------------------------------

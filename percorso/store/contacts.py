@@ -320,6 +320,11 @@ def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
         s.execute(
             "DELETE FROM identity_conflicts WHERE contact_id = ? OR other_contact_id = ?", [live_id, live_id]
         )
+        s.execute(
+            "DELETE FROM stage_entries WHERE contact_id = ? OR contact_id IN "
+            "(SELECT contact_id FROM contacts WHERE merged_into = ?)",
+            [live_id, live_id],
+        )
         s.execute("DELETE FROM identities WHERE contact_id = ?", [live_id])
         s.execute("DELETE FROM contacts WHERE contact_id = ? OR merged_into = ?", [live_id, live_id])
         s.execute(

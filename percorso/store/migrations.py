@@ -109,4 +109,39 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "journeys and contacts' stage history",
+        """
+        CREATE TABLE journeys (
+            journey_key TEXT PRIMARY KEY,
+            definition {json} NOT NULL,
+            source TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        );
+
+        CREATE TABLE stage_entries (
+            journey_key TEXT NOT NULL,
+            contact_id BIGINT NOT NULL,
+            seq INTEGER NOT NULL,
+            stage TEXT NOT NULL,
+            stage_index INTEGER NOT NULL,
+            entered_at TIMESTAMPTZ NOT NULL,
+            left_at TIMESTAMPTZ,
+            message_id TEXT NOT NULL,
+            channel TEXT,
+            PRIMARY KEY (journey_key, contact_id, seq)
+        );
+
+        CREATE TABLE stage_progress (
+            journey_key TEXT PRIMARY KEY,
+            digest TEXT NOT NULL,
+            through TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        );
+        {events_received_index}
+        """,
+    ),
 )

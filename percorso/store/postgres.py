@@ -69,6 +69,9 @@ class PostgresSession(Session):
     def lock_identity_graph(self) -> None:
         self.cur.execute("SELECT pg_advisory_xact_lock(%s)", [IDENTITY_LOCK])
 
+    def lock_named(self, name: str) -> None:
+        self.cur.execute("SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", [IDENTITY_LOCK, name])
+
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     # JSON columns come back as text on both engines, so callers decode them one way.
@@ -101,10 +104,14 @@ class PostgresStore(Store):
         return f"postgres:{_redact(self.url)}"
 
     def _migration_sql(self, sql: str) -> str:
-        return sql.replace("{json}", "JSONB").replace(
-            "{events_indexes}",
-            "CREATE INDEX events_identity_time ON events (identity_id, timestamp);"
-            "CREATE INDEX events_time ON events (timestamp);",
+        return (
+            sql.replace("{json}", "JSONB")
+            .replace(
+                "{events_indexes}",
+                "CREATE INDEX events_identity_time ON events (identity_id, timestamp);"
+                "CREATE INDEX events_time ON events (timestamp);",
+            )
+            .replace("{events_received_index}", "CREATE INDEX events_received ON events (received_at);")
         )
 
     @contextmanager

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from percorso import __version__
+from percorso.analytics.worker import StageWorker
 from percorso.channels import ChannelClassifier, load_rules
 from percorso.collect.keys import KeyRing
 from percorso.collect.routes import router as collect_router
@@ -32,12 +33,18 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         active = store if store is not None else open_store(settings)
         writer = GroupCommitWriter(active, max_events=settings.max_commit_events)
         writer.start()
+        stages = StageWorker(active, settings.stage_interval) if settings.stage_interval > 0 else None
+        if stages is not None:
+            stages.start()
+        app.state.stage_worker = stages
         app.state.store = active
         app.state.writer = writer
         app.state.keys = KeyRing(active)
         try:
             yield
         finally:
+            if stages is not None:
+                stages.stop()
             writer.stop()
             if owned:
                 active.close()
