@@ -357,13 +357,20 @@ def contacts_erase(
 
 # -- import and demo live in their own modules to keep this file about commands --------------------
 from percorso.cli_import import import_file  # noqa: E402
-from percorso.cli_journey import funnel_command, init, journey_app, stages_app  # noqa: E402
+from percorso.cli_journey import (  # noqa: E402
+    funnel_command,
+    init,
+    journey_app,
+    painpoints_command,
+    stages_app,
+)
 from percorso.demo.command import demo  # noqa: E402
 
 app.command("import")(import_file)
 app.command("demo")(demo)
 app.command("init")(init)
 app.command("funnel")(funnel_command)
+app.command("painpoints")(painpoints_command)
 app.add_typer(journey_app, name="journey")
 app.add_typer(stages_app, name="stages")
 

@@ -89,13 +89,16 @@ def import_file(
             try:
                 if url:
                     return _send(url, key, _pairs(file, spec), lambda n: progress.advance(task, n))
-                return load_messages(
+                report = load_messages(
                     store,
                     _pairs(file, spec),
                     classifier=classifier,
                     limits=limits,
                     progress=lambda n: progress.advance(task, n),
                 )
+                if store is not None and report.stored:
+                    store.analyze()
+                return report
             except ImportFileError as exc:
                 raise fail(str(exc)) from None
 

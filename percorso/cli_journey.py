@@ -364,3 +364,74 @@ def stages_stuck(
     except StageError as exc:
         raise fail(str(exc), code=2) from None
     emit(rows, _format(options.get("fmt", "table")), title=f"stuck in {stage}")
+
+
+def painpoints_command(
+    journey: Annotated[str | None, typer.Option(help="Journey key (default: the only one stored)")] = None,
+    since: Annotated[
+        str | None, typer.Option("--from", help="Period start (YYYY-MM-DD); default 26 weeks ago")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Period end (YYYY-MM-DD); default now")] = None,
+    dimension: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dimension",
+            "-d",
+            help="Segments to compare: platform, channel, campaign, property:KEY, trait:KEY",
+        ),
+    ] = None,
+    min_z: Annotated[float, typer.Option(help="Significance threshold (z score, one-sided)")] = 4.0,
+    min_effect: Annotated[
+        float, typer.Option(help="Smallest difference in conversion worth reporting (0-1)")
+    ] = 0.05,
+    lang: Annotated[str, typer.Option(help="Funnel names in en or it")] = "en",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Where customers are lost or struggle, found automatically, ranked by contacts affected."""
+    from percorso.analytics.funnel import FunnelError
+    from percorso.analytics.painpoints import Settings, find_pain_points
+    from percorso.analytics.stages import StageError, get_journey
+    from percorso.cli import console, emit, fail, opened, settings_for
+
+    output = _format(fmt)
+    now = datetime.now(UTC)
+    end = _parse_day(until, "--to") if until else now
+    start = _parse_day(since, "--from") if since else end - timedelta(weeks=26)
+    if not 0 < min_effect < 1:
+        raise typer.BadParameter("between 0 and 1", param_hint="--min-effect")
+    if lang not in ("en", "it"):
+        raise typer.BadParameter("en or it", param_hint="--lang")
+    cfg = Settings(min_z=min_z, min_effect=min_effect, dimensions=tuple(dimension or ("platform",)))
+    try:
+        with opened(settings_for(data_dir)) as store:
+            chosen = get_journey(store, journey)
+            if not chosen.funnels:
+                raise StageError("journey", f"{chosen.key} defines no funnels: add a `funnels:` section")
+            result = find_pain_points(
+                store, chosen, start=start, end=end, as_of=min(now, end), settings=cfg, lang=lang
+            )
+    except (StageError, FunnelError) as exc:
+        raise fail(str(exc), code=2) from None
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        return
+    rows = [
+        {
+            "#": p["rank"],
+            "kind": p["kind"],
+            "where": f"{p['funnel_name']}: {p['step']}",
+            "segment": ", ".join(f"{k}={v}" for k, v in (p["segment"] or {}).items()),
+            "when": f"{p['when']['start']} → {p['when']['end']}" if p["when"] else "",
+            "contacts": p["contacts_affected"],
+            "z": p["z"],
+            "evidence": p["summary"],
+        }
+        for p in result["pain_points"]
+    ]
+    emit(rows, output, title=f"pain points in {chosen.key}, {start.date()} → {end.date()}")
+    if fmt == "table":
+        console.print(
+            f"[dim]contacts = contacts affected beyond the baseline; z = significance (reported from {min_z}); "
+            "--format json for the full evidence[/]"
+        )

@@ -243,3 +243,28 @@ def test_cli_apply_stages_update_rebuild_stuck(tmp_path):
     path.write_text(FORWARD.replace("enter: {any: [{event: Product Viewed}]}", "enter: {any: []}"))
     invalid = runner.invoke(app, ["journey", "apply", str(path), *data])
     assert invalid.exit_code == 2 and "stages[1].enter.any" in invalid.output
+
+
+def test_worker_keeps_stages_current_as_events_arrive(store: Store):
+    import time
+
+    from percorso.analytics.worker import StageWorker
+
+    journey = load_journey(FORWARD)
+    save_journey(store, journey, "test")
+    feed = Feed(store)
+    worker = StageWorker(store, interval=0.1)
+    worker.start()
+    try:
+        feed.send(feed.msg({"userId": "w1"}, T))
+        deadline = time.monotonic() + 20
+        while not table(store, "shop") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [r[2] for r in table(store, "shop")] == ["aware"]
+        feed.send(feed.msg({"userId": "w1"}, T + H, "Product Viewed"))
+        while len(table(store, "shop")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [r[2] for r in table(store, "shop")] == ["aware", "consider"]
+    finally:
+        worker.stop()
+    assert not worker.is_alive() and worker.runs >= 2

@@ -23,6 +23,13 @@ from percorso.store import Store
 from percorso.store.base import Session
 
 MAX_STEPS = 20
+# The platform an event came from, by the tracking library that sent it.
+PLATFORM = (
+    "CASE WHEN e.library LIKE '%ios%' OR e.library LIKE '%swift%' THEN 'ios' "
+    "WHEN e.library LIKE '%android%' OR e.library LIKE '%kotlin%' THEN 'android' "
+    "WHEN e.library IN ('analytics.js', 'analytics-next', 'percorso.js') OR e.library LIKE '%browser%' THEN 'web' "
+    "ELSE 'other' END"
+)
 WEEK_OFFSET = 4 * 86_400  # 1970-01-01 was a Thursday; weeks start on Monday
 BUCKETS = ((3600, "< 1h"), (6 * 3600, "1-6h"), (86_400, "6-24h"), (3 * 86_400, "1-3d"), (7 * 86_400, "3-7d"))
 
@@ -47,7 +54,7 @@ class FunnelSpec:
     start: datetime
     end: datetime
     window_seconds: int = 14 * 86_400
-    breakdown: str | None = None  # channel | campaign | property:KEY | trait:KEY
+    breakdown: str | None = None  # channel | campaign | platform | property:KEY | trait:KEY
     top: int = 10
     period: str = "week"  # day | week, for the trend
     as_of: datetime | None = None  # when windows are judged open or closed; default now
@@ -63,13 +70,13 @@ class FunnelSpec:
             raise FunnelError("window", "must be positive")
         if (
             self.breakdown is not None
-            and self.breakdown not in ("channel", "campaign")
+            and self.breakdown not in ("channel", "campaign", "platform")
             and not (
                 self.breakdown.startswith(("property:", "trait:"))
                 and len(self.breakdown.split(":", 1)[1]) > 0
             )
         ):
-            raise FunnelError("breakdown", "one of channel, campaign, property:KEY, trait:KEY")
+            raise FunnelError("breakdown", "one of channel, campaign, platform, property:KEY, trait:KEY")
         if self.period not in ("day", "week"):
             raise FunnelError("period", "day or week")
         if not 1 <= self.top <= 100:
@@ -104,6 +111,8 @@ def _breakdown_expr(session: Session, breakdown: str | None) -> tuple[str, list[
         return "e.channel", [], False
     if breakdown == "campaign":
         return "e.utm_campaign", [], False
+    if breakdown == "platform":
+        return PLATFORM, [], False
     kind, key = breakdown.split(":", 1)
     if kind == "property":
         expr, param = session.json_text("e.properties", key)
@@ -112,7 +121,7 @@ def _breakdown_expr(session: Session, breakdown: str | None) -> tuple[str, list[
     return expr, [param], True
 
 
-def _reached_sql(session: Session, spec: FunnelSpec) -> Sql:
+def reached_sql(session: Session, spec: FunnelSpec) -> Sql:
     """One row per contact who entered: breakdown value, step-1 time and the time of each later step."""
     n = len(spec.steps)
     flags = [condition_sql(session, s.condition) for s in spec.steps]
@@ -147,9 +156,9 @@ def _reached_sql(session: Session, spec: FunnelSpec) -> Sql:
     for k in range(2, n + 1):
         prev = "f1" if k == 2 else f"f{k - 1}"
         text += (
-            f", f{k} AS (SELECT p.cid, min(ev.ts) AS t{k} FROM {prev} p JOIN f1 ON f1.cid = p.cid "
-            f"JOIN ev ON ev.cid = p.cid AND ev.s{k} = 1 AND ev.ts > p.t{k - 1} AND ev.ts <= f1.t1 + ? "
-            "GROUP BY p.cid)"
+            f", f{k} AS (SELECT p.cid, p.t1, min(ev.ts) AS t{k} FROM {prev} p "
+            f"JOIN ev ON ev.cid = p.cid AND ev.s{k} = 1 AND ev.ts > p.t{k - 1} AND ev.ts <= p.t1 + ? "
+            "GROUP BY p.cid, p.t1)"
         )
         params.append(spec.window_seconds)
     joins = " ".join(f"LEFT JOIN f{k} ON f{k}.cid = f1.cid" for k in range(2, n + 1))
@@ -170,7 +179,8 @@ def funnel(store: Store, spec: FunnelSpec) -> dict[str, Any]:
     n = len(spec.steps)
     as_of = _as_of(spec)
     with store.session() as s:
-        base = _reached_sql(s, spec)
+        s.tune_for_analytics()
+        base = reached_sql(s, spec)
         grouped = (
             base.text + ", sizes AS (SELECT bd, count(*) AS n FROM reached GROUP BY bd), "
             "top_groups AS (SELECT bd FROM sizes ORDER BY n DESC, bd LIMIT ?), "
@@ -196,10 +206,12 @@ def funnel(store: Store, spec: FunnelSpec) -> dict[str, Any]:
         )
         period = 86_400 if spec.period == "day" else 7 * 86_400
         offset = 0 if spec.period == "day" else WEEK_OFFSET
+        step_counts = "".join(f", count(t{k})" for k in range(2, n + 1))
         trend_rows = s.rows(
             base.text + f" SELECT CAST(floor((t1 - ?) / ?) AS BIGINT) AS bucket, count(*), count(t{n}), "
-            f"sum(CASE WHEN t{n} IS NULL AND t1 + ? > ? THEN 1 ELSE 0 END) FROM reached GROUP BY 1 ORDER BY 1",
-            [*base.params, offset, period, spec.window_seconds, as_of],
+            f"sum(CASE WHEN t{n} IS NULL AND t1 + ? > ? THEN 1 ELSE 0 END), "
+            f"sum(CASE WHEN t1 + ? <= ? THEN 1 ELSE 0 END){step_counts} FROM reached GROUP BY 1 ORDER BY 1",
+            [*base.params, offset, period, spec.window_seconds, as_of, spec.window_seconds, as_of],
         )
         cases = " ".join(f"WHEN t{n} - t1 < {limit} THEN {i}" for i, (limit, _) in enumerate(BUCKETS))
         distribution_rows = s.rows(
@@ -225,8 +237,10 @@ def funnel(store: Store, spec: FunnelSpec) -> dict[str, Any]:
                 "converted": int(converted),
                 "in_progress": int(open_),
                 "conversion": _ratio(converted, entered),
+                "closed": int(closed),  # entries whose window has ended
+                "steps": [int(entered), *(int(c) for c in counts)],
             }
-            for b, entered, converted, open_ in trend_rows
+            for b, entered, converted, open_, closed, *counts in trend_rows
         ],
         "time_to_convert": _distribution(dict(distribution_rows), spec.window_seconds),
     }
@@ -302,7 +316,8 @@ def dropped_contacts(store: Store, spec: FunnelSpec, step: int, limit: int = 100
     if not 1 <= step < n:
         raise FunnelError("step", f"between 1 and {n - 1} (the last step has no drop-off)")
     with store.session() as s:
-        base = _reached_sql(s, spec)
+        s.tune_for_analytics()
+        base = reached_sql(s, spec)
         step_time = "t1" if step == 1 else f"t{step}"
         return s.dicts(
             base.text + f" SELECT r.cid AS contact_id, {step_time} AS reached_at_epoch, "

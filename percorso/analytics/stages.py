@@ -189,6 +189,7 @@ def _run(store: Store, journey: Journey, *, full: bool) -> UpdateReport:
     started = time.perf_counter()
     with store.writing() as s:
         s.lock_named(f"stages:{journey.key}")  # several servers on one PostgreSQL: one updater at a time
+        s.tune_for_analytics()
         high = s.rows("SELECT max(received_at) FROM events")[0][0]
         progress = s.rows("SELECT digest, through FROM stage_progress WHERE journey_key = ?", [journey.key])
         mode = "rebuild"
@@ -271,6 +272,7 @@ def stage_overview(
         raise StageError("since", "must be before until")
     size = 86_400 if period == "day" else 7 * 86_400
     with store.session() as s:
+        s.tune_for_analytics()
         per_stage = {
             r["stage_index"]: r
             for r in s.dicts(

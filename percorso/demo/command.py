@@ -41,6 +41,7 @@ def load_demo(store: Store, spec: DemoSpec, progress: Any = None) -> dict[str, A
         source_id="demo",
         progress=progress,
     )
+    store.analyze()
     return {**report.as_dict(), "seconds": round(time.perf_counter() - started, 1)}
 
 

@@ -118,12 +118,24 @@ PERSONAS = (
 )
 
 
+# Problems the generator can plant, each one a kind of pain point percorso should find.
+PROBLEMS = {
+    "app_payment_failures": "payments fail seven times as often in the app (drop-off at payment, ios and android)",
+    "checkout_loop": "on the website, shoppers bounce between checkout and cart (shipping costs shown late)",
+    "confirmation_outage": "registration confirmation e-mails mostly not arriving for three weeks",
+    "slow_android_checkout": "the Android app's checkout is very slow between starting and paying",
+    "delivery_calls": "orders are followed by calls to the contact centre about delivery",
+}
+OUTAGE_WEEKS = (10, 7)  # confirmation_outage: from 10 to 7 weeks before the last day
+
+
 @dataclass(frozen=True)
 class DemoSpec:
     contacts: int = 20_000
     seed: int = 7
     days: int = 183
     end: datetime | None = None  # the last day of data; default: today (UTC midnight)
+    problems: frozenset[str] = frozenset(PROBLEMS)  # frozenset() gives a clean shop
 
     def end_ts(self) -> float:
         end = self.end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -182,7 +194,7 @@ class _Person:
         self.city = rng.choice(CITIES)
         self.age = rng.randint(19, 74)
         self.persona = _weighted(rng, PERSONAS)
-        self.app_user = rng.random() < (0.45 if self.persona in ("repeat_customer", "loyal_member") else 0.2)
+        self.app_user = rng.random() < 0.3
         self.platform = rng.choice(("ios", "android"))
         self.agent = rng.choice(WEB_AGENTS)
         self.ip = f"198.51.100.{rng.randint(1, 254)}"
@@ -378,14 +390,30 @@ class _Person:
         step("Checkout Started", "/checkout", {"value": total, "currency": "EUR", "products": len(items)})
         step("Checkout Step Completed", "/checkout/spedizione", {"step": 1, "step_name": "shipping"})
         # The app's payment page is the shop's known pain point: more failures, more drop-off.
-        fail_rate = 0.28 if in_app else 0.07
+        problems = self.spec.problems
+        fail_rate = (0.35 if in_app else 0.05) if "app_payment_failures" in problems else 0.0
+        if "checkout_loop" in problems and not in_app and rng.random() < 0.3:
+            # Shipping costs appear at checkout: back to the cart, then checkout again.
+            sku, name, cat, price = rng.choice(PRODUCTS)
+            step(
+                "Product Added",
+                f"/p/{sku}",
+                {"product_id": sku, "name": name, "category": cat, "price": price},
+            )
+            step(
+                "Checkout Started",
+                "/checkout",
+                {"value": total + price, "currency": "EUR", "products": len(items) + 1},
+            )
+        if "slow_android_checkout" in problems and in_app and self.platform == "android":
+            ts += rng.uniform(900, 2400)  # the shipping step hangs
         if rng.random() < fail_rate:
             step(
                 "Payment Failed",
                 "/checkout/pagamento",
                 {"reason": rng.choice(("3ds_timeout", "card_declined", "3ds_timeout"))},
             )
-            if rng.random() < 0.6:
+            if rng.random() < 0.75:
                 return ts, False
         elif rng.random() > 0.7 + 0.3 * conversion:
             return ts, False
@@ -417,6 +445,11 @@ class _Person:
         ts += 1
         self.web_track(ts, "Registration Submitted", "/registrati", {"method": "email"})
         self.email_event(ts + 20, "Email Delivered", "conferma-registrazione")
+        end = self.spec.end_ts()
+        if "confirmation_outage" in self.spec.problems and (
+            end - OUTAGE_WEEKS[0] * 7 * DAY <= ts < end - OUTAGE_WEEKS[1] * 7 * DAY
+        ):
+            confirm *= 0.15  # the e-mails were not delivered
         if rng.random() < confirm:
             delay = rng.choice((rng.uniform(60, 900), rng.uniform(60, 900), rng.uniform(HOUR, 2 * DAY)))
             self.email_event(ts + delay - 30, "Email Opened", "conferma-registrazione")
@@ -482,9 +515,7 @@ class _Person:
     def walk(self) -> list[dict[str, Any]]:
         spec, rng = self.spec, self.rng
         start, end = spec.start_ts(), spec.end_ts()
-        t = start + rng.random() * (end - start) * (
-            0.35 if self.persona in ("loyal_member", "repeat_customer") else 0.9
-        )
+        t = start + rng.random() * (end - start) * 0.9  # first touch: any time but the last weeks
         t = _daytime(rng, t)
         persona = self.persona
         if persona == "shop_first":
@@ -501,9 +532,7 @@ class _Person:
             "repeat_customer": rng.randint(2, 5),
             "loyal_member": rng.randint(4, 9),
         }[persona]
-        conversion = {"browser": 0.0, "first_time_buyer": 0.6, "repeat_customer": 0.8, "loyal_member": 0.95}[
-            persona
-        ]
+        conversion = 0.0 if persona == "browser" else 0.8
         gap = {"browser": 6.0, "first_time_buyer": 4.0, "repeat_customer": 9.0, "loyal_member": 7.0}[persona]
         # Awareness and consideration: a few anonymous sessions.
         for _ in range(rng.randint(2, 5)):
@@ -512,16 +541,16 @@ class _Person:
             if t >= end:
                 return
         if persona == "browser":
-            if rng.random() < 0.3:  # subscribes to the newsletter, maybe starts an account later
+            if rng.random() < 0.15:  # starts creating an account, at the point buyers register, and gives up
+                self.page(t + 30, "/registrati", "Crea il tuo account", "Registration")
+                self.web_track(t + 40, "Registration Started", "/registrati", {"method": "email"})
+                t += 60
+            if rng.random() < 0.3:  # subscribes to the newsletter
                 self.identify(t, with_user=False)
                 self.web_track(t + 1, "Newsletter Subscribed", "/", {"list": "novita"})
-                t = self._newsletter(t, end, rng.randint(1, 4))
-                if rng.random() < 0.35 and t < end:
-                    t = self.browse(t, 2)
-                    self.page(t + 20, "/registrati", "Crea il tuo account", "Registration")
-                    self.web_track(t + 30, "Registration Started", "/registrati", {"method": "email"})
+                self._newsletter(t, end, rng.randint(1, 4))
             return
-        confirm = {"first_time_buyer": 0.72, "repeat_customer": 0.9, "loyal_member": 0.97}[persona]
+        confirm = 0.85
         t = self.register(t + rng.uniform(30, 300), confirm)
         orders = 0
         attempts = 0
@@ -547,8 +576,8 @@ class _Person:
         rng = self.rng
         self.email_event(t + 60, "Email Delivered", "conferma-ordine")
         delivered = t + rng.uniform(2, 6) * DAY
-        if rng.random() < 0.15:
-            self.call(t + rng.uniform(2, 4) * DAY, "consegna")
+        if "delivery_calls" in self.spec.problems and rng.random() < 0.25:
+            self.call(t + rng.uniform(0.3, 1.8) * DAY, "consegna")
         if rng.random() < 0.08:
             delivered = self.ticket(delivered + rng.uniform(HOUR, DAY))
         if rng.random() < 0.35:

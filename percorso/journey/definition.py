@@ -112,6 +112,17 @@ class Persona(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     description: str | None = None
 
 
+class Funnel(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A named sequence of steps inside the journey (checkout, registration) — analysed for pain
+    points and shown on the map."""
+
+    key: Key
+    name: Name | str
+    steps: Annotated[list[Condition], msgspec.Meta(min_length=2, max_length=20)]
+    window: Duration = "7d"
+    labels: list[str] = []  # step labels; default: the event names
+
+
 class Journey(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A customer journey: ordered stages, touchpoints grouped into lanes, personas."""
 
@@ -124,6 +135,7 @@ class Journey(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     description: str | None = None
     touchpoints: list[Touchpoint] = []
     personas: list[Persona] = []
+    funnels: list[Funnel] = []
 
     def stage_keys(self) -> list[str]:
         return [s.key for s in self.stages]
@@ -214,7 +226,7 @@ def semantic_problems(journey: Journey, node: Any = None, source: str = "<journe
     def add(path: list[str | int], message: str) -> None:
         problems.append(Problem(source, _line_of(node, path), _dotted(path), message))
 
-    for section in ("stages", "touchpoints", "personas"):
+    for section in ("stages", "touchpoints", "personas", "funnels"):
         seen: dict[str, int] = {}
         for i, item in enumerate(getattr(journey, section)):
             if item.key in seen:
@@ -231,6 +243,12 @@ def semantic_problems(journey: Journey, node: Any = None, source: str = "<journe
         for j, kpi in enumerate(stage.kpis):
             if kpi.metric in ("events", "revenue") and not kpi.event:
                 add(["stages", i, "kpis", j, "event"], f"the {kpi.metric} metric needs an event name")
+    for i, funnel in enumerate(journey.funnels):
+        for j, condition in enumerate(funnel.steps):
+            if condition.is_empty():
+                add(["funnels", i, "steps", j], "an empty step would match every event")
+        if funnel.labels and len(funnel.labels) != len(funnel.steps):
+            add(["funnels", i, "labels"], f"has {len(funnel.labels)} labels for {len(funnel.steps)} steps")
     for i, touchpoint in enumerate(journey.touchpoints):
         if not touchpoint.match or any(c.is_empty() for c in touchpoint.match):
             add(["touchpoints", i, "match"], "needs at least one non-empty condition")
@@ -310,6 +328,9 @@ def _conditions(journey: Journey) -> Iterable[tuple[list[str | int], Condition]]
     for i, persona in enumerate(journey.personas):
         for j, rule in enumerate(persona.when.behaviour):
             yield ["personas", i, "when", "behaviour", j, "did"], rule.did
+    for i, funnel in enumerate(journey.funnels):
+        for j, condition in enumerate(funnel.steps):
+            yield ["funnels", i, "steps", j], condition
 
 
 def _as_list(value: Patterns | None) -> list[str]:

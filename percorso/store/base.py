@@ -63,6 +63,10 @@ class Session(ABC):
     @abstractmethod
     def next_ids(self, sequence: str, count: int) -> list[int]: ...
 
+    def tune_for_analytics(self) -> None:
+        """Prepares this transaction for large set-oriented queries (a no-op where not needed)."""
+        return None
+
     def lock_named(self, name: str) -> None:
         """Serialises work named ``name`` across processes until the transaction ends (a no-op
         where one process owns the store)."""
@@ -215,6 +219,10 @@ class Store(ABC):
             if found:
                 s.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", [datetime.now(UTC), key_id])
         return bool(found)
+
+    def analyze(self) -> None:
+        """Refreshes the planner's statistics after a bulk load (where the engine keeps any)."""
+        return None
 
     def reset(self) -> None:
         """Deletes every row (schema and keys' table stay). For tests and ``demo --fresh``."""

@@ -69,6 +69,12 @@ class PostgresSession(Session):
     def lock_identity_graph(self) -> None:
         self.cur.execute("SELECT pg_advisory_xact_lock(%s)", [IDENTITY_LOCK])
 
+    def tune_for_analytics(self) -> None:
+        # Analytics chain CTEs whose row counts PostgreSQL cannot estimate (it assumes one row and
+        # picks nested loops, quadratic in contacts); hash and merge joins are right for these scans.
+        self.cur.execute("SET LOCAL enable_nestloop = off")
+        self.cur.execute("SET LOCAL work_mem = '64MB'")
+
     def lock_named(self, name: str) -> None:
         self.cur.execute("SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", [IDENTITY_LOCK, name])
 
@@ -99,6 +105,13 @@ class PostgresStore(Store):
             self.pool.wait(timeout=10)
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from None
+
+    def analyze(self) -> None:
+        # After a bulk load the statistics are stale until autovacuum runs, and the planner then
+        # picks nested loops over CTEs for analytics: refresh them now.
+        with self.session() as s:
+            for table in ("events", "identities", "contacts"):
+                s.execute(f"ANALYZE {table}")
 
     def describe(self) -> str:
         return f"postgres:{_redact(self.url)}"

@@ -1,0 +1,434 @@
+"""Pain points, found automatically: where customers are lost or struggle, with evidence.
+
+For every funnel of a journey (checkout, registration, …) and every step in it, five detectors
+look for a place that is significantly worse than its own baseline:
+
+``dropoff``        a segment (platform=ios, …) drops off at a step far more than everyone else;
+``dip``            a step's conversion fell during a run of weeks compared with before and after;
+``loop``           customers go back and forth between two steps;
+``support``        a step is followed by support contacts (channels support, call-center) far more
+                   often than the other steps of the funnel;
+``errors``         the same for error events (``*Failed*``, ``*Error*``);
+``slow``           a segment takes far longer than everyone else between two steps.
+
+The counting (funnel reach, per-week and per-segment counts, trouble and loop counts) runs as SQL
+inside the store; only the small aggregated tables reach Python, where a two-proportion z-test
+gives each finding a significance. A finding is reported when ``z >= min_z`` (default 4, a
+one-sided p below 0.00004 — strict, because many places are tested) **and** the effect is large
+enough to matter (``min_effect``, default 5 percentage points; 1.5x for times).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from percorso.analytics.funnel import FunnelSpec, Step, funnel, reached_sql
+from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS
+from percorso.journey.definition import Condition, Journey, display, duration_seconds
+from percorso.store import Store
+
+SUPPORT = "(e.channel IN ('support', 'call-center'))"
+ERRORS = "(e.event LIKE '%Failed%' OR e.event LIKE '%Error%' OR e.event LIKE '%Errore%')"
+TROUBLE = {"support": SUPPORT, "errors": ERRORS}
+TROUBLE_HORIZON = 48 * 3600  # trouble counts up to 48 h after a step (or until the next step)
+LOOP_HORIZON = 3600  # going back to the previous step within an hour of reaching the next
+
+
+@dataclass(frozen=True)
+class Settings:
+    min_z: float = 4.0
+    min_effect: float = 0.05
+    min_slow_ratio: float = 1.5
+    min_contacts: int = 30
+    dimensions: tuple[str, ...] = ("platform",)
+
+
+@dataclass(frozen=True)
+class FunnelDef:
+    key: str
+    name: str
+    steps: list[Step]
+    window_seconds: int
+
+
+def journey_funnels(journey: Journey, lang: str = "en") -> list[FunnelDef]:
+    out = []
+    for f in journey.funnels:
+        labels = f.labels or [_label(c) for c in f.steps]
+        out.append(
+            FunnelDef(
+                f.key,
+                display(f.name, lang),
+                [Step(lb, c) for lb, c in zip(labels, f.steps, strict=True)],
+                duration_seconds(f.window),
+            )
+        )
+    return out
+
+
+def _label(condition: Condition) -> str:
+    for name in ("event", "page", "name", "type", "channel"):
+        value = getattr(condition, name)
+        if value is not None:
+            return value if isinstance(value, str) else " | ".join(value)
+    return "step"
+
+
+def z_test(x1: int, n1: int, x2: int, n2: int) -> float:
+    """z for 'proportion 1 is higher than proportion 2' (pooled two-proportion test)."""
+    if n1 == 0 or n2 == 0:
+        return 0.0
+    p = (x1 + x2) / (n1 + n2)
+    if p in (0.0, 1.0):
+        return 0.0
+    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+    return (x1 / n1 - x2 / n2) / se
+
+
+def p_value(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def find_pain_points(
+    store: Store,
+    journey: Journey,
+    *,
+    start: datetime,
+    end: datetime,
+    as_of: datetime | None = None,
+    settings: Settings = Settings(),
+    lang: str = "en",
+) -> dict[str, Any]:
+    """Every funnel of ``journey`` through every detector, ranked by contacts affected."""
+    as_of = as_of or datetime.now(UTC)
+    findings: list[dict[str, Any]] = []
+    for f in journey_funnels(journey, lang):
+        spec = FunnelSpec(steps=f.steps, start=start, end=end, window_seconds=f.window_seconds, as_of=as_of)
+        findings += _dropoff_and_slow(store, f, spec, settings)
+        findings += _dips(store, f, spec, settings)
+        findings += _trouble_and_loops(store, f, spec, settings)
+    findings.sort(key=lambda p: (-p["contacts_affected"], -p["z"]))
+    for rank, finding in enumerate(findings, 1):
+        finding["rank"] = rank
+    return {
+        "journey": journey.key,
+        "period": {"start": start.isoformat(), "end": end.isoformat()},
+        "thresholds": {
+            "min_z": settings.min_z,
+            "min_effect": settings.min_effect,
+            "min_slow_ratio": settings.min_slow_ratio,
+            "min_contacts": settings.min_contacts,
+        },
+        "funnels": [f.key for f in journey_funnels(journey)],
+        "pain_points": findings,
+    }
+
+
+def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
+    to = f.steps[k].label if k < len(f.steps) else None
+    step = f"{f.steps[k - 1].label} → {to}" if to and kind not in TROUBLE else f.steps[k - 1].label
+    z = round(fields.pop("z"), 2)
+    return {
+        "kind": kind,
+        "funnel": f.key,
+        "funnel_name": f.name,
+        "step": step,
+        "step_index": k,
+        "segment": fields.pop("segment", None),
+        "when": fields.pop("when", None),
+        "contacts_affected": round(fields.pop("affected")),
+        "z": z,
+        "p_value": float(f"{p_value(z):.3g}"),
+        **fields,
+    }
+
+
+def _dropoff_and_slow(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
+    findings = []
+    n = len(f.steps)
+    for dim in cfg.dimensions:
+        result = funnel(store, replace(spec, breakdown=dim, top=20))
+        groups = [
+            g
+            for g in (result["breakdown"] or {}).get("groups", [])
+            if g["group"] not in ("(other)", "(none)")
+        ]
+        all_groups = (result["breakdown"] or {}).get("groups", [])
+        for k in range(1, n):
+            totals = _closed(all_groups, k)
+            for g in groups:
+                reached, moved = _closed([g], k)
+                rest_reached, rest_moved = totals[0] - reached, totals[1] - moved
+                if reached < cfg.min_contacts or rest_reached < cfg.min_contacts:
+                    continue
+                drop_g, drop_rest = 1 - moved / reached, 1 - rest_moved / rest_reached
+                z = z_test(reached - moved, reached, rest_reached - rest_moved, rest_reached)
+                if z >= cfg.min_z and drop_g - drop_rest >= cfg.min_effect:
+                    findings.append(
+                        _finding(
+                            "dropoff",
+                            f,
+                            k,
+                            z=z,
+                            segment={dim: g["group"]},
+                            affected=reached * (drop_g - drop_rest),
+                            evidence={
+                                "segment_dropoff": round(drop_g, 4),
+                                "baseline_dropoff": round(drop_rest, 4),
+                                "segment_contacts": reached,
+                                "baseline_contacts": rest_reached,
+                            },
+                            summary=f"{dim}={g['group']}: {drop_g:.0%} drop off after {f.steps[k - 1].label} "
+                            f"against {drop_rest:.0%} elsewhere",
+                        )
+                    )
+        findings += _slow(store, f, spec, dim, cfg)
+    return findings
+
+
+def _closed(groups: list[dict[str, Any]], k: int) -> tuple[int, int]:
+    """(contacts who reached step k and whose window closed, of those who reached step k+1)."""
+    reached = moved = 0
+    for g in groups:
+        step = g["steps"][k - 1]
+        reached += step["contacts"] - step.get("in_progress", 0)
+        moved += g["steps"][k]["contacts"]
+    return reached, moved
+
+
+def _slow(store: Store, f: FunnelDef, spec: FunnelSpec, dim: str, cfg: Settings) -> list[dict[str, Any]]:
+    """Per segment: how many transitions k→k+1 are slower than the step's overall median."""
+    n = len(f.steps)
+    findings = []
+    with store.session() as s:
+        s.tune_for_analytics()
+        base = reached_sql(s, replace(spec, breakdown=dim))
+        medians = ", ".join(
+            f"percentile_cont(0.5) WITHIN GROUP (ORDER BY t{k + 1} - t{k}) AS m{k}" for k in range(1, n)
+        )
+        overall = s.dicts(base.text + f" SELECT {medians} FROM reached", base.params)[0]
+        counts = ", ".join(
+            f"count(t{k + 1}) AS n{k}, sum(CASE WHEN t{k + 1} - t{k} > ? THEN 1 ELSE 0 END) AS slow{k}, "
+            f"percentile_cont(0.5) WITHIN GROUP (ORDER BY t{k + 1} - t{k}) AS med{k}"
+            for k in range(1, n)
+        )
+        thresholds = [float(overall[f"m{k}"]) if overall[f"m{k}"] is not None else 0.0 for k in range(1, n)]
+        rows = s.dicts(
+            base.text + f" SELECT bd AS grp, {counts} FROM reached GROUP BY bd", [*base.params, *thresholds]
+        )
+    for k in range(1, n):
+        total_n = sum(int(r[f"n{k}"] or 0) for r in rows)
+        total_slow = sum(int(r[f"slow{k}"] or 0) for r in rows)
+        median_all = overall.get(f"m{k}")
+        for r in rows:
+            if r["grp"] in ("(none)", "(other)"):
+                continue
+            g_n, g_slow = int(r[f"n{k}"] or 0), int(r[f"slow{k}"] or 0)
+            rest_n, rest_slow = total_n - g_n, total_slow - g_slow
+            if g_n < cfg.min_contacts or rest_n < cfg.min_contacts or not median_all:
+                continue
+            ratio = float(r[f"med{k}"] or 0) / float(median_all)
+            z = z_test(g_slow, g_n, rest_slow, rest_n)
+            if z >= cfg.min_z and ratio >= cfg.min_slow_ratio:
+                findings.append(
+                    _finding(
+                        "slow",
+                        f,
+                        k,
+                        z=z,
+                        segment={dim: r["grp"]},
+                        affected=g_slow - g_n * (rest_slow / rest_n),
+                        evidence={
+                            "segment_median_seconds": round(float(r[f"med{k}"]), 1),
+                            "overall_median_seconds": round(float(median_all), 1),
+                            "segment_share_slower_than_median": round(g_slow / g_n, 4),
+                            "baseline_share_slower_than_median": round(rest_slow / rest_n, 4),
+                            "segment_contacts": g_n,
+                        },
+                        summary=f"{dim}={r['grp']}: {f.steps[k - 1].label} → {f.steps[k].label} takes "
+                        f"{ratio:.1f}x the usual time",
+                    )
+                )
+    return findings
+
+
+def _dips(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
+    """Weeks in which a step's conversion fell, against the weeks before and after."""
+    trend = [t for t in funnel(store, spec)["trend"] if t["closed"] == t["entered"]]
+    findings = []
+    for k in range(1, len(f.steps)):
+        weeks = [(t["period_start"], t["steps"][k - 1], t["steps"][k]) for t in trend]
+        total_n = sum(w[1] for w in weeks)
+        total_x = sum(w[2] for w in weeks)
+        best: tuple[float, int, int] | None = None
+        for i in range(1, len(weeks) - 1):  # at least one week before and one after
+            for j in range(i, min(i + 6, len(weeks) - 1)):
+                n_in = sum(w[1] for w in weeks[i : j + 1])
+                x_in = sum(w[2] for w in weeks[i : j + 1])
+                n_out, x_out = total_n - n_in, total_x - x_in
+                if n_in < cfg.min_contacts or n_out < cfg.min_contacts:
+                    continue
+                z = z_test(x_out, n_out, x_in, n_in)  # outside converts better than inside
+                effect = x_out / n_out - x_in / n_in
+                if z >= cfg.min_z and effect >= cfg.min_effect and (best is None or z > best[0]):
+                    best = (z, i, j)
+        if best is None:
+            continue
+        z, i, j = best
+        n_in = sum(w[1] for w in weeks[i : j + 1])
+        x_in = sum(w[2] for w in weeks[i : j + 1])
+        n_out, x_out = total_n - n_in, total_x - x_in
+        first = datetime.fromisoformat(weeks[i][0])
+        last = datetime.fromisoformat(weeks[j][0]) + timedelta(days=7)
+        findings.append(
+            _finding(
+                "dip",
+                f,
+                k,
+                z=z,
+                when={"start": first.date().isoformat(), "end": last.date().isoformat()},
+                affected=n_in * (x_out / n_out - x_in / n_in),
+                evidence={
+                    "conversion_during": round(x_in / n_in, 4),
+                    "conversion_otherwise": round(x_out / n_out, 4),
+                    "contacts_during": n_in,
+                    "weeks": j - i + 1,
+                },
+                summary=f"{f.steps[k - 1].label} → {f.steps[k].label} converted {x_in / n_in:.0%} from "
+                f"{first.date()} to {last.date()}, against {x_out / n_out:.0%} before and after",
+            )
+        )
+    return findings
+
+
+def _trouble_and_loops(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
+    n = len(f.steps)
+    with store.session() as s:
+        s.tune_for_analytics()
+        base = reached_sql(s, spec)
+        flags = []
+        for k in range(1, n + 1):
+            until = (
+                f"least(r.t{k + 1}, r.t{k} + {TROUBLE_HORIZON})" if k < n else f"r.t{k} + {TROUBLE_HORIZON}"
+            )
+            for kind in TROUBLE:
+                flags.append(
+                    f"max(CASE WHEN tr.{kind} = 1 AND tr.ts > r.t{k} AND tr.ts <= {until} THEN 1 ELSE 0 END) AS {kind}{k}"
+                )
+        backs = [
+            # back to step k within an hour of reaching step k+1
+            f"max(CASE WHEN ev.s{k} = 1 AND ev.ts > r.t{k + 1} AND ev.ts <= r.t{k + 1} + {LOOP_HORIZON} "
+            f"THEN 1 ELSE 0 END) AS back{k}"
+            for k in range(1, n)
+        ]
+        horizon_end = datetime.fromtimestamp(
+            spec.end.timestamp() + spec.window_seconds + TROUBLE_HORIZON, UTC
+        )
+        text = (
+            base.text
+            + f", tr AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, CASE WHEN {SUPPORT} THEN 1 ELSE 0 END AS support, "
+            f"CASE WHEN {ERRORS} THEN 1 ELSE 0 END AS errors FROM {RESOLVED_EVENTS} "
+            f"WHERE e.timestamp >= ? AND e.timestamp < ? AND ({SUPPORT} OR {ERRORS}))"
+            f", troubled AS (SELECT r.cid, {', '.join(flags)} FROM reached r JOIN tr ON tr.cid = r.cid GROUP BY r.cid)"
+            f", returned AS (SELECT r.cid, {', '.join(backs)} FROM reached r JOIN ev ON ev.cid = r.cid GROUP BY r.cid)"
+        )
+        params: list[Any] = [*base.params, spec.start, horizon_end]
+        sums = [f"count(r.t{k}) AS reached{k}" for k in range(1, n + 1)]
+        sums += [
+            f"(SELECT coalesce(sum({kind}{k}), 0) FROM troubled) AS {kind}{k}"
+            for k in range(1, n + 1)
+            for kind in TROUBLE
+        ]
+        sums += [f"(SELECT coalesce(sum(back{k}), 0) FROM returned) AS back{k}" for k in range(1, n)]
+        row = s.dicts(text + f" SELECT {', '.join(sums)} FROM reached r", params)[0]
+        names = s.rows(
+            text + " SELECT e.event, e.channel, count(DISTINCT r.cid) FROM reached r "
+            "JOIN identities i ON i.contact_id = r.cid JOIN events e ON e.identity_id = i.identity_id "
+            f"WHERE ({SUPPORT} OR {ERRORS}) AND e.timestamp >= ? AND e.timestamp < ? AND {EPOCH} > r.t1 "
+            f"AND {EPOCH} <= r.t1 + ? GROUP BY e.event, e.channel ORDER BY 3 DESC, 1 LIMIT 5",
+            [*params, spec.start, horizon_end, spec.window_seconds + TROUBLE_HORIZON],
+        )
+    findings = []
+    reached = [int(row[f"reached{k}"] or 0) for k in range(1, n + 1)]
+    for kind in TROUBLE:
+        findings += _trouble(
+            f, kind, reached, [int(row[f"{kind}{k}"] or 0) for k in range(1, n + 1)], names, cfg
+        )
+    findings += _loops(f, reached, [int(row[f"back{k}"] or 0) for k in range(1, n)], cfg)
+    return findings
+
+
+def _trouble(
+    f: FunnelDef, kind: str, reached: list[int], trouble: list[int], names: list[Any], cfg: Settings
+) -> list[dict[str, Any]]:
+    findings = []
+    what = "contact support" if kind == "support" else "hit an error"
+    for k in range(1, len(reached) + 1):
+        rest_n = sum(reached) - reached[k - 1]
+        rest_x = sum(trouble) - trouble[k - 1]
+        if reached[k - 1] < cfg.min_contacts or rest_n < cfg.min_contacts:
+            continue
+        share, base_share = trouble[k - 1] / reached[k - 1], rest_x / rest_n
+        z = z_test(trouble[k - 1], reached[k - 1], rest_x, rest_n)
+        if z >= cfg.min_z and share - base_share >= cfg.min_effect / 2 and share >= 1.5 * base_share:
+            findings.append(
+                _finding(
+                    kind,
+                    f,
+                    k,
+                    z=z,
+                    affected=reached[k - 1] * (share - base_share),
+                    evidence={
+                        "share_with_trouble": round(share, 4),
+                        "baseline_share": round(base_share, 4),
+                        "contacts": reached[k - 1],
+                        "events_seen": [{"event": e, "channel": c, "contacts": int(m)} for e, c, m in names],
+                    },
+                    summary=f"{share:.0%} of contacts {what} after {f.steps[k - 1].label} "
+                    f"(other steps: {base_share:.0%})",
+                )
+            )
+    return findings
+
+
+def _loops(f: FunnelDef, reached: list[int], back: list[int], cfg: Settings) -> list[dict[str, Any]]:
+    findings = []
+    n = len(reached)
+    for k in range(1, n):
+        moved = reached[k]
+        rest_n = sum(reached[1:]) - moved
+        rest_x = sum(back) - back[k - 1]
+        if moved < cfg.min_contacts:
+            continue
+        share = back[k - 1] / moved
+        base_share = rest_x / rest_n if rest_n else 0.0
+        z = (
+            z_test(back[k - 1], moved, rest_x, rest_n)
+            if rest_n >= cfg.min_contacts
+            else _z_vs(share, moved, 0.01)
+        )
+        if z >= cfg.min_z and share - base_share >= cfg.min_effect:
+            findings.append(
+                _finding(
+                    "loop",
+                    f,
+                    k,
+                    z=z,
+                    affected=moved * (share - base_share),
+                    evidence={
+                        "share_going_back": round(share, 4),
+                        "baseline_share": round(base_share, 4),
+                        "contacts": moved,
+                    },
+                    summary=f"{share:.0%} of contacts go back from {f.steps[k].label} to {f.steps[k - 1].label} "
+                    "within an hour",
+                )
+            )
+    return findings
+
+
+def _z_vs(share: float, n: int, expected: float) -> float:
+    return (share - expected) / math.sqrt(expected * (1 - expected) / n)

@@ -1,0 +1,153 @@
+"""Pain points: every kind the demo generator plants is found in the right place, period and
+segment; a clean shop yields none; DuckDB and PostgreSQL agree."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from percorso.analytics.painpoints import find_pain_points, z_test
+from percorso.analytics.stages import save_journey
+from percorso.cli import app
+from percorso.demo.command import load_demo
+from percorso.demo.generator import DemoSpec
+from percorso.journey import load_journey, template_text
+from percorso.store import Store
+from percorso.store.duckdb import DuckDBStore
+from percorso.store.postgres import PostgresStore
+from tests.conftest import create_pg_database, drop_pg_database
+
+END = datetime(2026, 11, 23, tzinfo=UTC)
+START = END - timedelta(days=183)
+JOURNEY = load_journey(template_text("five-stages"))
+
+
+def loaded(path: Path, **spec: object) -> DuckDBStore:
+    store = DuckDBStore(path / "percorso.duckdb")
+    store.migrate()
+    result = load_demo(store, DemoSpec(seed=2, end=END, **spec))  # type: ignore[arg-type]
+    assert result["rejected"] == []
+    return store
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    store = loaded(tmp_path_factory.mktemp("planted"), contacts=6000)
+    yield find_pain_points(store, JOURNEY, start=START, end=END, as_of=END)
+    store.close()
+
+
+def found(result: dict, kind: str) -> list[dict]:
+    return [p for p in result["pain_points"] if p["kind"] == kind]
+
+
+def test_planted_checkout_loop(planted):
+    [loop] = found(planted, "loop")
+    assert (loop["funnel"], loop["step"]) == ("checkout", "Product Added → Checkout Started")
+    assert loop["evidence"]["share_going_back"] > 0.2 and loop["p_value"] < 1e-6
+
+
+def test_planted_confirmation_outage_has_the_right_weeks(planted):
+    dips = [p for p in found(planted, "dip") if p["funnel"] == "registration"]
+    [dip] = [p for p in dips if p["step"] == "Registration Submitted → Registration Confirmed"]
+    # Planted from 10 to 7 weeks before the last day (END is a Monday, so weeks align).
+    assert dip["when"] == {
+        "start": (END - timedelta(weeks=10)).date().isoformat(),
+        "end": (END - timedelta(weeks=7)).date().isoformat(),
+    }
+    assert dip["evidence"]["conversion_during"] < 0.3 < 0.7 < dip["evidence"]["conversion_otherwise"]
+
+
+def test_planted_slow_android_checkout(planted):
+    [slow] = found(planted, "slow")
+    assert slow["segment"] == {"platform": "android"}
+    assert slow["step"] == "Checkout Started → Payment Info Entered"
+    assert slow["evidence"]["segment_median_seconds"] > 3 * slow["evidence"]["overall_median_seconds"]
+
+
+def test_planted_app_payment_failures(planted):
+    drops = found(planted, "dropoff")
+    assert {tuple(p["segment"].items()) for p in drops} == {
+        (("platform", "ios"),),
+        (("platform", "android"),),
+    }
+    assert all(p["step"] == "Checkout Started → Payment Info Entered" for p in drops)
+    [errors] = found(planted, "errors")
+    assert (errors["funnel"], errors["step"]) == ("checkout", "Checkout Started")
+    assert errors["evidence"]["events_seen"][0]["event"] in ("Payment Failed", "Call Completed")
+
+
+def test_planted_delivery_calls(planted):
+    [support] = found(planted, "support")
+    assert (support["funnel"], support["step"]) == ("checkout", "Order Completed")
+    assert support["evidence"]["share_with_trouble"] > 0.15 > support["evidence"]["baseline_share"]
+
+
+def test_ranked_by_contacts_affected(planted):
+    affected = [p["contacts_affected"] for p in planted["pain_points"]]
+    assert affected == sorted(affected, reverse=True)
+    assert [p["rank"] for p in planted["pain_points"]] == list(range(1, len(affected) + 1))
+    assert len(planted["pain_points"]) == 7  # the five planted problems; app failures show three ways
+
+
+def test_clean_shop_has_no_pain_points(tmp_path):
+    store = loaded(tmp_path, contacts=6000, problems=frozenset())
+    try:
+        assert find_pain_points(store, JOURNEY, start=START, end=END, as_of=END)["pain_points"] == []
+    finally:
+        store.close()
+
+
+def test_engines_agree(tmp_path):
+    duck = loaded(tmp_path, contacts=1500)
+    url = create_pg_database()
+    pg: Store = PostgresStore(url, pool_size=2)
+    try:
+        pg.migrate()
+        load_demo(pg, DemoSpec(seed=2, end=END, contacts=1500))
+        a = find_pain_points(duck, JOURNEY, start=START, end=END, as_of=END)
+        b = find_pain_points(pg, JOURNEY, start=START, end=END, as_of=END)
+        assert a["pain_points"], "the small dataset still shows the strongest planted problems"
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    finally:
+        duck.close()
+        pg.close()
+        drop_pg_database(url)
+
+
+def test_z_test_direction_and_edges():
+    assert z_test(30, 100, 10, 100) > 3 > 0 > z_test(10, 100, 30, 100)
+    assert z_test(0, 100, 0, 100) == 0.0 and z_test(5, 0, 1, 10) == 0.0
+
+
+def test_cli(tmp_path):
+    store = DuckDBStore(tmp_path / "percorso.duckdb")
+    store.migrate()
+    load_demo(store, DemoSpec(seed=2, end=END, contacts=1500))
+    save_journey(store, JOURNEY, "test")
+    save_journey(store, load_journey(template_text("five-e")), "test")
+    store.close()
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path)]
+    period = ["--from", START.date().isoformat(), "--to", END.date().isoformat()]
+    result = runner.invoke(
+        app, ["painpoints", *data, *period, "--journey", "customer-journey", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    kinds = {p["kind"] for p in json.loads(result.output)["pain_points"]}
+    assert {"loop", "support", "dip"} <= kinds
+    table = runner.invoke(app, ["painpoints", *data, *period, "--journey", "customer-journey"])
+    assert table.exit_code == 0 and "loop" in table.output
+    several = runner.invoke(app, ["painpoints", *data])
+    assert several.exit_code == 2 and "several journeys" in several.output
+    no_funnels = runner.invoke(app, ["painpoints", *data, "--journey", "five-e"])
+    assert no_funnels.exit_code == 2 and "funnels" in no_funnels.output
+    bad = runner.invoke(app, ["painpoints", *data, "--journey", "customer-journey", "--min-effect", "5"])
+    assert bad.exit_code == 2 and "--min-effect" in bad.output
+    bad_dim = runner.invoke(app, ["painpoints", *data, "--journey", "customer-journey", "-d", "colour"])
+    assert bad_dim.exit_code == 2 and "breakdown" in bad_dim.output and "Traceback" not in bad_dim.output
