@@ -361,6 +361,7 @@ from percorso.cli_journey import (  # noqa: E402
     funnel_command,
     init,
     journey_app,
+    map_command,
     painpoints_command,
     stages_app,
 )
@@ -371,6 +372,7 @@ app.command("demo")(demo)
 app.command("init")(init)
 app.command("funnel")(funnel_command)
 app.command("painpoints")(painpoints_command)
+app.command("map")(map_command)
 app.add_typer(journey_app, name="journey")
 app.add_typer(stages_app, name="stages")
 

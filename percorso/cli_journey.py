@@ -435,3 +435,68 @@ def painpoints_command(
             f"[dim]contacts = contacts affected beyond the baseline; z = significance (reported from {min_z}); "
             "--format json for the full evidence[/]"
         )
+
+
+def map_command(
+    journey: Annotated[str | None, typer.Option(help="Journey key (default: the only one stored)")] = None,
+    persona: Annotated[str | None, typer.Option(help="Only the contacts of this persona")] = None,
+    since: Annotated[
+        str | None, typer.Option("--from", help="Period start (YYYY-MM-DD); default 26 weeks ago")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Period end (YYYY-MM-DD); default now")] = None,
+    lang: Annotated[str, typer.Option(help="Names in en or it")] = "en",
+    pain_points: Annotated[bool, typer.Option(help="Include the pain points (slower)")] = True,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """The customer journey map from live data: per stage, contacts, conversion, time, actions,
+    channels, emotion, pain points and KPIs."""
+    from percorso.analytics.journeymap import journey_map
+    from percorso.analytics.personas import PersonaError
+    from percorso.analytics.stages import StageError, get_journey
+    from percorso.cli import console, emit, fail, opened, settings_for
+
+    output = _format(fmt)
+    if lang not in ("en", "it"):
+        raise typer.BadParameter("en or it", param_hint="--lang")
+    end = _parse_day(until, "--to") if until else datetime.now(UTC)
+    start = _parse_day(since, "--from") if since else end - timedelta(weeks=26)
+    if start >= end:
+        raise typer.BadParameter("must be before --to", param_hint="--from")
+    try:
+        with opened(settings_for(data_dir)) as store:
+            chosen = get_journey(store, journey)
+            result = journey_map(
+                store, chosen, persona=persona, start=start, end=end, lang=lang, with_pain_points=pain_points
+            )
+    except (StageError, PersonaError) as exc:
+        raise fail(str(exc), code=2) from None
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        return
+    rows = []
+    for s in result["stages"]:
+        emotion = s["emotion"]
+        rows.append(
+            {
+                "stage": s["name"],
+                "entered": s["contacts"]["entered"],
+                "now": s["contacts"]["now"],
+                "to next": _pct(s["conversion_to_next"]),
+                "time": _human(s["time_in_stage"]["median_seconds"]),
+                "top action": s["top_actions"][0]["action"] if s["top_actions"] else "",
+                "channels": ", ".join(f"{c['channel']} {c['share']:.0%}" for c in s["channels"][:3]),
+                "emotion": ""
+                if emotion["score"] is None
+                else f"{emotion['score']:+.2f} ({emotion['evidence']})",
+                "pain points": len(s["pain_points"]),
+            }
+        )
+    who = f", persona {result['persona']['name']}" if result["persona"] else ""
+    emit(rows, output, title=f"{result['name']}{who}: {start.date()} → {end.date()}")
+    if fmt == "table":
+        for s in result["stages"]:
+            for p in s["pain_points"]:
+                console.print(f"  [bold]{s['name']}[/]: {p['summary']}", soft_wrap=True)
+        for p in result["unplaced_pain_points"]:
+            console.print(f"  (no stage): {p['summary']}", soft_wrap=True)

@@ -36,10 +36,15 @@ def loaded(path: Path, **spec: object) -> DuckDBStore:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def planted_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DuckDBStore]:
     store = loaded(tmp_path_factory.mktemp("planted"), contacts=6000)
-    yield find_pain_points(store, JOURNEY, start=START, end=END, as_of=END)
+    yield store
     store.close()
+
+
+@pytest.fixture(scope="module")
+def planted(planted_store: DuckDBStore) -> dict:
+    return find_pain_points(planted_store, JOURNEY, start=START, end=END, as_of=END)
 
 
 def found(result: dict, kind: str) -> list[dict]:
@@ -151,3 +156,58 @@ def test_cli(tmp_path):
     assert bad.exit_code == 2 and "--min-effect" in bad.output
     bad_dim = runner.invoke(app, ["painpoints", *data, "--journey", "customer-journey", "-d", "colour"])
     assert bad_dim.exit_code == 2 and "breakdown" in bad_dim.output and "Traceback" not in bad_dim.output
+
+
+def test_journey_map_places_pain_points_and_feels_the_feedback(planted_store):
+    from percorso.analytics.journeymap import journey_map
+    from percorso.analytics.personas import persona_sizes
+
+    save_journey(planted_store, JOURNEY, "test")
+    the_map = journey_map(planted_store, JOURNEY, start=START, end=END)
+    stages = {s["stage"]: s for s in the_map["stages"]}
+    assert list(stages) == ["awareness", "consideration", "decision", "purchase", "retention"]
+    kinds_at = {key: {p["kind"] for p in s["pain_points"]} for key, s in stages.items()}
+    assert {"loop", "dip"} <= kinds_at["decision"]  # Product Added / Registration Submitted live there
+    assert "support" in kinds_at["purchase"]  # after Order Completed
+    placed = sum(len(s["pain_points"]) for s in the_map["stages"]) + len(the_map["unplaced_pain_points"])
+    assert placed == len(
+        find_pain_points(planted_store, JOURNEY, start=START, end=END, as_of=END)["pain_points"]
+    )
+    purchase = stages["purchase"]
+    assert purchase["emotion"]["evidence"] in ("medium", "high") and -1 <= purchase["emotion"]["score"] <= 1
+    assert purchase["kpis"][0]["metric"] == "revenue" and purchase["kpis"][0]["value"] > 0
+    assert stages["awareness"]["contacts"]["entered"] >= stages["purchase"]["contacts"]["entered"]
+    assert {t["lane"] for s in the_map["stages"] for t in s["touchpoints"]} <= set(the_map["lanes"])
+    assert stages["purchase"]["channels"][0]["share"] >= stages["purchase"]["channels"][-1]["share"]
+    sizes = {p["persona"]: p["contacts"] for p in persona_sizes(planted_store, JOURNEY, as_of=END)}
+    loyal = journey_map(
+        planted_store, JOURNEY, persona="loyal-customer", start=START, end=END, with_pain_points=False
+    )
+    assert loyal["persona"]["key"] == "loyal-customer"
+    entered = loyal["stages"][3]["contacts"]["entered"]
+    assert 0 < entered <= sizes["loyal-customer"] < stages["purchase"]["contacts"]["entered"]
+    italian = journey_map(planted_store, JOURNEY, start=START, end=END, lang="it", with_pain_points=False)
+    assert italian["stages"][0]["name"] == "Consapevolezza" and italian["name"] == "Percorso cliente"
+
+
+def test_cli_map(tmp_path):
+    store = DuckDBStore(tmp_path / "percorso.duckdb")
+    store.migrate()
+    load_demo(store, DemoSpec(seed=2, end=END, contacts=800))
+    save_journey(store, JOURNEY, "test")
+    store.close()
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path), "--from", START.date().isoformat(), "--to", END.date().isoformat()]
+    result = runner.invoke(app, ["map", *data, "--format", "json", "--no-pain-points"])
+    assert result.exit_code == 0, result.output
+    the_map = json.loads(result.output)
+    assert the_map["stages"][0]["stage"] == "awareness"
+    assert the_map["stages"][0]["contacts"]["entered"] > 0
+    table = runner.invoke(app, ["map", *data, "--lang", "it"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "Consapevolezza" in table.output
+    ghost = runner.invoke(app, ["map", *data, "--persona", "ghosts"])
+    assert ghost.exit_code == 2 and "not a persona" in ghost.output
+    backwards = runner.invoke(
+        app, ["map", "--data-dir", str(tmp_path), "--from", "2026-06-02", "--to", "2026-06-01"]
+    )
+    assert backwards.exit_code == 2 and "--from" in backwards.output

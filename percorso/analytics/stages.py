@@ -261,6 +261,7 @@ def stage_overview(
     until: datetime | None = None,
     period: str = "week",
     lang: str = "en",
+    contacts: Sql | None = None,
 ) -> dict[str, Any]:
     """Contacts per stage now and over time, stage-to-stage conversion, time in stage (median,
     p90), and how many contacts are stuck in each stage longer than ``stuck_after``."""
@@ -271,6 +272,10 @@ def stage_overview(
     if start >= now:
         raise StageError("since", "must be before until")
     size = 86_400 if period == "day" else 7 * 86_400
+    only = f" AND contact_id IN ({contacts.text})" if contacts else ""
+    only_a = f" AND a.contact_id IN ({contacts.text})" if contacts else ""
+    only_se = f" AND se.contact_id IN ({contacts.text})" if contacts else ""
+    fp = contacts.params if contacts else []
     with store.session() as s:
         s.tune_for_analytics()
         per_stage = {
@@ -278,10 +283,10 @@ def stage_overview(
             for r in s.dicts(
                 "WITH cur AS (SELECT contact_id, stage_index, entered_at, row_number() OVER "
                 "(PARTITION BY contact_id ORDER BY seq DESC) AS rn FROM stage_entries WHERE journey_key = ? "
-                "AND entered_at <= ?) "
+                f"AND entered_at <= ?{only}) "
                 "SELECT stage_index, count(*) AS current, "
                 "sum(CASE WHEN entered_at < ? THEN 1 ELSE 0 END) AS stuck FROM cur WHERE rn = 1 GROUP BY stage_index",
-                [journey.key, now, now - stuck_after],
+                [journey.key, now, *fp, now - stuck_after],
             )
         }
         entered = {
@@ -290,8 +295,9 @@ def stage_overview(
                 "SELECT stage_index, count(DISTINCT contact_id) AS entered, "
                 "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM left_at - entered_at)) AS median_s, "
                 "percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM left_at - entered_at)) AS p90_s "
-                "FROM stage_entries WHERE journey_key = ? AND entered_at >= ? AND entered_at < ? GROUP BY stage_index",
-                [journey.key, start, now],
+                f"FROM stage_entries WHERE journey_key = ? AND entered_at >= ? AND entered_at < ?{only} "
+                "GROUP BY stage_index",
+                [journey.key, start, now, *fp],
             )
         }
         # Entered stage k in the period and, later, a higher stage (forward) / the next stage (loop).
@@ -300,10 +306,10 @@ def stage_overview(
             for r in s.rows(
                 "SELECT a.stage_index, count(DISTINCT a.contact_id) FROM stage_entries a JOIN stage_entries b "
                 "ON b.journey_key = a.journey_key AND b.contact_id = a.contact_id AND b.seq = a.seq + 1 "
-                "WHERE a.journey_key = ? AND a.entered_at >= ? AND a.entered_at < ? "
+                f"WHERE a.journey_key = ? AND a.entered_at >= ? AND a.entered_at < ?{only_a} "
                 + ("AND b.stage_index > a.stage_index " if journey.progression == "forward" else "")
                 + "GROUP BY a.stage_index",
-                [journey.key, start, now],
+                [journey.key, start, now, *fp],
             )
         }
         trend_rows = s.rows(
@@ -311,9 +317,9 @@ def stage_overview(
             "FROM stage_entries WHERE journey_key = ? AND entered_at >= ? AND entered_at < ?), "
             "ends AS (SELECT b, to_timestamp((b + 1) * ? + ?) AS at FROM bounds) "
             "SELECT ends.b, se.stage_index, count(*) FROM ends JOIN stage_entries se ON se.journey_key = ? "
-            "AND se.entered_at < ends.at AND (se.left_at IS NULL OR se.left_at >= ends.at) "
+            f"AND se.entered_at < ends.at AND (se.left_at IS NULL OR se.left_at >= ends.at){only_se} "
             "GROUP BY ends.b, se.stage_index ORDER BY 1, 2",
-            [_offset(period), size, journey.key, start, now, size, _offset(period), journey.key],
+            [_offset(period), size, journey.key, start, now, size, _offset(period), journey.key, *fp],
         )
     stages = []
     for k, stage in enumerate(journey.stages, 1):

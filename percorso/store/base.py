@@ -63,6 +63,10 @@ class Session(ABC):
     @abstractmethod
     def next_ids(self, sequence: str, count: int) -> list[int]: ...
 
+    @abstractmethod
+    def json_number(self, column: str, key: str) -> tuple[str, list[Any]]:
+        """SQL for ``column``'s top-level ``key`` as a double when it is a number (else NULL)."""
+
     def tune_for_analytics(self) -> None:
         """Prepares this transaction for large set-oriented queries (a no-op where not needed)."""
         return None

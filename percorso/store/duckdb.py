@@ -48,6 +48,14 @@ class DuckDBSession(Session):
     def last_columns(self) -> list[str]:
         return self._columns
 
+    def json_number(self, column: str, key: str) -> tuple[str, list[Any]]:
+        path = '$."' + key.replace('"', '\\"') + '"'
+        return (
+            f"(CASE WHEN json_type({column}, ?) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
+            f"THEN CAST(json_extract({column}, ?) AS DOUBLE) END)",
+            [path, path],
+        )
+
     def json_text(self, column: str, key: str) -> tuple[str, Any]:
         return f"json_extract_string({column}, ?)", '$."' + key.replace('"', '\\"') + '"'
 

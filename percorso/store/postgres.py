@@ -45,6 +45,12 @@ class PostgresSession(Session):
     def last_columns(self) -> list[str]:
         return [d.name for d in self.cur.description or []]
 
+    def json_number(self, column: str, key: str) -> tuple[str, list[Any]]:
+        return (
+            f"(CASE WHEN jsonb_typeof({column} -> ?::text) = 'number' THEN ({column} ->> ?::text)::float8 END)",
+            [key, key],
+        )
+
     def json_text(self, column: str, key: str) -> tuple[str, Any]:
         return f"({column} ->> ?::text)", key
 

@@ -17,6 +17,7 @@ from percorso.collect.writer import GroupCommitWriter
 from percorso.config import Settings
 from percorso.events import Limits
 from percorso.store import Store, open_store
+from percorso.web.analytics import router as analytics_router
 from percorso.web.contacts import router as contacts_router
 from percorso.web.errors import install_error_handlers
 from percorso.web.keys import router as keys_router
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(collect_router)
     app.include_router(contacts_router)
     app.include_router(keys_router)
+    app.include_router(analytics_router)
 
     @app.get("/health", tags=["health"], summary="Liveness and store status")
     def health(request: Request) -> dict[str, Any]:

@@ -1,0 +1,284 @@
+"""The journey map, computed from live data: one call returns every stage of a journey for a
+persona and a period — contacts, conversion, time in stage, what customers do, through which
+touchpoints and channels, how they feel (where feedback exists), the pain points and the KPIs.
+
+The dashboard draws it; ``percorso map --format json`` prints it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+from typing import Any
+
+from percorso.analytics.painpoints import find_pain_points
+from percorso.analytics.personas import find_persona, persona_sql
+from percorso.analytics.sql import Sql, condition_sql
+from percorso.analytics.stages import stage_overview, update
+from percorso.journey.definition import Journey, display
+from percorso.store import Store
+
+TOP_ACTIONS = 5
+NPS_SCORES = [str(n) for n in range(11)]
+RATINGS = [str(n) for n in range(1, 6)]
+
+
+def journey_map(
+    store: Store,
+    journey: Journey,
+    *,
+    persona: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    lang: str = "en",
+    with_pain_points: bool = True,
+    refresh: bool = True,
+) -> dict[str, Any]:
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(weeks=26)
+    if refresh:
+        update(store, journey)
+    chosen = find_persona(journey, persona) if persona else None
+    with store.session() as s:
+        contacts = persona_sql(s, chosen, end) if chosen else None
+    overview = stage_overview(store, journey, since=start, until=end, lang=lang, contacts=contacts)
+    activity = _activity(store, journey, start, end, contacts)
+    feedback = _feedback(store, journey, start, end, contacts)
+    pains: list[dict[str, Any]] = []
+    if with_pain_points and journey.funnels:
+        pains = find_pain_points(
+            store, journey, start=start, end=end, as_of=min(end, datetime.now(UTC)), lang=lang
+        )["pain_points"]
+    by_stage_pains = _assign_pains(journey, pains)
+    stages = []
+    for k, (stage, numbers) in enumerate(zip(journey.stages, overview["stages"], strict=True), 1):
+        act = activity.get(k, {"actions": {}, "channels": {}, "touchpoints": {}, "revenue": {}, "events": 0})
+        fb = feedback.get(k, {})
+        stages.append(
+            {
+                "stage": stage.key,
+                "name": display(stage.name, lang),
+                "index": k,
+                "contacts": {
+                    "entered": numbers["entered_in_period"],
+                    "now": numbers["current_contacts"],
+                    "stuck": numbers["stuck"],
+                },
+                "conversion_to_next": numbers["conversion_to_next"],
+                "time_in_stage": {
+                    "median_seconds": numbers["median_seconds_in_stage"],
+                    "p90_seconds": numbers["p90_seconds_in_stage"],
+                },
+                "top_actions": _top(act["actions"], TOP_ACTIONS),
+                "channels": _shares(act["channels"]),
+                "touchpoints": _touchpoints(journey, act["touchpoints"], lang),
+                "emotion": _emotion(fb),
+                "pain_points": by_stage_pains.get(stage.key, []),
+                "kpis": _kpis(stage, numbers, act, fb, lang),
+            }
+        )
+    return {
+        "journey": journey.key,
+        "name": display(journey.name, lang),
+        "persona": {"key": chosen.key, "name": display(chosen.name, lang)} if chosen else None,
+        "period": {"start": start.isoformat(), "end": end.isoformat()},
+        "progression": journey.progression,
+        "stages": stages,
+        "lanes": sorted({display(t.lane, lang) for t in journey.touchpoints}),
+        "unplaced_pain_points": by_stage_pains.get("", []),
+        "notes": {
+            "actions": "events of contacts while they were in the stage, in the period",
+            "emotion": "NPS (-1..1 from -100..100) where surveys exist, else CSAT from 1-5 ratings; "
+            "evidence: none, low (< 30 responses), medium (< 200), high",
+            "pain_points": "placed at the stage whose entry criteria name the step's event",
+        },
+    }
+
+
+def _stage_windows(contacts: Sql | None) -> tuple[str, list[Any]]:
+    only = f" AND contact_id IN ({contacts.text})" if contacts else ""
+    return (
+        "se AS (SELECT contact_id, stage_index, entered_at, coalesce(left_at, ?) AS left_at FROM stage_entries "
+        f"WHERE journey_key = ? AND entered_at < ? AND coalesce(left_at, ?) > ?{only})",
+        list(contacts.params) if contacts else [],
+    )
+
+
+def _activity(
+    store: Store, journey: Journey, start: datetime, end: datetime, contacts: Sql | None
+) -> dict[int, dict[str, Any]]:
+    windows, fp = _stage_windows(contacts)
+    with store.session() as s:
+        s.tune_for_analytics()
+        cases = []
+        tp_params: list[Any] = []
+        for t in journey.touchpoints:
+            conds = [condition_sql(s, c) for c in t.match]
+            cases.append("WHEN " + " OR ".join(f"({c.text})" for c in conds) + " THEN ?")
+            tp_params += [p for c in conds for p in c.params] + [t.key]
+        touchpoint = f"CASE {' '.join(cases)} END" if cases else "NULL"
+        revenue, revenue_params = s.json_number("e.properties", "revenue")
+        rows = s.rows(
+            f"WITH {windows} SELECT se.stage_index, coalesce(e.event, e.type || ': ' || coalesce(e.name, '')) AS action, "
+            f"e.channel, {touchpoint} AS touchpoint, count(*) AS n, count(DISTINCT se.contact_id) AS contacts, "
+            f"sum({revenue}) AS revenue "
+            "FROM se JOIN identities i ON i.contact_id = se.contact_id JOIN events e ON e.identity_id = i.identity_id "
+            "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ? "
+            "GROUP BY 1, 2, 3, 4",
+            [end, journey.key, end, end, start, *fp, *tp_params, *revenue_params, start, end],
+        )
+    out: dict[int, dict[str, Any]] = {}
+    for stage_index, action, channel, tp, n, _contacts, revenue in rows:
+        a = out.setdefault(
+            int(stage_index), {"actions": {}, "channels": {}, "touchpoints": {}, "revenue": {}, "events": 0}
+        )
+        a["actions"][action] = a["actions"].get(action, 0) + int(n)
+        a["channels"][channel] = a["channels"].get(channel, 0) + int(n)
+        if tp is not None:
+            a["touchpoints"][tp] = a["touchpoints"].get(tp, 0) + int(n)
+        if revenue is not None:
+            a["revenue"][action] = a["revenue"].get(action, 0.0) + float(revenue)
+        a["events"] += int(n)
+    return out
+
+
+def _feedback(
+    store: Store, journey: Journey, start: datetime, end: datetime, contacts: Sql | None
+) -> dict[int, dict[str, Any]]:
+    windows, fp = _stage_windows(contacts)
+    with store.session() as s:
+        s.tune_for_analytics()
+        score, score_p = s.json_text("e.properties", "score")
+        survey, survey_p = s.json_text("e.properties", "survey")
+        rating, rating_p = s.json_text("e.properties", "rating")
+        nps_list = ", ".join("?" for _ in NPS_SCORES)
+        rating_list = ", ".join("?" for _ in RATINGS)
+        rows = s.dicts(
+            f"WITH {windows}, fb AS (SELECT se.stage_index, "
+            f"CASE WHEN lower({survey}) = 'nps' AND {score} IN ({nps_list}) THEN CAST({score} AS INTEGER) END AS nps, "
+            f"CASE WHEN {rating} IN ({rating_list}) THEN CAST({rating} AS INTEGER) "
+            f"WHEN lower({survey}) = 'csat' AND {score} IN ({rating_list}) THEN CAST({score} AS INTEGER) END AS csat "
+            "FROM se JOIN identities i ON i.contact_id = se.contact_id JOIN events e ON e.identity_id = i.identity_id "
+            "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ?) "
+            "SELECT stage_index, count(nps) AS nps_n, sum(CASE WHEN nps >= 9 THEN 1 ELSE 0 END) AS promoters, "
+            "sum(CASE WHEN nps <= 6 THEN 1 ELSE 0 END) AS detractors, count(csat) AS csat_n, "
+            "sum(CASE WHEN csat >= 4 THEN 1 ELSE 0 END) AS satisfied FROM fb GROUP BY stage_index",
+            [
+                end, journey.key, end, end, start, *fp,
+                survey_p, score_p, *NPS_SCORES, score_p,
+                rating_p, *RATINGS, rating_p, survey_p, score_p, *RATINGS, score_p,
+                start, end,
+            ],
+        )  # fmt: skip
+    return {int(r["stage_index"]): r for r in rows}
+
+
+def _emotion(fb: dict[str, Any]) -> dict[str, Any]:
+    nps_n, csat_n = int(fb.get("nps_n") or 0), int(fb.get("csat_n") or 0)
+    nps = csat = None
+    if nps_n:
+        nps = round(100 * (int(fb["promoters"]) - int(fb["detractors"])) / nps_n, 1)
+    if csat_n:
+        csat = round(int(fb["satisfied"]) / csat_n, 4)
+    if nps is not None:
+        score, n = nps / 100, nps_n
+    elif csat is not None:
+        score, n = 2 * csat - 1, csat_n
+    else:
+        score, n = None, 0
+    evidence = "none" if n == 0 else "low" if n < 30 else "medium" if n < 200 else "high"
+    return {
+        "score": None if score is None else round(score, 3),
+        "evidence": evidence,
+        "nps": nps,
+        "nps_responses": nps_n,
+        "csat": csat,
+        "csat_responses": csat_n,
+    }
+
+
+def _top(counts: dict[str, int], n: int) -> list[dict[str, Any]]:
+    total = sum(counts.values()) or 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return [{"action": a, "events": c, "share": round(c / total, 4)} for a, c in ranked]
+
+
+def _shares(counts: dict[str, int]) -> list[dict[str, Any]]:
+    total = sum(counts.values()) or 1
+    return [
+        {"channel": ch, "events": c, "share": round(c / total, 4)}
+        for ch, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
+def _touchpoints(journey: Journey, counts: dict[str, int], lang: str) -> list[dict[str, Any]]:
+    total = sum(counts.values()) or 1
+    out = []
+    for t in journey.touchpoints:
+        if t.key in counts:
+            out.append(
+                {
+                    "touchpoint": t.key,
+                    "name": display(t.name, lang),
+                    "lane": display(t.lane, lang),
+                    "events": counts[t.key],
+                    "share": round(counts[t.key] / total, 4),
+                }
+            )
+    return sorted(out, key=lambda t: -t["events"])
+
+
+def _kpis(
+    stage: Any, numbers: dict[str, Any], act: dict[str, Any], fb: dict[str, Any], lang: str
+) -> list[dict[str, Any]]:
+    emotion = _emotion(fb)
+    out = []
+    for kpi in stage.kpis:
+        value: Any = None
+        if kpi.metric == "contacts":
+            value = numbers["entered_in_period"]
+        elif kpi.metric == "conversion":
+            value = numbers["conversion_to_next"]
+        elif kpi.metric == "median_time_in_stage":
+            value = numbers["median_seconds_in_stage"]
+        elif kpi.metric == "events":
+            value = act["actions"].get(kpi.event, 0)
+        elif kpi.metric == "revenue":
+            value = round(act["revenue"].get(kpi.event, 0.0), 2)
+        elif kpi.metric == "nps":
+            value = emotion["nps"]
+        elif kpi.metric == "csat":
+            value = emotion["csat"]
+        out.append(
+            {
+                "name": display(kpi.name, lang),
+                "metric": kpi.metric,
+                "value": value,
+                "target": kpi.target,
+                "on_target": None if kpi.target is None or value is None else value >= kpi.target,
+            }
+        )
+    return out
+
+
+def _assign_pains(journey: Journey, pains: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """A pain point belongs to the stage whose entry criteria name the event of its step."""
+    funnels = {f.key: f for f in journey.funnels}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for pain in pains:
+        funnel = funnels.get(pain["funnel"])
+        stage_key = ""
+        if funnel is not None:
+            step = funnel.steps[pain["step_index"] - 1]
+            events = [step.event] if isinstance(step.event, str) else list(step.event or [])
+            for stage in journey.stages:
+                names = [
+                    n
+                    for c in stage.enter.any
+                    for n in ([c.event] if isinstance(c.event, str) else list(c.event or []))
+                ]
+                if any(fnmatchcase(e, n) for e in events for n in names):
+                    stage_key = stage.key
+                    break
+        out.setdefault(stage_key, []).append(pain)
+    return out

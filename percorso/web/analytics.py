@@ -1,0 +1,220 @@
+"""Journeys and analytics REST API (secret key): the JSON twins of the CLI and the dashboard."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from percorso.analytics.funnel import FunnelError, FunnelSpec, dropped_contacts, funnel, parse_step
+from percorso.analytics.journeymap import journey_map
+from percorso.analytics.painpoints import Settings as PainSettings
+from percorso.analytics.painpoints import find_pain_points
+from percorso.analytics.personas import PersonaError
+from percorso.analytics.stages import (
+    StageError,
+    get_journey,
+    list_journeys,
+    save_journey,
+    stage_overview,
+    update,
+)
+from percorso.journey.definition import (
+    DURATION_PATTERN,
+    Journey,
+    JourneyError,
+    duration_seconds,
+    json_schema,
+    load_journey,
+)
+from percorso.store import Store
+from percorso.web.auth import require_secret
+from percorso.web.errors import ApiError
+
+router = APIRouter(prefix="/v1", tags=["journeys and analytics"], dependencies=[Depends(require_secret)])
+
+JourneyKey = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="the journey's key")]
+Lang = Annotated[Literal["en", "it"], Query(description="names in English or Italian")]
+Since = Annotated[
+    datetime | None, Query(alias="from", description="period start; default 26 weeks before `to`")
+]
+Until = Annotated[datetime | None, Query(alias="to", description="period end; default now")]
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _period(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
+    end = _aware(until) if until else datetime.now(UTC)
+    start = _aware(since) if since else end - timedelta(weeks=26)
+    if start >= end:
+        raise ApiError(400, "invalid_request", "`from` must be before `to`", "from")
+    return start, end
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _journey(store: Store, key: str) -> Journey:
+    try:
+        return get_journey(store, key)
+    except StageError as exc:
+        raise ApiError(404, "not_found", str(exc), "journey") from None
+
+
+@router.get("/journeys", summary="Journeys stored, with how far their stage history goes")
+def journeys(request: Request) -> list[dict[str, Any]]:
+    return list_journeys(_store(request))
+
+
+@router.get("/journeys.schema.json", summary="The JSON Schema of journey documents")
+def schema() -> dict[str, Any]:
+    return json_schema()
+
+
+@router.put(
+    "/journeys/{key}",
+    summary="Store or replace a journey (YAML or JSON body) and compute its stage history",
+    openapi_extra={
+        "requestBody": {"content": {"application/yaml": {}, "application/json": {}}, "required": True}
+    },
+)
+async def put_journey(request: Request, key: JourneyKey) -> dict[str, Any]:
+    body = await request.body()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_body", "the body is not UTF-8 text") from None
+    try:
+        journey = load_journey(text, "body")
+    except JourneyError as exc:
+        problems = [p.as_dict() for p in exc.problems]
+        raise ApiError(
+            422, "invalid_journey", str(exc.problems[0]), problems[0]["field"] or None, problems=problems
+        ) from None
+    if journey.key != key:
+        raise ApiError(
+            400, "invalid_request", f"the document's key is {journey.key!r}, the URL says {key!r}", "key"
+        )
+    store = _store(request)
+    saved = save_journey(store, journey, "api")
+    report = update(store, journey)
+    return {**saved, "stages": report.as_dict()}
+
+
+@router.get("/journeys/{key}", summary="A journey's definition")
+def get_definition(request: Request, key: JourneyKey) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.to_builtins(_journey(_store(request), key))
+
+
+@router.get("/journeys/{key}/stages", summary="Stage overview: contacts per stage, conversion, time, stuck")
+def stages(
+    request: Request,
+    key: JourneyKey,
+    since: Since = None,
+    until: Until = None,
+    stuck_after: Annotated[str, Query(pattern=DURATION_PATTERN, description="30m, 12h, 14d, 2w")] = "30d",
+    lang: Lang = "en",
+) -> dict[str, Any]:
+    store = _store(request)
+    journey = _journey(store, key)
+    start, end = _period(since, until)
+    update(store, journey)
+    return stage_overview(
+        store,
+        journey,
+        since=start,
+        until=end,
+        lang=lang,
+        stuck_after=timedelta(seconds=duration_seconds(stuck_after)),
+    )
+
+
+@router.get("/journeys/{key}/map", summary="The journey map for a persona and a period")
+def journey_map_endpoint(
+    request: Request,
+    key: JourneyKey,
+    persona: Annotated[str | None, Query(max_length=63)] = None,
+    since: Since = None,
+    until: Until = None,
+    lang: Lang = "en",
+    pain_points: bool = True,
+) -> dict[str, Any]:
+    store = _store(request)
+    journey = _journey(store, key)
+    start, end = _period(since, until)
+    try:
+        return journey_map(
+            store, journey, persona=persona, start=start, end=end, lang=lang, with_pain_points=pain_points
+        )
+    except PersonaError as exc:
+        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+
+
+@router.get("/journeys/{key}/painpoints", summary="Pain points found automatically in the journey's funnels")
+def painpoints(
+    request: Request,
+    key: JourneyKey,
+    since: Since = None,
+    until: Until = None,
+    dimension: Annotated[list[str] | None, Query(max_length=10)] = None,
+    min_z: Annotated[float, Query(ge=1, le=20)] = 4.0,
+    min_effect: Annotated[float, Query(gt=0, lt=1)] = 0.05,
+    lang: Lang = "en",
+) -> dict[str, Any]:
+    store = _store(request)
+    journey = _journey(store, key)
+    start, end = _period(since, until)
+    cfg = PainSettings(min_z=min_z, min_effect=min_effect, dimensions=tuple(dimension or ("platform",)))
+    try:
+        return find_pain_points(
+            store, journey, start=start, end=end, as_of=min(end, datetime.now(UTC)), settings=cfg, lang=lang
+        )
+    except FunnelError as exc:
+        raise ApiError(400, "invalid_request", str(exc), "dimension") from None
+
+
+class FunnelRequest(BaseModel):
+    steps: list[str] = Field(
+        min_length=2,
+        max_length=20,
+        description="event names or event:/page:/type:/channel:/name:/property.KEY: patterns",
+    )
+    start: datetime | None = Field(None, alias="from")
+    end: datetime | None = Field(None, alias="to")
+    window: str = Field("14d", pattern=DURATION_PATTERN)
+    breakdown: str | None = None
+    top: int = Field(10, ge=1, le=100)
+    period: Literal["day", "week"] = "week"
+
+
+@router.post("/funnels", summary="Funnel conversion between ordered steps, in unique contacts")
+def funnel_endpoint(
+    request: Request,
+    spec: Annotated[FunnelRequest, Body()],
+    dropped_at: Annotated[
+        int | None, Query(ge=1, le=19, description="list the contacts who dropped after this step")
+    ] = None,
+) -> Any:
+    start, end = _period(spec.start, spec.end)
+    try:
+        funnel_spec = FunnelSpec(
+            steps=[parse_step(s) for s in spec.steps],
+            start=start,
+            end=end,
+            window_seconds=duration_seconds(spec.window),
+            breakdown=spec.breakdown,
+            top=spec.top,
+            period=spec.period,
+        )
+        if dropped_at is not None:
+            return {"contacts": dropped_contacts(_store(request), funnel_spec, dropped_at)}
+        return funnel(_store(request), funnel_spec)
+    except FunnelError as exc:
+        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
