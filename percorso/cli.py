@@ -363,7 +363,9 @@ from percorso.cli_journey import (  # noqa: E402
     journey_app,
     map_command,
     painpoints_command,
+    paths_command,
     stages_app,
+    transitions_command,
 )
 from percorso.demo.command import demo  # noqa: E402
 
@@ -373,6 +375,8 @@ app.command("init")(init)
 app.command("funnel")(funnel_command)
 app.command("painpoints")(painpoints_command)
 app.command("map")(map_command)
+app.command("paths")(paths_command)
+app.command("transitions")(transitions_command)
 app.add_typer(journey_app, name="journey")
 app.add_typer(stages_app, name="stages")
 

@@ -500,3 +500,115 @@ def map_command(
                 console.print(f"  [bold]{s['name']}[/]: {p['summary']}", soft_wrap=True)
         for p in result["unplaced_pain_points"]:
             console.print(f"  (no stage): {p['summary']}", soft_wrap=True)
+
+
+def paths_command(
+    from_step: Annotated[
+        str | None, typer.Option("--from-step", help="Start at this step (event name or pattern)")
+    ] = None,
+    to_step: Annotated[str | None, typer.Option("--to-step", help="End at this step")] = None,
+    since: Annotated[
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 30 days ago")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="Day after the last (YYYY-MM-DD); default tomorrow")
+    ] = None,
+    max_steps: Annotated[int, typer.Option(help="Steps per path")] = 5,
+    top: Annotated[int, typer.Option(help="Links shown; the rest fold into (other)")] = 50,
+    session_gap: Annotated[str, typer.Option(help="A gap longer than this starts a new session")] = "30m",
+    collapse: Annotated[bool, typer.Option(help="Merge consecutive repeats of the same step")] = True,
+    url_rule: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--url-rule", help="REGEX=>REPLACEMENT applied to page paths, e.g. '^/p/[0-9]+$=>/p/:id'"
+        ),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """The paths contacts take within a session, ready for a Sankey chart."""
+    from percorso.analytics.funnel import FunnelError, parse_step
+    from percorso.analytics.paths import PathError, PathSpec, paths
+    from percorso.cli import emit, fail, opened, settings_for
+
+    output = _format(fmt)
+    rules = []
+    for rule in url_rule or []:
+        pattern, sep, replacement = rule.partition("=>")
+        if not sep:
+            raise typer.BadParameter(f"{rule!r}: write REGEX=>REPLACEMENT", param_hint="--url-rule")
+        rules.append((pattern, replacement))
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        spec = PathSpec(
+            start=_parse_day(since, "--from") if since else today - timedelta(days=30),
+            end=_parse_day(until, "--to") if until else today + timedelta(days=1),
+            from_step=parse_step(from_step).condition if from_step else None,
+            to_step=parse_step(to_step).condition if to_step else None,
+            max_steps=max_steps,
+            top_edges=top,
+            session_gap_seconds=int(_duration(session_gap, "--session-gap").total_seconds()),
+            collapse_repeats=collapse,
+            url_rules=rules,
+        )
+        spec.check()
+        with opened(settings_for(data_dir)) as store:
+            result = paths(store, spec)
+    except (PathError, FunnelError) as exc:
+        raise fail(str(exc), code=2) from None
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        return
+    rows = [
+        {
+            "from": link["source"],
+            "to": link["target"],
+            "transitions": link["transitions"],
+            "contacts": link["contacts"],
+        }
+        for link in result["links"]
+    ]
+    emit(
+        rows,
+        output,
+        title=f"paths ({result['mode']}): {result['sessions']} sessions, {result['contacts']} contacts",
+    )
+
+
+def transitions_command(
+    since: Annotated[
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 30 days ago")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="Day after the last (YYYY-MM-DD); default tomorrow")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Transitions shown, most frequent first")] = 50,
+    session_gap: Annotated[str, typer.Option(help="A gap longer than this starts a new session")] = "30m",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """The transition graph: how often each step follows another, with probability and median time."""
+    from percorso.analytics.paths import PathError, transitions
+    from percorso.cli import emit, fail, opened, settings_for
+
+    output = _format(fmt)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = _parse_day(since, "--from") if since else today - timedelta(days=30)
+    end = _parse_day(until, "--to") if until else today + timedelta(days=1)
+    try:
+        with opened(settings_for(data_dir)) as store:
+            rows = transitions(
+                store,
+                start,
+                end,
+                top=top,
+                session_gap_seconds=int(_duration(session_gap, "--session-gap").total_seconds()),
+            )
+    except PathError as exc:
+        raise fail(str(exc), code=2) from None
+    if fmt == "table":
+        rows = [
+            {**r, "probability": _pct(r["probability"]), "median_seconds": _human(r["median_seconds"])}
+            for r in rows
+        ]
+    emit(rows, output, title="transitions")
