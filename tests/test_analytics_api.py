@@ -106,3 +106,25 @@ def test_bad_requests_name_the_problem(server):
     dim = http.get("/v1/journeys/shop/painpoints", params={"dimension": "colour"})
     assert dim.status_code == 200  # no funnels in this journey: nothing to break down
     assert server.client(server.write_key).get("/v1/journeys").status_code in (401, 403)
+
+
+def test_paths_and_transitions_endpoints(server):
+    from tests.test_paths import scenario as path_scenario
+
+    report = load_messages(
+        server.store, enumerate(path_scenario()), classifier=ChannelClassifier(load_rules()), limits=Limits()
+    )
+    assert report.rejected == []
+    http = server.client()
+    period = {"from": "2026-04-05T00:00:00Z", "to": "2026-04-07T00:00:00Z"}
+    r = http.get(
+        "/v1/paths", params={**period, "from_step": "Product Viewed", "url_rule": "^/p/[0-9]+$=>/p/:id"}
+    )
+    assert r.status_code == 200 and r.json()["mode"] == "from" and r.json()["contacts"] == 2
+    t = http.get("/v1/transitions", params=period)
+    assert t.status_code == 200 and any(row["source"] == "Product Viewed" for row in t.json())
+    bad_rule = http.get("/v1/paths", params={**period, "url_rule": "no-arrow"})
+    assert bad_rule.status_code == 400 and bad_rule.json()["field"] == "url_rule"
+    bad_regex = http.get("/v1/paths", params={**period, "url_rule": "([=>x"})
+    assert bad_regex.status_code == 400 and bad_regex.json()["field"] == "url_rules"
+    assert http.get("/v1/paths", params={"max_steps": 99}).status_code == 400

@@ -218,3 +218,58 @@ def funnel_endpoint(
         return funnel(_store(request), funnel_spec)
     except FunnelError as exc:
         raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+
+
+@router.get("/paths", summary="Paths within sessions, as Sankey nodes and links")
+def paths_endpoint(
+    request: Request,
+    since: Since = None,
+    until: Until = None,
+    from_step: Annotated[str | None, Query(max_length=200)] = None,
+    to_step: Annotated[str | None, Query(max_length=200)] = None,
+    max_steps: Annotated[int, Query(ge=2, le=20)] = 5,
+    top: Annotated[int, Query(ge=1, le=500)] = 50,
+    session_gap: Annotated[str, Query(pattern=DURATION_PATTERN)] = "30m",
+    collapse: bool = True,
+    url_rule: Annotated[list[str] | None, Query(max_length=20, description="REGEX=>REPLACEMENT")] = None,
+) -> dict[str, Any]:
+    from percorso.analytics.paths import PathError, PathSpec, paths
+
+    start, end = _period(since, until)
+    rules = []
+    for rule in url_rule or []:
+        pattern, sep, replacement = rule.partition("=>")
+        if not sep:
+            raise ApiError(400, "invalid_request", f"{rule!r}: write REGEX=>REPLACEMENT", "url_rule")
+        rules.append((pattern, replacement))
+    try:
+        spec = PathSpec(
+            start=start,
+            end=end,
+            from_step=parse_step(from_step).condition if from_step else None,
+            to_step=parse_step(to_step).condition if to_step else None,
+            max_steps=max_steps,
+            top_edges=top,
+            session_gap_seconds=duration_seconds(session_gap),
+            collapse_repeats=collapse,
+            url_rules=rules,
+        )
+        return paths(_store(request), spec)
+    except (PathError, FunnelError) as exc:
+        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+
+
+@router.get("/transitions", summary="The transition graph: A → B counts, probability and median time")
+def transitions_endpoint(
+    request: Request,
+    since: Since = None,
+    until: Until = None,
+    top: Annotated[int, Query(ge=1, le=500)] = 50,
+    session_gap: Annotated[str, Query(pattern=DURATION_PATTERN)] = "30m",
+) -> list[dict[str, Any]]:
+    from percorso.analytics.paths import transitions
+
+    start, end = _period(since, until)
+    return transitions(
+        _store(request), start, end, top=top, session_gap_seconds=duration_seconds(session_gap)
+    )
