@@ -171,7 +171,9 @@ def _as_of(spec: FunnelSpec) -> float:
     return (spec.as_of or datetime.now(UTC)).timestamp()
 
 
-def funnel(store: Store, spec: FunnelSpec) -> dict[str, Any]:
+def funnel(
+    store: Store, spec: FunnelSpec, *, trend: bool = True, distribution: bool = True
+) -> dict[str, Any]:
     """Counts, conversion, in-progress and dropped contacts, and times between steps, per
     breakdown group (top N by entries, the rest as ``(other)``), with a trend and the
     time-to-convert distribution."""
@@ -207,18 +209,22 @@ def funnel(store: Store, spec: FunnelSpec) -> dict[str, Any]:
         period = 86_400 if spec.period == "day" else 7 * 86_400
         offset = 0 if spec.period == "day" else WEEK_OFFSET
         step_counts = "".join(f", count(t{k})" for k in range(2, n + 1))
-        trend_rows = s.rows(
-            base.text + f" SELECT CAST(floor((t1 - ?) / ?) AS BIGINT) AS bucket, count(*), count(t{n}), "
-            f"sum(CASE WHEN t{n} IS NULL AND t1 + ? > ? THEN 1 ELSE 0 END), "
-            f"sum(CASE WHEN t1 + ? <= ? THEN 1 ELSE 0 END){step_counts} FROM reached GROUP BY 1 ORDER BY 1",
-            [*base.params, offset, period, spec.window_seconds, as_of, spec.window_seconds, as_of],
-        )
-        cases = " ".join(f"WHEN t{n} - t1 < {limit} THEN {i}" for i, (limit, _) in enumerate(BUCKETS))
-        distribution_rows = s.rows(
-            base.text + f" SELECT CASE {cases} ELSE {len(BUCKETS)} END AS b, count(*) FROM reached "
-            f"WHERE t{n} IS NOT NULL GROUP BY 1 ORDER BY 1",
-            base.params,
-        )
+        trend_rows: list[Any] = []
+        distribution_rows: list[Any] = []
+        if trend:
+            trend_rows = s.rows(
+                base.text + f" SELECT CAST(floor((t1 - ?) / ?) AS BIGINT) AS bucket, count(*), count(t{n}), "
+                f"sum(CASE WHEN t{n} IS NULL AND t1 + ? > ? THEN 1 ELSE 0 END), "
+                f"sum(CASE WHEN t1 + ? <= ? THEN 1 ELSE 0 END){step_counts} FROM reached GROUP BY 1 ORDER BY 1",
+                [*base.params, offset, period, spec.window_seconds, as_of, spec.window_seconds, as_of],
+            )
+        if distribution:
+            cases = " ".join(f"WHEN t{n} - t1 < {limit} THEN {i}" for i, (limit, _) in enumerate(BUCKETS))
+            distribution_rows = s.rows(
+                base.text + f" SELECT CASE {cases} ELSE {len(BUCKETS)} END AS b, count(*) FROM reached "
+                f"WHERE t{n} IS NOT NULL GROUP BY 1 ORDER BY 1",
+                base.params,
+            )
     groups = [_group(row, spec, n) for row in rows]
     total = _total(groups, n) if spec.breakdown else (groups[0] if groups else _group({"grp": ""}, spec, n))
     window_label = _duration_label(spec.window_seconds)
@@ -242,7 +248,9 @@ def funnel(store: Store, spec: FunnelSpec) -> dict[str, Any]:
             }
             for b, entered, converted, open_, closed, *counts in trend_rows
         ],
-        "time_to_convert": _distribution(dict(distribution_rows), spec.window_seconds),
+        "time_to_convert": _distribution(dict(distribution_rows), spec.window_seconds)
+        if distribution
+        else None,
     }
 
 

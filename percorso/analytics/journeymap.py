@@ -42,8 +42,7 @@ def journey_map(
     with store.session() as s:
         contacts = persona_sql(s, chosen, end) if chosen else None
     overview = stage_overview(store, journey, since=start, until=end, lang=lang, contacts=contacts)
-    activity = _activity(store, journey, start, end, contacts)
-    feedback = _feedback(store, journey, start, end, contacts)
+    activity, feedback = _activity(store, journey, start, end, contacts)
     pains: list[dict[str, Any]] = []
     if with_pain_points and journey.funnels:
         pains = find_pain_points(
@@ -106,7 +105,9 @@ def _stage_windows(contacts: Sql | None) -> tuple[str, list[Any]]:
 
 def _activity(
     store: Store, journey: Journey, start: datetime, end: datetime, contacts: Sql | None
-) -> dict[int, dict[str, Any]]:
+) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """One scan of the events contacts made while in each stage: actions, channels, touchpoints,
+    revenue, and the feedback (NPS and CSAT counts) — per stage."""
     windows, fp = _stage_windows(contacts)
     with store.session() as s:
         s.tune_for_analytics()
@@ -118,19 +119,37 @@ def _activity(
             tp_params += [p for c in conds for p in c.params] + [t.key]
         touchpoint = f"CASE {' '.join(cases)} END" if cases else "NULL"
         revenue, revenue_params = s.json_number("e.properties", "revenue")
+        score, score_p = s.json_text("e.properties", "score")
+        survey, survey_p = s.json_text("e.properties", "survey")
+        rating, rating_p = s.json_text("e.properties", "rating")
+        nps_list = ", ".join("?" for _ in NPS_SCORES)
+        rating_list = ", ".join("?" for _ in RATINGS)
         rows = s.rows(
-            f"WITH {windows} SELECT se.stage_index, coalesce(e.event, e.type || ': ' || coalesce(e.name, '')) AS action, "
-            f"e.channel, {touchpoint} AS touchpoint, count(*) AS n, count(DISTINCT se.contact_id) AS contacts, "
-            f"sum({revenue}) AS revenue "
+            f"WITH {windows}, x AS (SELECT se.stage_index, se.contact_id, "
+            "coalesce(e.event, e.type || ': ' || coalesce(e.name, '')) AS action, "
+            f"e.channel, {touchpoint} AS touchpoint, {revenue} AS revenue, "
+            f"CASE WHEN lower({survey}) = 'nps' AND {score} IN ({nps_list}) THEN CAST({score} AS INTEGER) END AS nps, "
+            f"CASE WHEN {rating} IN ({rating_list}) THEN CAST({rating} AS INTEGER) "
+            f"WHEN lower({survey}) = 'csat' AND {score} IN ({rating_list}) THEN CAST({score} AS INTEGER) END AS csat "
             "FROM se JOIN identities i ON i.contact_id = se.contact_id JOIN events e ON e.identity_id = i.identity_id "
-            "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ? "
-            "GROUP BY 1, 2, 3, 4",
-            [end, journey.key, end, end, start, *fp, *tp_params, *revenue_params, start, end],
-        )
-    out: dict[int, dict[str, Any]] = {}
-    for stage_index, action, channel, tp, n, _contacts, revenue in rows:
-        a = out.setdefault(
-            int(stage_index), {"actions": {}, "channels": {}, "touchpoints": {}, "revenue": {}, "events": 0}
+            "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ?) "
+            "SELECT stage_index, action, channel, touchpoint, count(*), sum(revenue), count(nps), "
+            "sum(CASE WHEN nps >= 9 THEN 1 ELSE 0 END), sum(CASE WHEN nps <= 6 THEN 1 ELSE 0 END), "
+            "count(csat), sum(CASE WHEN csat >= 4 THEN 1 ELSE 0 END) FROM x GROUP BY 1, 2, 3, 4",
+            [
+                end, journey.key, end, end, start, *fp,
+                *tp_params, *revenue_params,
+                survey_p, score_p, *NPS_SCORES, score_p,
+                rating_p, *RATINGS, rating_p, survey_p, score_p, *RATINGS, score_p,
+                start, end,
+            ],
+        )  # fmt: skip
+    activity: dict[int, dict[str, Any]] = {}
+    feedback: dict[int, dict[str, Any]] = {}
+    for stage_index, action, channel, tp, n, revenue, nps_n, promoters, detractors, csat_n, satisfied in rows:
+        k = int(stage_index)
+        a = activity.setdefault(
+            k, {"actions": {}, "channels": {}, "touchpoints": {}, "revenue": {}, "events": 0}
         )
         a["actions"][action] = a["actions"].get(action, 0) + int(n)
         a["channels"][channel] = a["channels"].get(channel, 0) + int(n)
@@ -139,38 +158,15 @@ def _activity(
         if revenue is not None:
             a["revenue"][action] = a["revenue"].get(action, 0.0) + float(revenue)
         a["events"] += int(n)
-    return out
-
-
-def _feedback(
-    store: Store, journey: Journey, start: datetime, end: datetime, contacts: Sql | None
-) -> dict[int, dict[str, Any]]:
-    windows, fp = _stage_windows(contacts)
-    with store.session() as s:
-        s.tune_for_analytics()
-        score, score_p = s.json_text("e.properties", "score")
-        survey, survey_p = s.json_text("e.properties", "survey")
-        rating, rating_p = s.json_text("e.properties", "rating")
-        nps_list = ", ".join("?" for _ in NPS_SCORES)
-        rating_list = ", ".join("?" for _ in RATINGS)
-        rows = s.dicts(
-            f"WITH {windows}, fb AS (SELECT se.stage_index, "
-            f"CASE WHEN lower({survey}) = 'nps' AND {score} IN ({nps_list}) THEN CAST({score} AS INTEGER) END AS nps, "
-            f"CASE WHEN {rating} IN ({rating_list}) THEN CAST({rating} AS INTEGER) "
-            f"WHEN lower({survey}) = 'csat' AND {score} IN ({rating_list}) THEN CAST({score} AS INTEGER) END AS csat "
-            "FROM se JOIN identities i ON i.contact_id = se.contact_id JOIN events e ON e.identity_id = i.identity_id "
-            "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ?) "
-            "SELECT stage_index, count(nps) AS nps_n, sum(CASE WHEN nps >= 9 THEN 1 ELSE 0 END) AS promoters, "
-            "sum(CASE WHEN nps <= 6 THEN 1 ELSE 0 END) AS detractors, count(csat) AS csat_n, "
-            "sum(CASE WHEN csat >= 4 THEN 1 ELSE 0 END) AS satisfied FROM fb GROUP BY stage_index",
-            [
-                end, journey.key, end, end, start, *fp,
-                survey_p, score_p, *NPS_SCORES, score_p,
-                rating_p, *RATINGS, rating_p, survey_p, score_p, *RATINGS, score_p,
-                start, end,
-            ],
-        )  # fmt: skip
-    return {int(r["stage_index"]): r for r in rows}
+        fb = feedback.setdefault(
+            k, {"nps_n": 0, "promoters": 0, "detractors": 0, "csat_n": 0, "satisfied": 0}
+        )
+        for key, value in (
+            ("nps_n", nps_n), ("promoters", promoters), ("detractors", detractors),
+            ("csat_n", csat_n), ("satisfied", satisfied),
+        ):  # fmt: skip
+            fb[key] += int(value or 0)
+    return activity, feedback
 
 
 def _emotion(fb: dict[str, Any]) -> dict[str, Any]:

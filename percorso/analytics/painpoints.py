@@ -150,7 +150,7 @@ def _dropoff_and_slow(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Setting
     findings = []
     n = len(f.steps)
     for dim in cfg.dimensions:
-        result = funnel(store, replace(spec, breakdown=dim, top=20))
+        result = funnel(store, replace(spec, breakdown=dim, top=20), trend=False, distribution=False)
         groups = [
             g
             for g in (result["breakdown"] or {}).get("groups", [])
@@ -257,7 +257,7 @@ def _slow(store: Store, f: FunnelDef, spec: FunnelSpec, dim: str, cfg: Settings)
 
 def _dips(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
     """Weeks in which a step's conversion fell, against the weeks before and after."""
-    trend = [t for t in funnel(store, spec)["trend"] if t["closed"] == t["entered"]]
+    trend = [t for t in funnel(store, spec, distribution=False)["trend"] if t["closed"] == t["entered"]]
     findings = []
     for k in range(1, len(f.steps)):
         weeks = [(t["period_start"], t["steps"][k - 1], t["steps"][k]) for t in trend]
