@@ -356,6 +356,7 @@ def contacts_erase(
 
 
 # -- import and demo live in their own modules to keep this file about commands --------------------
+from percorso.cli_automation import automation_app, worker  # noqa: E402
 from percorso.cli_import import import_file  # noqa: E402
 from percorso.cli_journey import (  # noqa: E402
     funnel_command,
@@ -379,6 +380,8 @@ app.command("paths")(paths_command)
 app.command("transitions")(transitions_command)
 app.add_typer(journey_app, name="journey")
 app.add_typer(stages_app, name="stages")
+app.add_typer(automation_app, name="automation")
+app.command("worker")(worker)
 
 if __name__ == "__main__":
     app()

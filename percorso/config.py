@@ -52,6 +52,15 @@ class Settings:
     #: Most events one group commit writes.
     max_commit_events: int = 20_000
     stage_interval: int = 10  # seconds between stage-history updates in `serve`; 0 turns them off
+    #: Run the automation worker inside `serve` (turn off with PERCORSO_AUTOMATION_WORKER=0 when
+    #: separate `percorso worker` processes do the work on PostgreSQL).
+    automation_worker: bool = True
+    #: The address people reach this server at: unsubscribe and tracking links in emails use it.
+    public_url: str = ""
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def duckdb_path(self) -> Path:
@@ -75,7 +84,7 @@ class Settings:
         values: dict[str, object] = {}
         if env.get("PERCORSO_DATA_DIR"):
             values["data_dir"] = Path(env["PERCORSO_DATA_DIR"]).expanduser()
-        for name in ("database_url", "host", "channels_file"):
+        for name in ("database_url", "host", "channels_file", "public_url"):
             key = f"PERCORSO_{name.upper()}"
             if key in env:
                 values[name] = env[key]
@@ -83,6 +92,11 @@ class Settings:
         for f in fields(cls):
             if f.type in ("int", int):
                 values[f.name] = _env_int(f"PERCORSO_{f.name.upper()}", getattr(defaults, f.name))
+        raw = env.get("PERCORSO_AUTOMATION_WORKER", "").strip().lower()
+        if raw:
+            if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise ConfigError(f"PERCORSO_AUTOMATION_WORKER={raw!r} is not 1 or 0")
+            values["automation_worker"] = raw in ("1", "true", "yes", "on")
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
         settings.engine  # validate early  # noqa: B018

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from percorso.analytics.sql import RESOLVED_EVENTS, Sql, _text, condition_sql
-from percorso.journey.definition import Journey, Persona, duration_seconds
+from percorso.journey.definition import Journey, Persona, PersonaRule, duration_seconds
 from percorso.store import Store
 from percorso.store.base import Session
 
@@ -27,36 +27,59 @@ def find_persona(journey: Journey, key: str) -> Persona:
 
 def persona_sql(session: Session, persona: Persona, as_of: datetime | None = None) -> Sql:
     """``SELECT contact_id`` of the live contacts the persona's rules select (as of ``as_of``)."""
+    return rule_sql(session, persona.when, as_of)
+
+
+def rule_sql(
+    session: Session, rule: PersonaRule, as_of: datetime | None = None, contacts: list[int] | None = None
+) -> Sql:
+    """``SELECT contact_id`` of the live contacts matching ``rule`` (traits and behaviour) as of
+    ``as_of``; ``contacts`` narrows the question to those contacts (an automation's condition)."""
     as_of = as_of or datetime.now(UTC)
     where = ["c.merged_into IS NULL"]
     params: list[Any] = []
-    for key, expected in (persona.when.traits or {}).items():
+    narrow = ""
+    narrow_params: list[Any] = []
+    if contacts is not None:
+        narrow = f" AND c.contact_id IN ({', '.join('?' for _ in contacts)})" if contacts else " AND FALSE"
+        narrow_params = list(contacts)
+    for key, expected in (rule.traits or {}).items():
         expression, param = session.json_text("c.traits", key)
         values = expected if isinstance(expected, list) else [expected]
         where.append(f"{expression} IN ({', '.join('?' for _ in values)})")
         params += [param, *map(_text, values)]
-    behaviour = persona.when.behaviour
+    behaviour = rule.behaviour
     if not behaviour:
-        return Sql(f"SELECT c.contact_id FROM contacts c WHERE {' AND '.join(where)}", params)
+        return Sql(
+            f"SELECT c.contact_id FROM contacts c WHERE {' AND '.join(where)}{narrow}", params + narrow_params
+        )
     counts = []
     count_params: list[Any] = []
-    for j, rule in enumerate(behaviour):
-        cond = condition_sql(session, rule.did)
+    for j, rule_part in enumerate(behaviour):
+        cond = condition_sql(session, rule_part.did)
         window = ""
-        if rule.within:
+        if rule_part.within:
             window = " AND e.timestamp >= ?"
-            cond.params.append(datetime.fromtimestamp(as_of.timestamp() - duration_seconds(rule.within), UTC))
+            cond.params.append(
+                datetime.fromtimestamp(as_of.timestamp() - duration_seconds(rule_part.within), UTC)
+            )
         counts.append(f"sum(CASE WHEN ({cond.text}){window} AND e.timestamp <= ? THEN 1 ELSE 0 END) AS b{j}")
         count_params += [*cond.params, as_of]
         where.append(f"coalesce(beh.b{j}, 0) >= ?")
-        params.append(rule.at_least)
-        if rule.at_most is not None:
+        params.append(rule_part.at_least)
+        if rule_part.at_most is not None:
             where.append(f"coalesce(beh.b{j}, 0) <= ?")
-            params.append(rule.at_most)
+            params.append(rule_part.at_most)
+    inner_where = ""
+    if contacts is not None:
+        inner_where = (
+            f" WHERE i.contact_id IN ({', '.join('?' for _ in contacts)})" if contacts else " WHERE FALSE"
+        )
     return Sql(
         f"SELECT c.contact_id FROM contacts c LEFT JOIN (SELECT i.contact_id AS cid, {', '.join(counts)} "
-        f"FROM {RESOLVED_EVENTS} GROUP BY i.contact_id) beh ON beh.cid = c.contact_id WHERE {' AND '.join(where)}",
-        [*count_params, *params],
+        f"FROM {RESOLVED_EVENTS}{inner_where} GROUP BY i.contact_id) beh ON beh.cid = c.contact_id "
+        f"WHERE {' AND '.join(where)}{narrow}",
+        [*count_params, *(contacts or []), *params, *narrow_params],
     )
 
 

@@ -8,6 +8,7 @@ locks) — the SQL text itself is shared.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import threading
 from abc import ABC, abstractmethod
@@ -19,6 +20,9 @@ from typing import Any
 
 from percorso.events import Event
 from percorso.store.migrations import MIGRATIONS
+
+#: The PostgreSQL NOTIFY channel that wakes automation workers in other processes.
+EVENTS_CHANNEL = "percorso_events"
 
 
 class StoreError(RuntimeError):
@@ -71,6 +75,14 @@ class Session(ABC):
         """Prepares this transaction for large set-oriented queries (a no-op where not needed)."""
         return None
 
+    #: Appended to a ``SELECT … FOR UPDATE`` claim so concurrent workers take different rows
+    #: (empty where one process owns the store).
+    skip_locked: str = ""
+
+    def notify(self, channel: str) -> None:
+        """Wakes listeners in other processes once this transaction commits (no-op in-process)."""
+        return None
+
     def lock_named(self, name: str) -> None:
         """Serialises work named ``name`` across processes until the transaction ends (a no-op
         where one process owns the store)."""
@@ -115,7 +127,8 @@ class Store(ABC):
     # -- schema -------------------------------------------------------------------------------
     def _migration_sql(self, sql: str) -> str:
         return (
-            sql.replace("{json}", "JSON")
+            re.sub(r"(?m)^\s*--pg .*$", "", sql)
+            .replace("{json}", "JSON")
             .replace("{events_indexes}", "")
             .replace("{events_received_index}", "")
         )
@@ -167,10 +180,23 @@ class Store(ABC):
             lock.acquire()
         try:
             with self.session() as s:
-                return write_batch(s, events, datetime.now(UTC))
+                stored = write_batch(s, events, datetime.now(UTC))
+                if stored:
+                    s.notify(EVENTS_CHANNEL)
         finally:
             if lock is not None:
                 lock.release()
+        if stored:
+            self.events_arrived.set()
+        return stored
+
+    @property
+    def events_arrived(self) -> threading.Event:
+        """Set after every commit that stored events: wakes this process's automation worker."""
+        signal = self.__dict__.get("_events_arrived")
+        if signal is None:
+            signal = self.__dict__.setdefault("_events_arrived", threading.Event())
+        return signal
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
@@ -241,6 +267,14 @@ class Store(ABC):
                 "journeys",
                 "stage_entries",
                 "stage_progress",
+                "automations",
+                "automation_versions",
+                "enrollments",
+                "enrollment_log",
+                "outbox",
+                "onsite_messages",
+                "unsubscribes",
+                "automation_cursor",
             ):
                 s.execute(f"DELETE FROM {table}")
 

@@ -1,6 +1,8 @@
 """Versioned schema migrations, written once for both engines.
 
-Each migration is SQL with a few dialect placeholders (``{json}`` for the JSON column type).
+Each migration is SQL with a few dialect placeholders (``{json}`` for the JSON column type);
+lines starting ``--pg`` are statements for PostgreSQL only (secondary indexes DuckDB does not
+use for scans and that would only slow its updates).
 Applied in order by ``percorso migrate`` and on start; applied versions are recorded in
 ``schema_migrations``. Never edit a released migration: add a new one.
 """
@@ -142,6 +144,119 @@ MIGRATIONS: tuple[Migration, ...] = (
             updated_at TIMESTAMPTZ NOT NULL
         );
         {events_received_index}
+        """,
+    ),
+    Migration(
+        3,
+        "automations: versions, enrollments, their log, the outbox, on-site messages",
+        """
+        CREATE SEQUENCE enrollment_id_seq START 1;
+
+        CREATE TABLE automations (
+            automation_key TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            definition {json} NOT NULL,
+            source TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        );
+
+        CREATE TABLE automation_versions (
+            automation_key TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            definition {json} NOT NULL,
+            source TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (automation_key, version)
+        );
+
+        CREATE TABLE enrollments (
+            enrollment_id BIGINT PRIMARY KEY,
+            automation_key TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            contact_id BIGINT NOT NULL,
+            status TEXT NOT NULL,
+            step TEXT,
+            seq INTEGER NOT NULL,
+            due_at TIMESTAMPTZ,
+            waiting_since TIMESTAMPTZ,
+            variant TEXT,
+            entered_at TIMESTAMPTZ NOT NULL,
+            exited_at TIMESTAMPTZ,
+            exit_reason TEXT,
+            trigger_id TEXT NOT NULL,
+            entered_pos TIMESTAMPTZ NOT NULL,
+            goal_at TIMESTAMPTZ,
+            UNIQUE (automation_key, contact_id, trigger_id)
+        );
+        --pg CREATE INDEX enrollments_due ON enrollments (due_at) WHERE due_at IS NOT NULL;
+        --pg CREATE INDEX enrollments_contact ON enrollments (contact_id, automation_key);
+
+        CREATE TABLE enrollment_log (
+            enrollment_id BIGINT NOT NULL,
+            seq INTEGER NOT NULL,
+            automation_key TEXT NOT NULL,
+            contact_id BIGINT NOT NULL,
+            logged_at TIMESTAMPTZ NOT NULL,
+            step TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            detail TEXT,
+            PRIMARY KEY (enrollment_id, seq)
+        );
+        --pg CREATE INDEX enrollment_log_automation ON enrollment_log (automation_key, step);
+        --pg CREATE INDEX enrollment_log_contact ON enrollment_log (contact_id);
+
+        CREATE TABLE outbox (
+            idempotency_key TEXT PRIMARY KEY,
+            enrollment_id BIGINT NOT NULL,
+            automation_key TEXT NOT NULL,
+            step TEXT NOT NULL,
+            contact_id BIGINT NOT NULL,
+            channel TEXT NOT NULL,
+            category TEXT NOT NULL,
+            payload {json} NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_attempt_at TIMESTAMPTZ NOT NULL,
+            claimed_at TIMESTAMPTZ,
+            created_at TIMESTAMPTZ NOT NULL,
+            sent_at TIMESTAMPTZ,
+            last_error TEXT
+        );
+        --pg CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE status = 'pending';
+        --pg CREATE INDEX outbox_contact ON outbox (contact_id, channel);
+
+        CREATE TABLE onsite_messages (
+            idempotency_key TEXT PRIMARY KEY,
+            contact_id BIGINT NOT NULL,
+            automation_key TEXT NOT NULL,
+            message {json} NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL,
+            shown_at TIMESTAMPTZ
+        );
+        --pg CREATE INDEX onsite_contact ON onsite_messages (contact_id);
+
+        CREATE TABLE unsubscribes (
+            contact_id BIGINT NOT NULL,
+            channel TEXT NOT NULL,
+            unsubscribed_at TIMESTAMPTZ NOT NULL,
+            source TEXT NOT NULL,
+            PRIMARY KEY (contact_id, channel)
+        );
+
+        CREATE TABLE instance_settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+
+        CREATE TABLE automation_cursor (
+            name TEXT PRIMARY KEY,
+            received_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        )
         """,
     ),
 )

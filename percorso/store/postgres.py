@@ -81,6 +81,11 @@ class PostgresSession(Session):
         self.cur.execute("SET LOCAL enable_nestloop = off")
         self.cur.execute("SET LOCAL work_mem = '64MB'")
 
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def notify(self, channel: str) -> None:
+        self.cur.execute(f"NOTIFY {channel}")
+
     def lock_named(self, name: str) -> None:
         self.cur.execute("SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", [IDENTITY_LOCK, name])
 
@@ -124,7 +129,8 @@ class PostgresStore(Store):
 
     def _migration_sql(self, sql: str) -> str:
         return (
-            sql.replace("{json}", "JSONB")
+            sql.replace("--pg ", "")
+            .replace("{json}", "JSONB")
             .replace(
                 "{events_indexes}",
                 "CREATE INDEX events_identity_time ON events (identity_id, timestamp);"

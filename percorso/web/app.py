@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 
 from percorso import __version__
 from percorso.analytics.worker import StageWorker
+from percorso.automation.engine import AutomationWorker, Engine, EngineSettings
 from percorso.channels import ChannelClassifier, load_rules
 from percorso.collect.keys import KeyRing
 from percorso.collect.routes import router as collect_router
@@ -18,6 +19,9 @@ from percorso.config import Settings
 from percorso.events import Limits
 from percorso.store import Store, open_store
 from percorso.web.analytics import router as analytics_router
+from percorso.web.automations import onsite as onsite_router
+from percorso.web.automations import public as links_router
+from percorso.web.automations import router as automations_router
 from percorso.web.contacts import router as contacts_router
 from percorso.web.errors import install_error_handlers
 from percorso.web.keys import router as keys_router
@@ -38,12 +42,23 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if stages is not None:
             stages.start()
         app.state.stage_worker = stages
+        engine = Engine(active, settings=EngineSettings(base_url=settings.base_url))
+        app.state.engine = engine
+        automation = None
+        if settings.automation_worker:
+            automation = AutomationWorker(
+                engine, listen_url=settings.database_url if active.engine == "postgres" else None
+            )
+            automation.start()
+        app.state.automation_worker = automation
         app.state.store = active
         app.state.writer = writer
         app.state.keys = KeyRing(active)
         try:
             yield
         finally:
+            if automation is not None:
+                automation.stop()
             if stages is not None:
                 stages.stop()
             writer.stop()
@@ -64,6 +79,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(contacts_router)
     app.include_router(keys_router)
     app.include_router(analytics_router)
+    app.include_router(automations_router)
+    app.include_router(onsite_router)
+    app.include_router(links_router)
 
     @app.get("/health", tags=["health"], summary="Liveness and store status")
     def health(request: Request) -> dict[str, Any]:

@@ -30,3 +30,8 @@ def authenticate(request: Request, body_key: str | None = None, *, secret: bool 
 def require_secret(request: Request) -> ApiKey:
     """FastAPI dependency for read and admin endpoints."""
     return authenticate(request, secret=True)
+
+
+def require_write(request: Request) -> ApiKey:
+    """FastAPI dependency for what the browser tracker may call with its write key."""
+    return authenticate(request)

@@ -1,0 +1,1 @@
+"""Behaviour-triggered automations: definitions, engine, outbox and delivery."""

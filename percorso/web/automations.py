@@ -1,0 +1,301 @@
+"""Automations REST API (secret key), and the public endpoints emails and the tracker call:
+unsubscribe, open and click tracking, on-site messages."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+
+from percorso.automation.definition import AutomationError, json_schema, load_automation
+from percorso.automation.engine import Engine
+from percorso.automation.stats import automation_stats, contact_automations
+from percorso.automation.store import (
+    AutomationNotFound,
+    get_automation,
+    list_automations,
+    save_automation,
+    set_status,
+)
+from percorso.store import Store
+from percorso.web.auth import require_secret, require_write
+from percorso.web.errors import ApiError
+
+router = APIRouter(prefix="/v1", tags=["automations"], dependencies=[Depends(require_secret)])
+public = APIRouter(tags=["email links"])
+onsite = APIRouter(prefix="/v1", tags=["collector"], dependencies=[Depends(require_write)])
+
+AutomationKey = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="the automation's key")]
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine | None = getattr(request.app.state, "engine", None)
+    if engine is None:
+        engine = Engine(_store(request))
+        request.app.state.engine = engine
+    return engine
+
+
+def _not_found(exc: AutomationNotFound) -> ApiError:
+    return ApiError(404, "not_found", str(exc), "key")
+
+
+@router.get("/automations", summary="Every automation with its status and how many contacts are inside")
+def get_automations(request: Request) -> dict[str, Any]:
+    return {"automations": list_automations(_store(request))}
+
+
+@router.get("/automations/schema", summary="JSON Schema of automation documents (for editors)")
+def get_schema() -> dict[str, Any]:
+    return json_schema()
+
+
+@router.put(
+    "/automations/{key}",
+    summary="Store an automation (YAML or JSON body); a changed definition becomes a new version",
+    openapi_extra={
+        "requestBody": {"content": {"application/yaml": {}, "application/json": {}}, "required": True}
+    },
+)
+async def put_automation(request: Request, key: AutomationKey) -> dict[str, Any]:
+    body = await request.body()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_body", "the body is not UTF-8 text") from None
+    try:
+        automation = load_automation(text, "body")
+    except AutomationError as exc:
+        problems = [p.as_dict() for p in exc.problems]
+        raise ApiError(
+            422, "invalid_automation", str(exc.problems[0]), problems[0]["field"] or None, problems=problems
+        ) from None
+    if automation.key != key:
+        raise ApiError(
+            400, "invalid_request", f"the document's key is {automation.key!r}, the URL says {key!r}", "key"
+        )
+    return save_automation(_store(request), automation, "api")
+
+
+@router.get("/automations/{key}", summary="An automation's definition (newest version, or ?version=N)")
+def get_definition(
+    request: Request, key: AutomationKey, version: Annotated[int | None, Query(ge=1)] = None
+) -> dict[str, Any]:
+    try:
+        automation, number, status = get_automation(_store(request), key, version)
+    except AutomationNotFound as exc:
+        raise _not_found(exc) from None
+    return {"version": number, "status": status, "definition": msgspec.to_builtins(automation)}
+
+
+@router.get(
+    "/automations/{key}/stats", summary="Per-step counts, goal conversion and uplift against the holdout"
+)
+def get_stats(request: Request, key: AutomationKey) -> dict[str, Any]:
+    try:
+        return automation_stats(_store(request), key)
+    except AutomationNotFound as exc:
+        raise _not_found(exc) from None
+
+
+@router.post("/automations/{key}/pause", summary="Pause: nobody enters, nobody inside moves, nothing is sent")
+def pause(request: Request, key: AutomationKey) -> dict[str, Any]:
+    try:
+        return set_status(_store(request), key, "paused")
+    except AutomationNotFound as exc:
+        raise _not_found(exc) from None
+
+
+@router.post("/automations/{key}/resume", summary="Resume: overdue waits and held messages run at once")
+def resume(request: Request, key: AutomationKey) -> dict[str, Any]:
+    try:
+        result = set_status(_store(request), key, "active")
+    except AutomationNotFound as exc:
+        raise _not_found(exc) from None
+    _store(request).events_arrived.set()
+    return result
+
+
+class EnrollBody(BaseModel):
+    contactId: int = Field(ge=1, description="the contact to enroll")
+
+
+@router.post("/automations/{key}/enroll", summary="Enroll a contact now (API-triggered automations)")
+def enroll(request: Request, key: AutomationKey, body: EnrollBody) -> dict[str, Any]:
+    try:
+        result = _engine(request).enroll(key, body.contactId)
+    except AutomationNotFound as exc:
+        raise _not_found(exc) from None
+    except LookupError as exc:
+        raise ApiError(404, "not_found", str(exc), "contactId") from None
+    except ValueError as exc:
+        raise ApiError(409, "conflict", str(exc), "key") from None
+    _store(request).events_arrived.set()
+    return result
+
+
+@router.get("/contacts/{contact_id}/automations", summary="Which automations touched a contact, and why")
+def get_contact_automations(request: Request, contact_id: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
+    try:
+        return {"contact": contact_id, "steps": contact_automations(_store(request), contact_id)}
+    except LookupError as exc:
+        raise ApiError(404, "not_found", str(exc), "contact_id") from None
+
+
+# -- public links (signed; no key) ----------------------------------------------------------
+
+_PIXEL = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
+    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+
+_UNSUB_PAGE = """<!doctype html><html lang="{lang}"><meta charset="utf-8"><title>{title}</title>
+<body style="font-family:sans-serif;max-width:32rem;margin:4rem auto"><h1>{title}</h1><p>{text}</p>{form}</body></html>"""
+_TEXTS = {
+    "en": (
+        "Unsubscribe",
+        "Stop receiving marketing emails from us?",
+        "Unsubscribe",
+        "You will receive no more marketing emails.",
+    ),
+    "it": (
+        "Disiscrizione",
+        "Non vuoi più ricevere le nostre email promozionali?",
+        "Disiscrivimi",
+        "Non riceverai più email promozionali.",
+    ),
+}
+
+
+def _lang(request: Request) -> str:
+    return "it" if request.headers.get("accept-language", "").lower().startswith("it") else "en"
+
+
+def _contact_from(request: Request, token: str) -> int:
+    value = _engine(request).verify(token)
+    if value is None or not value.endswith(":email"):
+        raise ApiError(404, "not_found", "this link is not valid (it may have been changed)")
+    return int(value.split(":", 1)[0])
+
+
+@public.get(
+    "/u/{token}", response_class=HTMLResponse, summary="Unsubscribe page (linked from every marketing email)"
+)
+def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
+    _contact_from(request, token)
+    title, text, button, _ = _TEXTS[_lang(request)]
+    form = f'<form method="post"><button type="submit">{button}</button></form>'
+    return HTMLResponse(_UNSUB_PAGE.format(lang=_lang(request), title=title, text=text, form=form))
+
+
+@public.post(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe (the page's button and RFC 8058 one-click)",
+)
+def unsubscribe(request: Request, token: str) -> HTMLResponse:
+    contact = _contact_from(request, token)
+    store = _store(request)
+    with store.writing() as s:
+        s.execute(
+            "INSERT INTO unsubscribes (contact_id, channel, unsubscribed_at, source) VALUES (?, 'email', ?, 'link') "
+            "ON CONFLICT DO NOTHING",
+            [contact, datetime.now(UTC)],
+        )
+    title, _, _, done = _TEXTS[_lang(request)]
+    return HTMLResponse(_UNSUB_PAGE.format(lang=_lang(request), title=title, text=done, form=""))
+
+
+async def _record(
+    request: Request, key: str, message_id: str, event: str, properties: dict[str, Any]
+) -> None:
+    from percorso.automation.actions.errors import DeliveryError
+    from percorso.automation.actions.run import _emit
+
+    store = _store(request)
+    with store.session() as s:
+        rows = s.rows("SELECT contact_id, automation_key, step FROM outbox WHERE idempotency_key = ?", [key])
+    if not rows:
+        return
+    contact, automation, step = rows[0]
+    try:
+        await asyncio.to_thread(
+            _emit,
+            _engine(request),
+            message_id,
+            int(contact),
+            event,
+            {"automation": automation, "step": step, **properties},
+            "email",
+        )
+    except DeliveryError:
+        return
+
+
+@public.get("/t/o/{token}", summary="Email open pixel: records an 'Email Opened' touchpoint")
+async def opened(request: Request, token: str) -> Response:
+    key = _engine(request).verify(token)
+    if key is not None:
+        await _record(request, key, f"{key}:opened", "Email Opened", {})
+    return Response(_PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
+
+
+@public.get("/t/c/{token}", summary="Tracked link: records an 'Email Link Clicked' touchpoint and redirects")
+async def clicked(request: Request, token: str, u: str, s: str) -> Response:
+    engine = _engine(request)
+    key = engine.verify(token)
+    if key is None or engine.verify(f"{_quote(u)}.{s}") != u:
+        raise ApiError(404, "not_found", "this link is not valid (it may have been changed)")
+    import hashlib
+
+    link = hashlib.sha256(u.encode()).hexdigest()[:12]
+    await _record(request, key, f"{key}:click:{link}", "Email Link Clicked", {"url": u})
+    return RedirectResponse(u, status_code=302)
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+@onsite.get("/messages", summary="On-site messages waiting for a visitor (the browser tracker calls this)")
+def messages(
+    request: Request,
+    anonymous_id: Annotated[str | None, Query(alias="anonymousId", max_length=200)] = None,
+    user_id: Annotated[str | None, Query(alias="userId", max_length=200)] = None,
+) -> dict[str, Any]:
+    if not anonymous_id and not user_id:
+        raise ApiError(400, "invalid_request", "give anonymousId or userId", "anonymousId")
+    store = _store(request)
+    now = datetime.now(UTC)
+    with store.writing() as s:
+        ids = [("anonymous_id", anonymous_id), ("user_id", user_id)]
+        found = [
+            r[0]
+            for kind, value in ids
+            if value
+            for r in s.rows("SELECT contact_id FROM identities WHERE kind = ? AND value = ?", [kind, value])
+        ]
+        if not found:
+            return {"messages": []}
+        rows = s.dicts(
+            "SELECT idempotency_key, message FROM onsite_messages WHERE contact_id = ? AND shown_at IS NULL "
+            "AND expires_at > ? ORDER BY created_at",
+            [found[0], now],
+        )
+        if rows:
+            s.execute(
+                f"UPDATE onsite_messages SET shown_at = ? WHERE idempotency_key IN ({', '.join('?' for _ in rows)})",
+                [now, *[r["idempotency_key"] for r in rows]],
+            )
+    return {"messages": [{"id": r["idempotency_key"], **msgspec.json.decode(r["message"])} for r in rows]}
