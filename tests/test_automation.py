@@ -507,3 +507,46 @@ def test_first_run_does_not_replay_history(store: Store, classifier: Any, smtp: 
 def test_enrollment_records_time(store: Store) -> None:
     clock = ManualClock(MORNING)
     assert clock.advance(hours=24) == MORNING + timedelta(hours=24)
+
+
+def test_two_workers_on_postgres_share_due_work_without_duplicates(
+    settings: Any, engine: str, classifier: Any, smtp: Any
+) -> None:
+    if engine != "postgres":
+        pytest.skip("several workers share one store on PostgreSQL; DuckDB has one process")
+    from percorso.store import open_store
+
+    inbox, smtp_settings = smtp
+    stores = [open_store(settings) for _ in range(2)]
+    try:
+        stores[0].reset()
+        clock = ManualClock(MORNING)
+        save_automation(stores[0], load_automation(REMINDER), "test")
+        users = [f"w{i}" for i in range(300)]
+        for user in users:
+            send(
+                stores[0],
+                classifier,
+                user,
+                event="Registration Submitted",
+                context={"traits": {"email": f"{user}@example.it"}},
+            )
+        small = EngineSettings(base_url="http://percorso.test", due_batch=25, delivery_batch=10)
+        workers = [Engine(store, clock=clock, smtp=smtp_settings, settings=small) for store in stores]
+        workers[0].run_until_idle()
+        clock.advance(hours=4, minutes=1)  # 300 timers fall due at once
+        threads = [threading.Thread(target=w.run_until_idle) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        ids = [str(m["Message-ID"]) for m in inbox.messages]
+        assert len(ids) == 300 and len(set(ids)) == 300
+        assert sorted(str(m["To"]) for m in inbox.messages) == sorted(f"{u}@example.it" for u in users)
+        assert workers[0].stats["due"] > 0 and workers[1].stats["due"] > 0  # both did part of it
+        with stores[0].session() as s:
+            assert s.rows("SELECT count(*) FROM outbox WHERE status = 'sent'")[0][0] == 300
+            assert s.rows("SELECT count(*) FROM enrollments WHERE step = 'confirmed'")[0][0] == 300
+    finally:
+        for store in stores:
+            store.close()
