@@ -510,13 +510,13 @@ def test_enrollment_records_time(store: Store) -> None:
 
 
 def test_two_workers_on_postgres_share_due_work_without_duplicates(
-    settings: Any, engine: str, classifier: Any, smtp: Any
+    pg_url: str, tmp_path: Any, classifier: Any, smtp: Any
 ) -> None:
-    if engine != "postgres":
-        pytest.skip("several workers share one store on PostgreSQL; DuckDB has one process")
+    from percorso.config import Settings
     from percorso.store import open_store
 
     inbox, smtp_settings = smtp
+    settings = Settings(data_dir=tmp_path, database_url=pg_url, pool_size=4)
     stores = [open_store(settings) for _ in range(2)]
     try:
         stores[0].reset()
@@ -550,3 +550,18 @@ def test_two_workers_on_postgres_share_due_work_without_duplicates(
     finally:
         for store in stores:
             store.close()
+
+
+def test_erasure_removes_automation_state(store: Store, classifier: Any, smtp: Any) -> None:
+    from percorso.store.contacts import erase_contact
+
+    _, smtp_settings = smtp
+    save_automation(store, load_automation(NO_WAIT), "test")
+    person(store, classifier, "zoe")
+    send(store, classifier, "zoe", event="Registration Submitted")
+    make_engine(store, smtp_settings, ManualClock(MORNING)).run_until_idle()
+    zoe = contact_of(store, "zoe")
+    erase_contact(store, zoe)
+    with store.session() as s:
+        for table in ("enrollments", "enrollment_log", "outbox"):
+            assert s.rows(f"SELECT count(*) FROM {table} WHERE contact_id = ?", [zoe])[0][0] == 0, table

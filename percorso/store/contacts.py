@@ -325,6 +325,10 @@ def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
             "(SELECT contact_id FROM contacts WHERE merged_into = ?)",
             [live_id, live_id],
         )
+        # Automations: their state, history, queued messages and unsubscribes name the contact too.
+        every = "(SELECT contact_id FROM contacts WHERE contact_id = ? OR merged_into = ?)"
+        for table in ("enrollment_log", "outbox", "onsite_messages", "unsubscribes", "enrollments"):
+            s.execute(f"DELETE FROM {table} WHERE contact_id IN {every}", [live_id, live_id])
         s.execute("DELETE FROM identities WHERE contact_id = ?", [live_id])
         s.execute("DELETE FROM contacts WHERE contact_id = ? OR merged_into = ?", [live_id, live_id])
         s.execute(
