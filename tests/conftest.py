@@ -64,9 +64,15 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    # Tests drive the automation engine themselves, with a clock they move by hand.
     if engine == "postgres":
-        return Settings(data_dir=tmp_path, database_url=request.getfixturevalue("pg_url"), pool_size=4)
-    return Settings(data_dir=tmp_path)
+        return Settings(
+            data_dir=tmp_path,
+            database_url=request.getfixturevalue("pg_url"),
+            pool_size=4,
+            automation_worker=False,
+        )
+    return Settings(data_dir=tmp_path, automation_worker=False)
 
 
 @pytest.fixture

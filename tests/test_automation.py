@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from aiosmtpd.controller import Controller
@@ -565,3 +566,67 @@ def test_erasure_removes_automation_state(store: Store, classifier: Any, smtp: A
     with store.session() as s:
         for table in ("enrollments", "enrollment_log", "outbox"):
             assert s.rows(f"SELECT count(*) FROM {table} WHERE contact_id = ?", [zoe])[0][0] == 0, table
+
+
+def test_rest_api_refuses_bad_input_clearly(server: Any, classifier: Any) -> None:
+    with server.client() as http:
+        bad = http.put("/v1/automations/reminder", content=REMINDER.replace("wait: 4h", "wiat: 4h"))
+        assert bad.status_code == 422
+        assert "unknown step type 'wiat'" in bad.json()["message"] and bad.json()["problems"][0]["line"]
+        assert http.put("/v1/automations/reminder", content=b"\xff\xfe").status_code == 400
+        wrong = http.put("/v1/automations/other", content=REMINDER)
+        assert wrong.status_code == 400 and wrong.json()["field"] == "key"
+        assert http.get("/v1/automations").json() == {"automations": []}  # nothing was stored
+        ok = http.put("/v1/automations/reminder", content=REMINDER)
+        assert ok.status_code == 200 and ok.json()["version"] == 1
+        assert http.get("/v1/automations/missing/stats").status_code == 404
+        assert http.post("/v1/automations/missing/pause").status_code == 404
+        assert http.post("/v1/automations/reminder/enroll", json={"contactId": 999}).status_code == 404
+        assert http.post("/v1/automations/reminder/enroll", json={"contactId": "x"}).status_code in (400, 422)
+        assert http.post("/v1/automations/reminder/pause").json()["status"] == "paused"
+        stats = http.get("/v1/automations/reminder/stats").json()
+        assert stats["status"] == "paused" and stats["steps"][0]["id"] == "pause"
+    with server.client(server.write_key) as tracker:
+        assert tracker.get("/v1/messages").status_code == 400
+        assert tracker.get("/v1/messages", params={"anonymousId": "nobody"}).json() == {"messages": []}
+        assert tracker.get("/v1/automations").status_code == 403  # write keys cannot read
+    with httpx.Client(base_url=server.url) as public:
+        assert public.get("/u/forged.token").status_code == 404
+        assert (
+            public.get("/t/c/forged.token", params={"u": "https://evil.example", "s": "x"}).status_code == 404
+        )
+        pixel = public.get("/t/o/forged.token")  # a forged pixel still answers an image, records nothing
+        assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+
+
+def test_unsubscribe_link_suppresses_later_marketing(server: Any, classifier: Any, smtp: Any) -> None:
+    inbox, smtp_settings = smtp
+    store = server.store
+    clock = ManualClock(MORNING)
+    save_automation(store, load_automation(NO_WAIT), "test")
+    engine = Engine(store, clock=clock, smtp=smtp_settings, settings=EngineSettings(base_url=server.url))
+    for user in ("rita", "sara"):
+        person(store, classifier, user)
+        send(store, classifier, user, event="Registration Submitted")
+    engine.run_until_idle()
+    clock.advance(days=2, minutes=1)
+    engine.run_until_idle()
+    mail = next(
+        m for m in inbox.messages if m["To"] == "rita@example.it" and "account gives" in str(m["Subject"])
+    )
+    link = str(mail["List-Unsubscribe"]).strip()[1:-1]
+    with httpx.Client() as http:
+        page = http.get(link, headers={"Accept-Language": "it-IT"})
+        assert page.status_code == 200 and "Disiscrivimi" in page.text
+        assert http.post(link).status_code == 200  # RFC 8058 one-click
+    with store.session() as s:
+        assert s.rows("SELECT count(*) FROM unsubscribes WHERE channel = 'email'")[0][0] == 1
+    # Rita registers again under a second automation: the marketing email is suppressed for her only.
+    save_automation(store, load_automation(NO_WAIT.replace("key: reminder", "key: again")), "test")
+    for user in ("rita", "sara"):
+        send(store, classifier, user, event="Registration Submitted")
+    engine.run_until_idle()
+    clock.advance(days=2, minutes=1)
+    engine.run_until_idle()
+    steps = {s["id"]: s for s in automation_stats(store, "again")["steps"]}
+    assert steps["benefits"]["outcomes"] == {"queued": 1, "suppressed": 1}

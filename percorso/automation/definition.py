@@ -40,7 +40,6 @@ from percorso.journey.definition import (
     _dotted,
     _line_of,
     _split_validation_error,
-    duration_seconds,
 )
 
 STEP_ID_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -485,10 +484,6 @@ def json_schema() -> dict[str, Any]:
 
 def to_yaml(automation: Automation) -> str:
     return yaml.safe_dump(msgspec.to_builtins(automation), sort_keys=False, allow_unicode=True)
-
-
-def wait_seconds(step: Step) -> int | None:
-    return duration_seconds(step.wait) if step.wait else None
 
 
 __all__ = [

@@ -26,7 +26,7 @@ import hmac
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -289,7 +289,6 @@ class Engine:
         return start, ""
 
     _cursor_id = ""
-    _idle_since: datetime | None = None
 
     def process_events(self) -> int:
         """Handles events stored since the last call; returns how many were relevant."""
@@ -345,16 +344,14 @@ class Engine:
         *,
         until: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        flags, params, anyof = [], [], []
+        flags: list[str] = []
+        params: list[Any] = []
         for j, (_, _, _, _, cond) in enumerate(conditions):
             sql = condition_sql(s, cond)
             flags.append(f"({sql.text}) AS m{j}")
             params += sql.params
-        where_params: list[Any] = []
-        for _, _, _, _, cond in conditions:
-            sql = condition_sql(s, cond)
-            anyof.append(f"({sql.text})")
-            where_params += sql.params
+        # The outer query keeps rows where any flag is set: each condition is compiled once.
+        anyof = " OR ".join(f"m{j}" for j in range(len(conditions)))
         if until is not None:
             window = "e.received_at > ? AND e.received_at <= ?"
             window_params: list[Any] = [after, until]
@@ -362,10 +359,10 @@ class Engine:
             window = "(e.received_at > ? OR (e.received_at = ? AND e.message_id > ?))"
             window_params = [after, after, after_id]
         return s.dicts(
-            f"SELECT e.message_id, e.received_at, e.timestamp, e.event, e.type, i.contact_id, {', '.join(flags)} "
-            f"FROM {RESOLVED_EVENTS} WHERE {window} AND ({' OR '.join(anyof)}) "
-            "ORDER BY e.received_at, e.timestamp, e.message_id LIMIT ?",
-            [*params, *window_params, *where_params, self.settings.event_batch],
+            f"SELECT * FROM (SELECT e.message_id, e.received_at, e.timestamp, e.event, e.type, i.contact_id, "
+            f"{', '.join(flags)} FROM {RESOLVED_EVENTS} WHERE {window}) f WHERE {anyof} "
+            "ORDER BY received_at, timestamp, message_id LIMIT ?",
+            [*params, *window_params, self.settings.event_batch],
         )
 
     def _load_enrollments(
@@ -953,6 +950,3 @@ class AutomationWorker(threading.Thread):
         self._stop_event.set()
         self.engine.store.events_arrived.set()
         self.join(timeout=30)
-
-
-Callback = Callable[[], None]
