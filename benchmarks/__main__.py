@@ -3,6 +3,9 @@
 * ``ingest_batch``  — HTTP /v1/batch with durable ack (wrk over loopback, a separate process), DuckDB and PostgreSQL
 * ``ingest_single`` — HTTP /v1/track, one event per request: throughput and p99 latency
 * ``identity_merges`` — identify calls that merge two existing contacts each, through the store's ingest path
+* ``automation`` (or one part: ``automation_latency``, ``automation_enrollments``,
+  ``automation_timers``) — the automation engine, see ``benchmarks/automation.py``; not in the
+  default set (the 1,000,000-timer part alone takes minutes); results in ``results/automation.json``
 
 Every HTTP figure counts only 2xx responses, and the store is checked afterwards to hold exactly the
 acknowledged events.
@@ -31,6 +34,7 @@ import psycopg
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
+AUTOMATION_PARTS = ("latency", "enrollments", "timers")
 PG_ADMIN = os.environ.get("PERCORSO_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -292,7 +296,17 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="short runs (a smoke check, not the published figures)"
     )
-    parser.add_argument("--only", nargs="*", choices=["ingest_batch", "ingest_single", "identity_merges"])
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=[
+            "ingest_batch",
+            "ingest_single",
+            "identity_merges",
+            "automation",
+            *(f"automation_{part}" for part in AUTOMATION_PARTS),
+        ],
+    )
     parser.add_argument(
         "--engines", nargs="*", default=["duckdb", "postgres"], choices=["duckdb", "postgres"]
     )
@@ -300,6 +314,19 @@ def main() -> None:
     args = parser.parse_args()
     seconds, warmup = (5, 2) if args.quick else (20, 5)
     only = set(args.only or ["ingest_batch", "ingest_single", "identity_merges"])
+    automation = [p for p in AUTOMATION_PARTS if "automation" in only or f"automation_{p}" in only]
+    if automation:
+        from benchmarks import automation as automation_bench
+
+        automation_bench.run(
+            automation,
+            args.engines,
+            quick=args.quick,
+            out=RESULTS / "automation.json",
+            command=" ".join(["python -m benchmarks", *sys.argv[1:]]),
+        )
+    if not only & {"ingest_batch", "ingest_single", "identity_merges"}:
+        return
     results: dict[str, Any] = {
         "machine": machine(),
         "started": datetime.now(UTC).isoformat(),

@@ -12,7 +12,9 @@ store and on PostgreSQL:
 
 and runs the same 5-step funnel in ClickHouse's ``windowFunnel`` (the ``chdb`` package, data in a
 MergeTree table) on the same events, checking that the counts are identical and reporting the
-ratio. Results go to ``benchmarks/results/analytics.json``.
+ratio. Results go to ``benchmarks/results/analytics.json``, rewritten after every dataset size
+(and every engine within it), so a long run that is stopped keeps what it measured. The 1-, 5-
+and 15-minute load averages are recorded around each engine's timings: the machine may be shared.
 
 Counting note: percorso counts a contact's first step-1 event; ``windowFunnel`` takes the best
 of every start. The generated data has one attempt per contact with strictly increasing times,
@@ -95,14 +97,34 @@ def generate(con: duckdb.DuckDBPyConnection, contacts: int) -> int:
     return int(con.execute("SELECT count(*) FROM events").fetchone()[0])  # type: ignore[index]
 
 
+def load() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (other work on a shared machine slows every figure)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def timed(fn: Any, repeat: int = 3) -> tuple[float, Any]:
     """Best of ``repeat`` wall-clock runs (the first also warms caches)."""
-    best, result = float("inf"), None
+    best, result, _ = timed_cpu(fn, repeat)
+    return best, result
+
+
+def timed_cpu(fn: Any, repeat: int = 3) -> tuple[float, Any, float]:
+    """Best of ``repeat`` wall-clock runs, and the CPU seconds this process (all its threads)
+    spent in that run — for DuckDB, which runs in process, a figure other work on a shared
+    machine disturbs far less than wall time; for PostgreSQL only the client's share."""
+    best, result, cpu = float("inf"), None, 0.0
     for _ in range(repeat):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), _cpu()
         result = fn()
-        best = min(best, time.perf_counter() - started)
-    return round(best, 3), result
+        wall = time.perf_counter() - started
+        if wall < best:
+            best, cpu = wall, _cpu() - cpu_started
+    return round(best, 3), result, round(cpu, 3)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_percorso(store: Any, label: str, repeat: int) -> dict[str, Any]:
@@ -121,31 +143,36 @@ def run_percorso(store: Any, label: str, repeat: int) -> dict[str, Any]:
     )
     journey = load_journey(template_text("five-stages"))
     save_journey(store, journey, "bench")
-    out: dict[str, Any] = {"engine": label}
-    out["funnel_s"], result = timed(lambda: funnel(store, spec), repeat)
+    out: dict[str, Any] = {"engine": label, "load_before": load()}
+
+    def measure(name: str, fn: Any, times: int = repeat) -> Any:
+        out[f"{name}_s"], result, out[f"{name}_cpu_s"] = timed_cpu(fn, times)
+        return result
+
+    result = measure("funnel", lambda: funnel(store, spec))
     out["funnel_counts"] = [s["contacts"] for s in result["total"]["steps"]]
     path_spec = PathSpec(start=spec.start, end=spec.end, max_steps=5, top_edges=50)
-    out["paths_s"], result = timed(lambda: paths(store, path_spec), repeat)
-    out["paths_links"] = len(result["links"])
-    out["stage_rebuild_s"], report = timed(lambda: rebuild(store, journey), 1)
-    out["stage_entries"] = report.entries
-    out["stage_overview_s"], _ = timed(
-        lambda: stage_overview(store, journey, since=END - timedelta(days=DAYS), until=END), repeat
+    out["paths_links"] = len(measure("paths", lambda: paths(store, path_spec))["links"])
+    out["stage_entries"] = measure("stage_rebuild", lambda: rebuild(store, journey), 1).entries
+    measure(
+        "stage_overview", lambda: stage_overview(store, journey, since=END - timedelta(days=DAYS), until=END)
     )
-    out["journey_map_s"], _ = timed(
-        lambda: journey_map(store, journey, start=END - timedelta(days=DAYS), end=END, refresh=False), repeat
+    measure(
+        "journey_map",
+        lambda: journey_map(store, journey, start=END - timedelta(days=DAYS), end=END, refresh=False),
     )
+    out["load_after"] = load()
     print(f"{label:24} {json.dumps(out)}", flush=True)
     return out
 
 
 def run_clickhouse(parquet: Path, repeat: int) -> dict[str, Any]:
     try:
-        from chdb import session  # type: ignore[import-not-found]
+        from chdb import session  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         # The optional `bench` extra (pip install -e ".[bench]"); installed on first use so the run stays one command.
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "chdb>=3"], check=True)
-        from chdb import session  # type: ignore[import-not-found]
+        from chdb import session  # type: ignore[import-not-found, unused-ignore]
     with tempfile.TemporaryDirectory() as tmp:
         sess = session.Session(tmp)
         sess.query("CREATE DATABASE IF NOT EXISTS b")
@@ -226,8 +253,16 @@ def main() -> None:
         "machine": machine(),
         "started": datetime.now(UTC).isoformat(),
         "command": " ".join(["python -m benchmarks.analytics", *sys.argv[1:]]),
+        "load_at_start": load(),
         "runs": [],
     }
+
+    def save(run: dict[str, Any] | None = None, status: str = "running") -> None:
+        """Writes everything measured so far (the run in progress included, marked partial)."""
+        runs = results["runs"] + ([{**run, "partial": True}] if run is not None else [])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**results, "status": status, "runs": runs}, indent=2) + "\n")
+
     for contacts in sizes:
         with tempfile.TemporaryDirectory() as tmpdir:
             tmp = Path(tmpdir)
@@ -245,6 +280,7 @@ def main() -> None:
             print(f"{contacts:,} contacts, {events:,} events generated in {run['generate_s']} s", flush=True)
             run["duckdb"] = run_percorso(store, f"duckdb {events:,}", repeat)
             run["duckdb"]["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            save(run)
             if not args.no_clickhouse:
                 parquet = tmp / "events.parquet"
                 with store.session() as s:
@@ -260,6 +296,7 @@ def main() -> None:
                     run["duckdb"]["funnel_s"] / max(run["clickhouse"]["funnel_s"], 1e-6), 2
                 )
                 print(f"clickhouse {json.dumps(run['clickhouse'])}", flush=True)
+                save(run)
             store.close()
             if not args.no_postgres:
                 db, pg = to_postgres(path, tmp)
@@ -272,8 +309,9 @@ def main() -> None:
                     pg.close()
                     db.drop()
             results["runs"].append(run)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+            save()
+            print(f"results so far written to {args.out}", flush=True)
+    save(status="done")
     print(f"results written to {args.out}")
 
 

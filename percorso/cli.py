@@ -365,6 +365,7 @@ from percorso.cli_journey import (  # noqa: E402
     map_command,
     painpoints_command,
     paths_command,
+    retention_command,
     stages_app,
     transitions_command,
 )
@@ -378,10 +379,15 @@ app.command("painpoints")(painpoints_command)
 app.command("map")(map_command)
 app.command("paths")(paths_command)
 app.command("transitions")(transitions_command)
+app.command("retention")(retention_command)
 app.add_typer(journey_app, name="journey")
 app.add_typer(stages_app, name="stages")
 app.add_typer(automation_app, name="automation")
 app.command("worker")(worker)
+
+from percorso.cli_users import user_app  # noqa: E402
+
+app.add_typer(user_app, name="user")
 
 if __name__ == "__main__":
     app()

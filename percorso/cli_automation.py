@@ -73,6 +73,18 @@ def apply(
                 console.print(str(problem), markup=False, soft_wrap=True)
             raise fail(f"{path} is not valid; nothing was applied", code=2) from None
     with opened(settings_for(data_dir)) as store:
+        from percorso.automation.triggers import reference_problems
+
+        problems = [
+            p for path, automation in automations for p in reference_problems(store, automation, str(path))
+        ]
+        if problems:
+            for problem in problems:
+                console.print(str(problem), markup=False, soft_wrap=True)
+            raise fail(
+                "automations refer to journeys, stages or personas that are not stored; nothing was applied",
+                code=2,
+            )
         for path, automation in automations:
             saved = save_automation(store, automation, str(path))
             what = f"version {saved['version']}" if saved["changed"] else "unchanged"
@@ -187,6 +199,49 @@ def resume(key: str, data_dir: Annotated[Path | None, typer.Option("--data-dir")
     _status(key, "active", data_dir)
 
 
+@automation_app.command("inbox")
+def inbox(
+    port: Annotated[int, typer.Option(help="SMTP port to listen on")] = 1025,
+    webhook_port: Annotated[
+        int, typer.Option(help="Port for webhooks (the membership example posts to 8765); 0: none")
+    ] = 8765,
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    save: Annotated[Path | None, typer.Option(help="Also keep each message in this directory")] = None,
+) -> None:
+    """Run a local inbox to try automations: an SMTP server and a webhook receiver that print
+    every message as it arrives (with the time the engine sent it). Point the engine at it with
+    PERCORSO_SMTP_PORT=1025."""
+    from percorso.automation.inbox import LocalInbox
+    from percorso.cli import console, fail
+
+    box = LocalInbox(
+        host,
+        port,
+        webhook_port or None,
+        save,
+        echo=lambda line: console.print(line, markup=False, soft_wrap=True),
+    )
+    try:
+        box.start()
+    except OSError as exc:
+        raise fail(
+            f"cannot listen on {host}:{port} or {host}:{webhook_port}: {exc.strerror or exc}"
+        ) from None
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    console.print(
+        f"inbox: SMTP on {host}:{port}"
+        + (f", webhooks on http://{host}:{box.webhook_port}/" if webhook_port else "")
+        + (f", saving to {save}" if save else "")
+        + " (Ctrl+C to stop)",
+        markup=False,
+    )
+    done.wait()
+    box.stop()
+    console.print(f"{len(box.emails)} emails, {len(box.webhooks)} webhooks received", markup=False)
+
+
 @automation_app.command("schema")
 def schema() -> None:
     """Print the JSON Schema of automation documents (for editors)."""
@@ -209,7 +264,7 @@ def worker(
         import os
 
         engine = Engine(
-            store, settings=EngineSettings(base_url=settings.base_url, worker_id=f"pid-{os.getpid()}")
+            store, settings=EngineSettings.from_settings(settings, worker_id=f"pid-{os.getpid()}")
         )
         runner = AutomationWorker(
             engine,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -113,19 +114,51 @@ def funnel_command(
         str, typer.Option(help="Conversion window from the first step: 30m, 12h, 14d, 2w")
     ] = "14d",
     breakdown: Annotated[
-        str | None, typer.Option(help="channel, campaign, property:KEY or trait:KEY (of the first step)")
+        str | None,
+        typer.Option(
+            help="channel, campaign, platform, property:KEY (of the first step), trait:KEY, persona "
+            "(of --journey) or first_campaign (utm_campaign of the contact's first event)"
+        ),
     ] = None,
     top: Annotated[int, typer.Option(help="Breakdown groups shown; the rest are '(other)'")] = 10,
+    order: Annotated[
+        str,
+        typer.Option(
+            help="ordered (other events may come between steps), strict (each step is the next "
+            "tracked event) or any (later steps in any order)"
+        ),
+    ] = "ordered",
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            "-x",
+            help="Exclusion step: contacts who do it between two steps are excluded from conversion; "
+            "'Coupon Applied' (whole funnel) or '2-3:Coupon Applied' (between step 2 and 3)",
+        ),
+    ] = None,
+    journey: Annotated[
+        str | None,
+        typer.Option(help="Journey whose personas --breakdown persona uses (default: the only one)"),
+    ] = None,
     dropped_at: Annotated[
         int | None, typer.Option("--dropped-at", help="List the contacts who dropped after step K instead")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
 ) -> None:
-    """Funnel conversion between ordered steps, counted in unique contacts."""
+    """Funnel conversion between steps (ordered, strict or any order), counted in unique contacts."""
     import re
 
-    from percorso.analytics.funnel import FunnelError, FunnelSpec, dropped_contacts, funnel, parse_step
+    from percorso.analytics.funnel import (
+        FunnelError,
+        FunnelSpec,
+        dropped_contacts,
+        funnel,
+        parse_exclusion,
+        parse_step,
+    )
+    from percorso.analytics.stages import StageError, get_journey
     from percorso.cli import OutputFormat, console, emit, fail, opened, settings_for
 
     if fmt not in ("table", "csv", "json"):
@@ -143,15 +176,21 @@ def funnel_command(
             window_seconds=duration_seconds(window),
             breakdown=breakdown,
             top=top,
+            order=order,
+            exclusions=tuple(parse_exclusion(x) for x in exclude or []),
         )
-        spec.check()
+        if breakdown != "persona":
+            spec.check()
         with opened(settings_for(data_dir)) as store:
+            if breakdown == "persona":
+                spec = replace(spec, journey=get_journey(store, journey))
+                spec.check()
             if dropped_at is not None:
                 audience = dropped_contacts(store, spec, dropped_at)
                 emit(audience, OutputFormat(fmt), title=f"dropped after step {dropped_at}")
                 return
             result = funnel(store, spec)
-    except FunnelError as exc:
+    except (FunnelError, StageError) as exc:
         raise fail(str(exc), code=2) from None
     if fmt == "json":
         sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -171,13 +210,16 @@ def funnel_command(
                 overall=_pct(s["conversion_from_first"]),
                 open=s.get("in_progress", ""),
                 dropped=s.get("dropped", ""),
-                median=_human(s.get("median_seconds_from_previous")),
             )
+            if result["exclusions"]:
+                row["excluded"] = s.get("excluded", "")
+            row["median"] = _human(s.get("median_seconds_from_previous"))
             rows.append(row)
     emit(
         rows,
         OutputFormat(fmt),
-        title=f"funnel {result['period']['start'][:10]} → {result['period']['end'][:10]}, window {result['window']}",
+        title=f"funnel ({result['order']}) {result['period']['start'][:10]} → {result['period']['end'][:10]}, "
+        f"window {result['window']}",
     )
     if fmt == "table":
         console.print(
@@ -384,7 +426,7 @@ def painpoints_command(
     min_effect: Annotated[
         float, typer.Option(help="Smallest difference in conversion worth reporting (0-1)")
     ] = 0.05,
-    lang: Annotated[str, typer.Option(help="Funnel names in en or it")] = "en",
+    lang: Annotated[str, typer.Option(help="Funnel names and summaries in en or it")] = "en",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
 ) -> None:
@@ -612,3 +654,93 @@ def transitions_command(
             for r in rows
         ]
     emit(rows, output, title="transitions")
+
+
+def retention_command(
+    start_event: Annotated[
+        str | None,
+        typer.Option(
+            "--start-event",
+            help="The event that puts a contact in a cohort (its first occurrence ever), e.g. "
+            "'Order Completed' for first purchase; default: any event (first seen)",
+        ),
+    ] = None,
+    return_event: Annotated[
+        str | None,
+        typer.Option("--return-event", help="The event that counts as coming back; default: any event"),
+    ] = None,
+    period: Annotated[str, typer.Option(help="day, week (from Monday) or month, in UTC")] = "week",
+    periods: Annotated[int, typer.Option(help="Later periods shown after the cohort's own")] = 8,
+    since: Annotated[
+        str | None,
+        typer.Option("--from", help="First cohort (YYYY-MM-DD); default 30 days, 12 weeks or 12 months ago"),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="End of the last cohort (YYYY-MM-DD); default now")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Retention cohorts: of the contacts who started in each period, the share who came back in
+    each later period (counted after identity resolution)."""
+    from percorso.analytics.funnel import FunnelError, parse_step
+    from percorso.analytics.retention import RetentionError, RetentionSpec, default_range, retention
+    from percorso.cli import console, emit, fail, opened, settings_for
+
+    output = _format(fmt)
+    default_start, default_end = default_range(period)
+    end = _parse_day(until, "--to") if until else default_end
+    start = _parse_day(since, "--from") if since else default_start
+    try:
+        spec = RetentionSpec(
+            start=start,
+            end=end,
+            period=period,
+            periods=periods,
+            start_event=parse_step(start_event) if start_event else None,
+            return_event=parse_step(return_event) if return_event else None,
+        )
+        spec.check()
+        with opened(settings_for(data_dir)) as store:
+            result = retention(store, spec)
+    except (RetentionError, FunnelError) as exc:
+        raise fail(str(exc), code=2) from None
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        return
+    if fmt == "csv":  # long form: one row per cohort and period
+        emit(
+            [
+                {
+                    "cohort": c["cohort"],
+                    "contacts": c["contacts"],
+                    "period": n,
+                    "returned": c["returned"][n],
+                    "retention": c["retention"][n],
+                }
+                for c in result["cohorts"]
+                for n in range(result["periods"] + 1)
+                if c["returned"][n] is not None
+            ],
+            output,
+        )
+        return
+    rows = [
+        {
+            "cohort": c["cohort"],
+            "contacts": c["contacts"],
+            **{f"+{n}" if n else "0": _pct(r) for n, r in enumerate(c["retention"])},
+        }
+        for c in result["cohorts"]
+    ]
+    rows.append(
+        {
+            "cohort": "average",
+            "contacts": "",
+            **{f"+{a['period']}" if a["period"] else "0": _pct(a["retention"]) for a in result["average"]},
+        }
+    )
+    started = result["start_event"] or "first seen"
+    returned = result["return_event"] or "any event"
+    emit(rows, output, title=f"retention by {period}: cohort = {started}, return = {returned}")
+    console.print(f"[dim]{result['counting']}[/]")

@@ -57,6 +57,15 @@ class Settings:
     automation_worker: bool = True
     #: The address people reach this server at: unsubscribe and tracking links in emails use it.
     public_url: str = ""
+    #: Seconds after which an outbox row claimed by a worker that stopped renewing its claim (it
+    #: died) goes back to the queue. Longer than the slowest single send (SMTP/webhook timeouts).
+    automation_claim_timeout: int = 300
+    #: Sent messages marked sent in one commit (or every 20 ms): at most this many can reach
+    #: their receiver twice when a worker dies; 1 marks every message alone (slower).
+    automation_sent_group: int = 10
+    #: Seconds the dashboard keeps an analytics result (a journey map, a funnel) before computing it
+    #: again; pages show when their numbers were computed and offer a refresh. 0 turns caching off.
+    dashboard_cache_seconds: int = 60
 
     @property
     def base_url(self) -> str:

@@ -128,3 +128,51 @@ def test_paths_and_transitions_endpoints(server):
     bad_regex = http.get("/v1/paths", params={**period, "url_rule": "([=>x"})
     assert bad_regex.status_code == 400 and bad_regex.json()["field"] == "url_rules"
     assert http.get("/v1/paths", params={"max_steps": 99}).status_code == 400
+
+
+def test_funnel_modes_exclusions_and_breakdowns_over_http(server):
+    load(server)
+    http = server.client()
+    body = {"steps": ["Product Viewed", "Checkout Started", "Order Completed"], "window": "7d", **PERIOD}
+    # F ordered before checking out: in any order F converts too (A G F; C is out of the window).
+    any_order = http.post("/v1/funnels", json={**body, "order": "any"})
+    assert any_order.status_code == 200, any_order.text
+    assert [s["contacts"] for s in any_order.json()["total"]["steps"]] == [6, 4, 3]
+    strict = http.post("/v1/funnels", json={**body, "order": "strict"}).json()
+    # G viewed twice (a repeat, skipped), A identified between view and checkout (not a track event).
+    assert [s["contacts"] for s in strict["total"]["steps"]] == [6, 3, 2]  # F's order came first
+    excluded = http.post(
+        "/v1/funnels", json={**body, "exclusions": [{"step": "Order Completed", "after": 1, "before": 2}]}
+    ).json()
+    steps = excluded["total"]["steps"]
+    assert [s["contacts"] for s in steps] == [6, 3, 2] and steps[0]["excluded"] == 1  # F, not dropped
+    http.put("/v1/journeys/api-shop", content=JOURNEY, headers={"content-type": "application/yaml"})
+    personas = http.post("/v1/funnels", json={**body, "breakdown": "persona"})
+    assert personas.status_code == 200, personas.text
+    groups = {g["group"]: g["entered"] for g in personas.json()["breakdown"]["groups"]}
+    assert groups == {"buyers": 4, "(none)": 2}  # A C F G bought (as of the period's end)
+    assert personas.json()["breakdown"]["labels"]["buyers"]["it"] == "Acquirenti"
+    first = http.post("/v1/funnels", json={**body, "breakdown": "first_campaign"}).json()
+    assert {g["group"]: g["entered"] for g in first["breakdown"]["groups"]} == {"(none)": 6}
+
+
+def test_funnel_bad_input_is_a_400_naming_the_field(server):
+    http = server.client()
+    body = {"steps": ["A", "B", "C"]}
+    order = http.post("/v1/funnels", json={**body, "order": "sideways"})
+    assert order.status_code == 400 and order.json()["field"] == "order"
+    backwards = http.post(
+        "/v1/funnels", json={**body, "exclusions": [{"step": "X", "after": 2, "before": 2}]}
+    )
+    assert backwards.status_code == 400 and backwards.json()["field"] == "exclusions"
+    beyond = http.post("/v1/funnels", json={**body, "exclusions": [{"step": "X", "after": 1, "before": 7}]})
+    assert beyond.status_code == 400 and "3-step" in beyond.json()["message"]
+    empty = http.post("/v1/funnels", json={**body, "exclusions": [{"step": "event:"}]})
+    assert empty.status_code == 400 and empty.json()["field"] == "exclusions"
+    no_journey = http.post("/v1/funnels", json={**body, "breakdown": "persona"})
+    assert no_journey.status_code == 400 and no_journey.json()["field"] == "journey"
+    http.put("/v1/journeys/shop", content=FORWARD)
+    no_personas = http.post("/v1/funnels", json={**body, "breakdown": "persona", "journey": "shop"})
+    assert no_personas.status_code == 400 and "personas" in no_personas.json()["message"]
+    unknown = http.post("/v1/funnels", json={**body, "breakdown": "persona", "journey": "nope"})
+    assert unknown.status_code == 400 and unknown.json()["field"] == "journey"

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from typer.testing import CliRunner
 
 from percorso.analytics.painpoints import find_pain_points, z_test
 from percorso.analytics.stages import save_journey
+from percorso.analytics.summaries import summaries
 from percorso.cli import app
 from percorso.demo.command import load_demo
 from percorso.demo.generator import DemoSpec
@@ -119,10 +121,98 @@ def test_engines_agree(tmp_path):
         b = find_pain_points(pg, JOURNEY, start=START, end=END, as_of=END)
         assert a["pain_points"], "the small dataset still shows the strongest planted problems"
         assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+        # The whole map too: feedback and revenue are read from JSON properties differently.
+        from percorso.analytics.journeymap import journey_map
+
+        maps = []
+        for store in (duck, pg):
+            save_journey(store, JOURNEY, "test")
+            maps.append(journey_map(store, JOURNEY, start=START, end=END, lang="it", with_pain_points=False))
+        assert any(s["emotion"]["score"] is not None for s in maps[0]["stages"])
+        assert json.dumps(maps[0], sort_keys=True) == json.dumps(maps[1], sort_keys=True)
     finally:
         duck.close()
         pg.close()
         drop_pg_database(url)
+
+
+SUMMARIES = [  # kind, facts, English, Italian
+    (
+        "dropoff",
+        {"segment": "platform=ios", "step": "Checkout Started", "rate": 0.42, "baseline": 0.08},
+        "platform=ios: 42% drop off after Checkout Started against 8% elsewhere",
+        "platform=ios: abbandona dopo «Checkout Started» il 42% dei contatti, contro l'8% degli altri",
+    ),
+    (
+        "slow",
+        {
+            "segment": "platform=android",
+            "step": "Checkout Started",
+            "next": "Payment Info Entered",
+            "ratio": 3.24,
+        },
+        "platform=android: Checkout Started → Payment Info Entered takes 3.2x the usual time",
+        "platform=android: «Checkout Started» → «Payment Info Entered» richiede 3,2 volte il tempo abituale",
+    ),
+    (
+        "dip",
+        {
+            "step": "Registration Submitted",
+            "next": "Registration Confirmed",
+            "rate": 0.11,
+            "baseline": 0.83,
+            "start": date(2026, 9, 14),
+            "end": date(2026, 10, 8),
+        },
+        "Registration Submitted → Registration Confirmed converted 11% from 2026-09-14 to 2026-10-08, "
+        "against 83% before and after",
+        "«Registration Submitted» → «Registration Confirmed» ha convertito l'11% dal 14/09/2026 all'08/10/2026, "
+        "contro l'83% prima e dopo",
+    ),
+    (
+        "support",
+        {"share": 0.23, "baseline": 0.004, "step": "Order Completed"},
+        "23% of contacts contact support after Order Completed (other steps: 0%)",
+        "Il 23% dei contatti si rivolge all'assistenza dopo «Order Completed» (negli altri passi: lo 0%)",
+    ),
+    (
+        "errors",
+        {"share": 0.08, "baseline": 0.01, "step": "Checkout Started"},
+        "8% of contacts hit an error after Checkout Started (other steps: 1%)",
+        "L'8% dei contatti incontra un errore dopo «Checkout Started» (negli altri passi: l'1%)",
+    ),
+    (
+        "loop",
+        {"share": 0.31, "step": "Product Added", "next": "Checkout Started"},
+        "31% of contacts go back from Checkout Started to Product Added within an hour",
+        "Il 31% dei contatti torna da «Checkout Started» a «Product Added» entro un'ora",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "facts", "english", "italian"), SUMMARIES, ids=[s[0] for s in SUMMARIES])
+def test_summaries_in_english_and_italian(kind, facts, english, italian):
+    assert summaries(kind, facts) == {"en": english, "it": italian}
+
+
+def test_every_finding_has_both_summaries(planted_store, planted):
+    assert {p["kind"] for p in planted["pain_points"]} == {
+        "dropoff",
+        "dip",
+        "loop",
+        "support",
+        "errors",
+        "slow",
+    }
+    for p in planted["pain_points"]:
+        assert set(p["summaries"]) == {"en", "it"} and p["summary"] == p["summaries"]["en"]
+    checkout = next(f for f in JOURNEY.funnels if f.key == "checkout")
+    one_funnel = msgspec.structs.replace(JOURNEY, funnels=[checkout])
+    italian = find_pain_points(planted_store, one_funnel, start=START, end=END, as_of=END, lang="it")
+    expected = [p for p in planted["pain_points"] if p["funnel"] == "checkout"]
+    assert [p["summary"] for p in italian["pain_points"]] == [p["summaries"]["it"] for p in expected]
+    [loop] = found(italian, "loop")
+    assert loop["summary"].endswith("«Checkout Started» a «Product Added» entro un'ora")
 
 
 def test_z_test_direction_and_edges():

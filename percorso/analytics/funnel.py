@@ -2,27 +2,49 @@
 
 Semantics (the same on every engine, because it is one SQL text):
 
-* A contact enters the funnel with their **first** step-1 event in the period; each later step
-  counts with the first matching event strictly after the previous step, and no later than the
-  conversion window after step 1.
-* Contacts are counted after identity resolution: an anonymous visitor who identifies between
-  steps is one contact and does not drop off.
+* A contact enters the funnel with their **first** step-1 event in the period; the conversion
+  window runs from that event. Contacts are counted after identity resolution: an anonymous
+  visitor who identifies between steps is one contact and does not drop off.
+* ``order`` says how the later steps count:
+
+  ``ordered`` (default) each step counts with the first matching event strictly after the
+              previous step; anything may happen in between;
+  ``strict``  the step must be the contact's very next *considered* event after the previous
+              step: considered are the events matching a step of the funnel and every ``track``
+              event the contact made (pages, screens, identify calls and the events percorso
+              records for its own actions — library ``percorso-automation`` — are not). Repeats
+              of the step just reached are skipped (a reload does not break the chain);
+  ``any``     each later step counts with its first event within the window after entry, in
+              any order; step k is reached when steps 2..k have all been done, at the time the
+              last of them was.
+
+* **Exclusion steps** (as in Mixpanel and Amplitude): a contact who does the excluded event
+  after reaching step k and before reaching step k+1 (or before the window closes, when they
+  never reach it), for a k inside the exclusion's range, counts up to step k and is then
+  *excluded* from conversion — reported apart from those who dropped.
 * A contact who has not reached the next step but whose window is still open (as of ``as_of``)
-  is **in progress**, reported apart from those who **dropped**.
+  is **in progress**, reported apart from those who **dropped**. In ``strict`` mode a contact
+  whose next considered event was not the next step has dropped even inside the window.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, any_of, condition_sql
-from percorso.journey.definition import Condition
+from percorso.analytics.sql import CUSTOMER_EVENT, EPOCH, RESOLVED_EVENTS, Sql, any_of, condition_sql
+from percorso.journey.definition import Condition, Journey, Name
 from percorso.store import Store
 from percorso.store.base import Session
 
 MAX_STEPS = 20
+MAX_EXCLUSIONS = 10
+ORDERS = ("ordered", "strict", "any")
 # The platform an event came from, by the tracking library that sent it.
 PLATFORM = (
     "CASE WHEN e.library LIKE '%ios%' OR e.library LIKE '%swift%' THEN 'ios' "
@@ -32,6 +54,7 @@ PLATFORM = (
 )
 WEEK_OFFSET = 4 * 86_400  # 1970-01-01 was a Thursday; weeks start on Monday
 BUCKETS = ((3600, "< 1h"), (6 * 3600, "1-6h"), (86_400, "6-24h"), (3 * 86_400, "1-3d"), (7 * 86_400, "3-7d"))
+BREAKDOWNS = "channel, campaign, platform, first_campaign, persona, property:KEY, trait:KEY"
 
 
 class FunnelError(ValueError):
@@ -49,38 +72,73 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Exclusion:
+    """Contacts who do ``step`` between step ``after`` and step ``before`` (1-based; ``before``
+    defaults to the last step) are excluded from conversion from the step they had reached."""
+
+    step: Step
+    after: int = 1
+    before: int | None = None
+
+    def last(self, n: int) -> int:
+        return self.before if self.before is not None else n
+
+
+@dataclass(frozen=True)
 class FunnelSpec:
     steps: list[Step]
     start: datetime
     end: datetime
     window_seconds: int = 14 * 86_400
-    breakdown: str | None = None  # channel | campaign | platform | property:KEY | trait:KEY
+    # channel | campaign | platform | first_campaign | persona | property:KEY | trait:KEY
+    breakdown: str | None = None
     top: int = 10
     period: str = "week"  # day | week, for the trend
     as_of: datetime | None = None  # when windows are judged open or closed; default now
+    order: str = "ordered"  # ordered | strict | any
+    exclusions: tuple[Exclusion, ...] = ()
+    journey: Journey | None = field(default=None, compare=False)  # whose personas `persona` uses
 
     def check(self) -> None:
-        if not 2 <= len(self.steps) <= MAX_STEPS:
-            raise FunnelError("steps", f"a funnel has 2 to {MAX_STEPS} steps, got {len(self.steps)}")
+        n = len(self.steps)
+        if not 2 <= n <= MAX_STEPS:
+            raise FunnelError("steps", f"a funnel has 2 to {MAX_STEPS} steps, got {n}")
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise FunnelError("start", "dates need a time zone")
         if self.end <= self.start:
             raise FunnelError("end", "must be after start")
         if self.window_seconds <= 0:
             raise FunnelError("window", "must be positive")
-        if (
-            self.breakdown is not None
-            and self.breakdown not in ("channel", "campaign", "platform")
-            and not (
-                self.breakdown.startswith(("property:", "trait:"))
-                and len(self.breakdown.split(":", 1)[1]) > 0
+        if self.order not in ORDERS:
+            raise FunnelError("order", f"{self.order!r} is not one of {', '.join(ORDERS)}")
+        if self.breakdown is not None and not _known_breakdown(self.breakdown):
+            raise FunnelError("breakdown", f"{self.breakdown!r} is not one of {BREAKDOWNS}")
+        if self.breakdown == "persona" and (self.journey is None or not self.journey.personas):
+            raise FunnelError(
+                "breakdown",
+                "persona needs a journey with personas"
+                + (f" ({self.journey.key} defines none)" if self.journey else " (name one)"),
             )
-        ):
-            raise FunnelError("breakdown", "one of channel, campaign, platform, property:KEY, trait:KEY")
         if self.period not in ("day", "week"):
             raise FunnelError("period", "day or week")
         if not 1 <= self.top <= 100:
             raise FunnelError("top", "between 1 and 100")
+        if len(self.exclusions) > MAX_EXCLUSIONS:
+            raise FunnelError("exclusions", f"at most {MAX_EXCLUSIONS}, got {len(self.exclusions)}")
+        for x in self.exclusions:
+            if not 1 <= x.after < x.last(n) <= n:
+                raise FunnelError(
+                    "exclusions",
+                    f"{x.step.label!r}: between step {x.after} and step {x.last(n)} is not a range "
+                    f"of this {n}-step funnel (1 <= after < before <= {n})",
+                )
+
+
+def _known_breakdown(value: str) -> bool:
+    if value in ("channel", "campaign", "platform", "first_campaign", "persona"):
+        return True
+    kind, sep, key = value.partition(":")
+    return bool(sep) and kind in ("property", "trait") and key != ""
 
 
 def parse_step(text: str) -> Step:
@@ -103,68 +161,260 @@ def parse_step(text: str) -> Step:
     return Step(text, Condition(**fields))
 
 
-def _breakdown_expr(session: Session, breakdown: str | None) -> tuple[str, list[Any], bool]:
-    """SQL for the breakdown value, its params, and whether it reads contact traits."""
+_RANGE = re.compile(r"^(\d+)-(\d+):(.+)$")
+
+
+def parse_exclusion(text: str) -> Exclusion:
+    """``Coupon Applied`` (between the first and the last step) or ``2-3:Coupon Applied``
+    (between step 2 and step 3); the step takes the same patterns as :func:`parse_step`."""
+    match = _RANGE.match(text.strip())
+    if match is None:
+        step = parse_step(text)
+        return Exclusion(step)
+    step = parse_step(match.group(3).strip())
+    return Exclusion(step, int(match.group(1)), int(match.group(2)))
+
+
+@dataclass
+class _Breakdown:
+    """Where a breakdown value comes from: the entry event, or the contact (traits, personas,
+    first touch) — then computed once per entered contact."""
+
+    event: Sql | None = None  # an expression over the step-1 event ``e``
+    contact: Sql | None = None  # an expression over ``f0`` (one row per entered contact)
+    join: str = ""  # joined to ``f0`` for ``contact``
+    cte: Sql | None = None  # a CTE the join needs (defined after f0)
+
+
+def _breakdown(session: Session, spec: FunnelSpec) -> _Breakdown:
+    breakdown = spec.breakdown
     if breakdown is None:
-        return "''", [], False
+        return _Breakdown()
     if breakdown == "channel":
-        return "e.channel", [], False
+        return _Breakdown(event=Sql("e.channel"))
     if breakdown == "campaign":
-        return "e.utm_campaign", [], False
+        return _Breakdown(event=Sql("e.utm_campaign"))
     if breakdown == "platform":
-        return PLATFORM, [], False
+        return _Breakdown(event=Sql(PLATFORM))
+    if breakdown == "first_campaign":
+        # utm_campaign of the contact's first event ever, after identity resolution
+        return _Breakdown(
+            contact=Sql("ft.utm_campaign"),
+            join=" LEFT JOIN ft ON ft.cid = f0.cid",
+            cte=Sql(
+                "ft AS (SELECT cid, utm_campaign FROM (SELECT i.contact_id AS cid, e.utm_campaign, "
+                "row_number() OVER (PARTITION BY i.contact_id ORDER BY e.timestamp, e.message_id) AS rn "
+                f"FROM {RESOLVED_EVENTS} WHERE i.contact_id IN (SELECT cid FROM f0)) y WHERE rn = 1)"
+            ),
+        )
+    if breakdown == "persona":
+        from percorso.analytics.personas import persona_sql
+
+        assert spec.journey is not None  # check() made sure
+        as_of = min(spec.end, spec.as_of or datetime.now(UTC))
+        cases, params = [], []
+        for persona in spec.journey.personas:
+            members = persona_sql(session, persona, as_of)
+            cases.append(f"WHEN f0.cid IN ({members.text}) THEN ?")
+            params += [*members.params, persona.key]
+        return _Breakdown(contact=Sql(f"CASE {' '.join(cases)} END", params))
     kind, key = breakdown.split(":", 1)
     if kind == "property":
         expr, param = session.json_text("e.properties", key)
-        return expr, [param], False
+        return _Breakdown(event=Sql(expr, [param]))
     expr, param = session.json_text("c.traits", key)
-    return expr, [param], True
+    return _Breakdown(contact=Sql(expr, [param]), join=" JOIN contacts c ON c.contact_id = f0.cid")
 
 
-def reached_sql(session: Session, spec: FunnelSpec) -> Sql:
-    """One row per contact who entered: breakdown value, step-1 time and the time of each later step."""
-    n = len(spec.steps)
+def persona_labels(spec: FunnelSpec) -> dict[str, dict[str, str]]:
+    """The personas' names in English and Italian, for the groups of a persona breakdown."""
+    if spec.journey is None:
+        return {}
+    out = {}
+    for p in spec.journey.personas:
+        name = p.name if isinstance(p.name, Name) else Name(en=p.name)
+        out[p.key] = {"en": name.get("en"), "it": name.get("it")}
+    return out
+
+
+class _Text:
+    """A SQL text built in order, with its ``?`` parameters kept in step."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.params: list[Any] = []
+
+    def add(self, text: str, params: list[Any] | None = None) -> None:
+        self.parts.append(text)
+        self.params.extend(params or [])
+
+    def sql(self) -> Sql:
+        return Sql("".join(self.parts), self.params)
+
+
+def events_sql(session: Session, spec: FunnelSpec) -> Sql:
+    """The ``SELECT`` of ``ev``: every event that can matter to the funnel, once, with its flags
+    (``cid``, ``ts``, ``mid``, ``s1..sn``, ``x1..xm``, ``considered`` in strict mode, ``bd``)."""
+    window = int(spec.window_seconds)
+    strict = spec.order == "strict"
     flags = [condition_sql(session, s.condition) for s in spec.steps]
-    anything = any_of(session, [s.condition for s in spec.steps])
-    bd_expr, bd_params, from_traits = _breakdown_expr(session, spec.breakdown)
-    start, end = spec.start.timestamp(), spec.end.timestamp()
-    params: list[Any] = []
-    select_flags = []
+    xflags = [condition_sql(session, x.step.condition) for x in spec.exclusions]
+    bd = _breakdown(session, spec)
+    q = _Text()
+    q.add(f"SELECT i.contact_id AS cid, {EPOCH} AS ts, e.message_id AS mid")
     for k, f in enumerate(flags, 1):
-        select_flags.append(f"CASE WHEN {f.text} THEN 1 ELSE 0 END AS s{k}")
-        params.extend(f.params)
-    event_bd = "NULL" if from_traits else f"CASE WHEN {flags[0].text} THEN {bd_expr} END"
-    if not from_traits:
-        params.extend(flags[0].params + bd_params)
-    text = (
-        f"WITH ev AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, e.message_id AS mid, "
-        f"{', '.join(select_flags)}, {event_bd} AS bd FROM {RESOLVED_EVENTS} "
-        f"WHERE e.timestamp >= ? AND e.timestamp < ? AND ({anything.text}))"
-    )
-    params += [spec.start, datetime.fromtimestamp(end + spec.window_seconds, UTC), *anything.params]
-    first_bd = "x.bd"
-    trait_join = ""
-    if from_traits:
-        first_bd = bd_expr
-        trait_join = " JOIN contacts c ON c.contact_id = x.cid"
-    text += (
-        f", f1 AS (SELECT x.cid, x.ts AS t1, {first_bd} AS bd FROM (SELECT cid, ts, bd, "
-        "row_number() OVER (PARTITION BY cid ORDER BY ts, mid) AS rn FROM ev WHERE s1 = 1 AND ts >= ? AND ts < ?) x"
-        f"{trait_join} WHERE x.rn = 1)"
-    )
-    params += [*(bd_params if from_traits else []), start, end]
-    for k in range(2, n + 1):
-        prev = "f1" if k == 2 else f"f{k - 1}"
-        text += (
-            f", f{k} AS (SELECT p.cid, p.t1, min(ev.ts) AS t{k} FROM {prev} p "
-            f"JOIN ev ON ev.cid = p.cid AND ev.s{k} = 1 AND ev.ts > p.t{k - 1} AND ev.ts <= p.t1 + ? "
-            "GROUP BY p.cid, p.t1)"
+        q.add(f", CASE WHEN {f.text} THEN 1 ELSE 0 END AS s{k}", f.params)
+    for j, f in enumerate(xflags, 1):
+        q.add(f", CASE WHEN {f.text} THEN 1 ELSE 0 END AS x{j}", f.params)
+    steps_match = any_of(session, [s.condition for s in spec.steps])
+    if strict:
+        q.add(
+            f", CASE WHEN ({steps_match.text}) OR (e.type = 'track' AND {CUSTOMER_EVENT}) "
+            "THEN 1 ELSE 0 END AS considered",
+            steps_match.params,
         )
-        params.append(spec.window_seconds)
-    joins = " ".join(f"LEFT JOIN f{k} ON f{k}.cid = f1.cid" for k in range(2, n + 1))
-    times = ", ".join(f"f{k}.t{k}" for k in range(2, n + 1))
-    text += f", reached AS (SELECT f1.cid, coalesce(f1.bd, '(none)') AS bd, f1.t1, {times} FROM f1 {joins})"
-    return Sql(text, params)
+    if bd.event is not None:
+        q.add(
+            f", CASE WHEN {flags[0].text} THEN {bd.event.text} END AS bd", flags[0].params + bd.event.params
+        )
+    else:
+        q.add(", CAST(NULL AS TEXT) AS bd")
+    wanted = any_of(session, [s.condition for s in spec.steps] + [x.step.condition for x in spec.exclusions])
+    track = f" OR (e.type = 'track' AND {CUSTOMER_EVENT})" if strict else ""
+    q.add(
+        f" FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? AND (({wanted.text}){track})",
+        [spec.start, datetime.fromtimestamp(spec.end.timestamp() + window, UTC), *wanted.params],
+    )
+    return q.sql()
+
+
+def reached_sql(session: Session, spec: FunnelSpec, events: Sql | None = None) -> Sql:
+    """CTEs ending in ``reached``: one row per contact who entered — breakdown value ``bd``, the
+    time of each step reached ``t1..tn`` (epoch seconds; NULL when not reached), ``xat`` (the step
+    after which an exclusion step removed the contact) and ``brk`` (strict mode: the step after
+    which the contact's next considered event was another one). ``ev`` holds the events scanned
+    (:func:`events_sql`, or ``events`` when they were computed already)."""
+    n = len(spec.steps)
+    window = int(spec.window_seconds)
+    strict = spec.order == "strict"
+    bd = _breakdown(session, spec)
+    q = _Text()
+    ev = events or events_sql(session, spec)
+    q.add(f"WITH ev AS ({ev.text})", ev.params)
+    source = "ev"
+    if strict:
+        # the position of every considered event in the contact's sequence
+        q.add(
+            ", evs AS (SELECT ev.*, row_number() OVER (PARTITION BY cid ORDER BY ts, mid) AS seq "
+            "FROM ev WHERE considered = 1)"
+        )
+        source = "evs"
+
+    # f0: the entry (first step-1 event in the period); f1 adds the breakdown value
+    seq = ", seq" if strict else ""
+    q.add(
+        f", f0 AS (SELECT cid, ts AS t1, mid AS m1{', seq AS q1' if strict else ''}, bd FROM "
+        f"(SELECT cid, ts, mid{seq}, bd, row_number() OVER (PARTITION BY cid ORDER BY ts, mid) AS rn "
+        f"FROM {source} WHERE s1 = 1 AND ts >= ? AND ts < ?) x WHERE x.rn = 1)",
+        [spec.start.timestamp(), spec.end.timestamp()],
+    )
+    if bd.cte is not None:
+        q.add(", " + bd.cte.text, bd.cte.params)
+    contact_bd = bd.contact or Sql("f0.bd")
+    q.add(
+        f", f1 AS (SELECT f0.cid, f0.t1, f0.m1{', f0.q1' if strict else ''}, {contact_bd.text} AS bd "
+        f"FROM f0{bd.join})",
+        contact_bd.params,
+    )
+
+    if spec.order == "any":
+        _any_steps(q, n, window)
+    else:
+        for k in range(2, n + 1):
+            if strict:
+                _strict_step(q, k, window)
+            else:
+                q.add(
+                    f", f{k} AS (SELECT p.cid, p.t1, min(ev.ts) AS t{k} FROM f{k - 1} p "
+                    f"JOIN ev ON ev.cid = p.cid AND ev.s{k} = 1 AND ev.ts > p.t{k - 1} AND ev.ts <= p.t1 + {window} "
+                    "GROUP BY p.cid, p.t1)"
+                )
+        joins = " ".join(f"LEFT JOIN f{k} ON f{k}.cid = f1.cid" for k in range(2, n + 1))
+        times = ", ".join(f"f{k}.t{k}" for k in range(2, n + 1))
+        brk = "CAST(NULL AS INTEGER)"
+        if strict:
+            joins += " " + " ".join(f"LEFT JOIN nx{k} ON nx{k}.cid = f1.cid" for k in range(2, n + 1))
+            whens = " ".join(
+                f"WHEN f{k}.cid IS NULL AND nx{k}.cid IS NOT NULL THEN {k - 1}" for k in range(2, n + 1)
+            )
+            brk = f"CASE {whens} END"
+        q.add(f", raw AS (SELECT f1.cid, f1.bd, f1.t1, {times}, {brk} AS brk FROM f1 {joins})")
+
+    _exclude(q, spec, n, window)
+    return q.sql()
+
+
+def _strict_step(q: _Text, k: int, window: int) -> None:
+    """Step k in strict mode: the next considered event after step k-1 (repeats of step k-1
+    skipped) must match step k, strictly later and inside the window."""
+    q.add(
+        f", nx{k} AS (SELECT p.cid, min(e.seq) AS nseq FROM f{k - 1} p JOIN evs e ON e.cid = p.cid "
+        f"AND e.seq > p.q{k - 1} AND (e.s{k - 1} = 0 OR e.s{k} = 1) GROUP BY p.cid)"
+        f", f{k} AS (SELECT p.cid, p.t1, e.ts AS t{k}, e.seq AS q{k} FROM f{k - 1} p "
+        f"JOIN nx{k} x ON x.cid = p.cid JOIN evs e ON e.cid = x.cid AND e.seq = x.nseq "
+        f"WHERE e.s{k} = 1 AND e.ts > p.t{k - 1} AND e.ts <= p.t1 + {window})"
+    )
+
+
+def _any_steps(q: _Text, n: int, window: int) -> None:
+    """Any order: the first event of each later step within the window after entry (the entry
+    event itself excluded); step k is reached once steps 2..k all are, at the latest of them."""
+    firsts = ", ".join(f"min(CASE WHEN ev.s{k} = 1 THEN ev.ts END) AS u{k}" for k in range(2, n + 1))
+    q.add(
+        f", u AS (SELECT p.cid, {firsts} FROM f1 p JOIN ev ON ev.cid = p.cid AND ev.ts <= p.t1 + {window} "
+        "AND (ev.ts > p.t1 OR (ev.ts = p.t1 AND ev.mid <> p.m1)) GROUP BY p.cid)"
+    )
+    times = []
+    for k in range(2, n + 1):
+        us = [f"u.u{j}" for j in range(2, k + 1)]
+        latest = us[0] if k == 2 else f"greatest({', '.join(us)})"
+        times.append(f"CASE WHEN {' AND '.join(f'{u} IS NOT NULL' for u in us)} THEN {latest} END AS t{k}")
+    q.add(
+        f", raw AS (SELECT f1.cid, f1.bd, f1.t1, {', '.join(times)}, CAST(NULL AS INTEGER) AS brk "
+        "FROM f1 LEFT JOIN u ON u.cid = f1.cid)"
+    )
+
+
+def _exclude(q: _Text, spec: FunnelSpec, n: int, window: int) -> None:
+    """``reached``: ``raw`` with the steps after an exclusion removed (``xat`` = the step the
+    contact had reached when they did the excluded event)."""
+    times = ", ".join(f"r.t{k}" for k in range(2, n + 1))
+    if not spec.exclusions:
+        q.add(
+            f", reached AS (SELECT r.cid, coalesce(r.bd, '(none)') AS bd, r.t1, {times}, "
+            "CAST(NULL AS INTEGER) AS xat, r.brk FROM raw r)"
+        )
+        return
+    whens = []
+    for k in range(2, n + 1):  # an excluded event between step k-1 and step k
+        covering = [j for j, x in enumerate(spec.exclusions, 1) if x.after <= k - 1 and k <= x.last(n)]
+        if not covering:
+            continue
+        which = " OR ".join(f"ev.x{j} = 1" for j in covering)
+        whens.append(
+            f"WHEN ({which}) AND r.t{k - 1} IS NOT NULL AND ev.ts > r.t{k - 1} "
+            f"AND (ev.ts < r.t{k} OR (r.t{k} IS NULL AND ev.ts <= r.t1 + {window})) THEN {k - 1}"
+        )
+    any_x = " OR ".join(f"ev.x{j} = 1" for j in range(1, len(spec.exclusions) + 1))
+    kept = ", ".join(
+        f"CASE WHEN x.xat IS NULL OR x.xat >= {k} THEN r.t{k} END AS t{k}" for k in range(2, n + 1)
+    )
+    q.add(
+        f", cut AS (SELECT r.cid, min(CASE {' '.join(whens)} END) AS xat FROM raw r "
+        f"JOIN ev ON ev.cid = r.cid AND ({any_x}) GROUP BY r.cid)"
+        f", reached AS (SELECT r.cid, coalesce(r.bd, '(none)') AS bd, r.t1, {kept}, x.xat, "
+        "CASE WHEN x.xat IS NULL THEN r.brk END AS brk FROM raw r LEFT JOIN cut x ON x.cid = r.cid)"
+    )
 
 
 def _as_of(spec: FunnelSpec) -> float:
@@ -174,20 +424,57 @@ def _as_of(spec: FunnelSpec) -> float:
 def funnel(
     store: Store, spec: FunnelSpec, *, trend: bool = True, distribution: bool = True
 ) -> dict[str, Any]:
-    """Counts, conversion, in-progress and dropped contacts, and times between steps, per
-    breakdown group (top N by entries, the rest as ``(other)``), with a trend and the
+    """Counts, conversion, in-progress, excluded and dropped contacts, and times between steps,
+    per breakdown group (top N by entries, the rest as ``(other)``), with a trend and the
     time-to-convert distribution."""
     spec.check()
-    n = len(spec.steps)
-    as_of = _as_of(spec)
     with store.session() as s:
         s.tune_for_analytics()
-        base = reached_sql(s, spec)
+        return funnel_in(s, spec, reached_sql(s, spec), trend=trend, distribution=distribution)
+
+
+@contextmanager
+def materialized(session: Session, spec: FunnelSpec) -> Iterator[Sql]:
+    """Computes ``ev`` and ``reached`` once, into temporary tables, for several questions about
+    the same funnel (pain points ask seven); yields the CTE prefix that reads them. The tables
+    go with the transaction if it fails, and are dropped when it does not."""
+    spec.check()
+    name = f"percorso_funnel_{uuid.uuid4().hex[:12]}"
+    events = events_sql(session, spec)
+    session.execute(f"CREATE TEMPORARY TABLE {name}_ev AS {events.text}", events.params)
+    base = reached_sql(session, spec, events=Sql(f"SELECT * FROM {name}_ev"))
+    session.execute(
+        f"CREATE TEMPORARY TABLE {name}_reached AS {base.text} SELECT * FROM reached", base.params
+    )
+    yield Sql(f"WITH ev AS (SELECT * FROM {name}_ev), reached AS (SELECT * FROM {name}_reached)")
+    session.execute(f"DROP TABLE {name}_reached")
+    session.execute(f"DROP TABLE {name}_ev")
+
+
+def funnel_in(
+    s: Session,
+    spec: FunnelSpec,
+    base: Sql,
+    *,
+    trend: bool = True,
+    distribution: bool = True,
+    groups: bool = True,
+) -> dict[str, Any]:
+    """:func:`funnel` inside a session, over ``base`` (CTEs ending in ``reached``; ``groups=False``
+    skips the counts per group when only the trend is wanted)."""
+    n = len(spec.steps)
+    as_of = _as_of(spec)
+    rows: list[dict[str, Any]] = []
+    if groups:
+        label = (
+            "CASE WHEN r.bd IN (SELECT bd FROM top_groups) THEN r.bd ELSE '(other)' END"
+            if spec.breakdown
+            else "''"  # whatever breakdown ``base`` carries, this question has none
+        )
         grouped = (
             base.text + ", sizes AS (SELECT bd, count(*) AS n FROM reached GROUP BY bd), "
             "top_groups AS (SELECT bd FROM sizes ORDER BY n DESC, bd LIMIT ?), "
-            "labelled AS (SELECT r.*, CASE WHEN r.bd IN (SELECT bd FROM top_groups) THEN r.bd ELSE '(other)' END AS grp "
-            "FROM reached r)"
+            f"labelled AS (SELECT r.*, {label} AS grp FROM reached r)"
         )
         aggregates = ["count(*) AS n1"]
         params: list[Any] = [*base.params, spec.top]
@@ -198,7 +485,9 @@ def funnel(
                 f"percentile_cont(0.9) WITHIN GROUP (ORDER BY t{k} - t{k - 1}) AS p90_{k}"
             )
             aggregates.append(
-                f"sum(CASE WHEN t{k - 1} IS NOT NULL AND t{k} IS NULL AND t1 + ? > ? THEN 1 ELSE 0 END) AS open{k - 1}"
+                f"sum(CASE WHEN t{k - 1} IS NOT NULL AND t{k} IS NULL AND t1 + ? > ? AND xat IS NULL "
+                f"AND brk IS NULL THEN 1 ELSE 0 END) AS open{k - 1}, "
+                f"sum(CASE WHEN xat = {k - 1} THEN 1 ELSE 0 END) AS excluded{k - 1}"
             )
             params += [spec.window_seconds, as_of]
         rows = s.dicts(
@@ -206,36 +495,43 @@ def funnel(
             + f" SELECT grp, {', '.join(aggregates)} FROM labelled GROUP BY grp ORDER BY n1 DESC, grp",
             params,
         )
-        period = 86_400 if spec.period == "day" else 7 * 86_400
-        offset = 0 if spec.period == "day" else WEEK_OFFSET
-        step_counts = "".join(f", count(t{k})" for k in range(2, n + 1))
-        trend_rows: list[Any] = []
-        distribution_rows: list[Any] = []
-        if trend:
-            trend_rows = s.rows(
-                base.text + f" SELECT CAST(floor((t1 - ?) / ?) AS BIGINT) AS bucket, count(*), count(t{n}), "
-                f"sum(CASE WHEN t{n} IS NULL AND t1 + ? > ? THEN 1 ELSE 0 END), "
-                f"sum(CASE WHEN t1 + ? <= ? THEN 1 ELSE 0 END){step_counts} FROM reached GROUP BY 1 ORDER BY 1",
-                [*base.params, offset, period, spec.window_seconds, as_of, spec.window_seconds, as_of],
-            )
-        if distribution:
-            cases = " ".join(f"WHEN t{n} - t1 < {limit} THEN {i}" for i, (limit, _) in enumerate(BUCKETS))
-            distribution_rows = s.rows(
-                base.text + f" SELECT CASE {cases} ELSE {len(BUCKETS)} END AS b, count(*) FROM reached "
-                f"WHERE t{n} IS NOT NULL GROUP BY 1 ORDER BY 1",
-                base.params,
-            )
-    groups = [_group(row, spec, n) for row in rows]
-    total = _total(groups, n) if spec.breakdown else (groups[0] if groups else _group({"grp": ""}, spec, n))
+    period = 86_400 if spec.period == "day" else 7 * 86_400
+    offset = 0 if spec.period == "day" else WEEK_OFFSET
+    step_counts = "".join(f", count(t{k})" for k in range(2, n + 1))
+    trend_rows: list[Any] = []
+    distribution_rows: list[Any] = []
+    if trend:
+        trend_rows = s.rows(
+            base.text + f" SELECT CAST(floor((t1 - ?) / ?) AS BIGINT) AS bucket, count(*), count(t{n}), "
+            f"sum(CASE WHEN t{n} IS NULL AND t1 + ? > ? AND xat IS NULL AND brk IS NULL THEN 1 ELSE 0 END), "
+            f"sum(CASE WHEN t1 + ? <= ? THEN 1 ELSE 0 END){step_counts} FROM reached GROUP BY 1 ORDER BY 1",
+            [*base.params, offset, period, spec.window_seconds, as_of, spec.window_seconds, as_of],
+        )
+    if distribution:
+        cases = " ".join(f"WHEN t{n} - t1 < {limit} THEN {i}" for i, (limit, _) in enumerate(BUCKETS))
+        distribution_rows = s.rows(
+            base.text + f" SELECT CASE {cases} ELSE {len(BUCKETS)} END AS b, count(*) FROM reached "
+            f"WHERE t{n} IS NOT NULL GROUP BY 1 ORDER BY 1",
+            base.params,
+        )
+    by_group = [_group(row, spec, n) for row in rows]
+    total = (
+        _total(by_group, n) if spec.breakdown else (by_group[0] if by_group else _group({"grp": ""}, spec, n))
+    )
     window_label = _duration_label(spec.window_seconds)
     return {
         "steps": [s.label for s in spec.steps],
         "period": {"start": spec.start.isoformat(), "end": spec.end.isoformat()},
         "window": window_label,
         "as_of": datetime.fromtimestamp(as_of, UTC).isoformat(),
-        "counting": "unique contacts after identity resolution; first entry in the period",
+        "order": spec.order,
+        "exclusions": [
+            {"step": x.step.label, "after": x.after, "before": x.last(n)} for x in spec.exclusions
+        ],
+        "counting": "unique contacts after identity resolution; first entry in the period; "
+        + ORDER_NOTES[spec.order],
         "total": total,
-        "breakdown": {"by": spec.breakdown, "groups": groups} if spec.breakdown else None,
+        "breakdown": _breakdown_result(spec, by_group) if spec.breakdown else None,
         "trend": [
             {
                 "period_start": datetime.fromtimestamp(int(b) * period + offset, UTC).date().isoformat(),
@@ -254,6 +550,23 @@ def funnel(
     }
 
 
+ORDER_NOTES = {
+    "ordered": "steps in order, other events allowed between them",
+    "strict": "each step is the next tracked event after the previous one",
+    "any": "later steps in any order within the window",
+}
+
+
+def _breakdown_result(spec: FunnelSpec, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"by": spec.breakdown, "groups": groups}
+    if spec.breakdown == "persona":
+        out["labels"] = persona_labels(spec)
+        out["note"] = "each contact in the first persona (in the journey's order) whose rules it matches"
+    elif spec.breakdown == "first_campaign":
+        out["note"] = "utm_campaign of the contact's first event, after identity resolution"
+    return out
+
+
 def _group(row: dict[str, Any], spec: FunnelSpec, n: int) -> dict[str, Any]:
     counts = [int(row.get(f"n{k}") or 0) for k in range(1, n + 1)]
     steps = []
@@ -263,8 +576,10 @@ def _group(row: dict[str, Any], spec: FunnelSpec, n: int) -> dict[str, Any]:
         step["conversion_from_first"] = _ratio(counts[k - 1], counts[0])
         if k < n:
             open_ = int(row.get(f"open{k}") or 0)
+            excluded = int(row.get(f"excluded{k}") or 0)
             step["in_progress"] = open_
-            step["dropped"] = counts[k - 1] - counts[k] - open_
+            step["excluded"] = excluded
+            step["dropped"] = counts[k - 1] - counts[k] - open_ - excluded
         if k > 1:
             median, p90 = row.get(f"median{k}"), row.get(f"p90_{k}")
             step["median_seconds_from_previous"] = None if median is None else round(float(median), 1)
@@ -282,8 +597,8 @@ def _total(groups: list[dict[str, Any]], n: int) -> dict[str, Any]:
         contacts = sum(g["steps"][k]["contacts"] for g in groups)
         step = {"step": k + 1, "label": groups[0]["steps"][k]["label"], "contacts": contacts}
         if k < n - 1:
-            step["in_progress"] = sum(g["steps"][k]["in_progress"] for g in groups)
-            step["dropped"] = sum(g["steps"][k]["dropped"] for g in groups)
+            for key in ("in_progress", "excluded", "dropped"):
+                step[key] = sum(g["steps"][k][key] for g in groups)
         steps.append(step)
     for k, step in enumerate(steps):
         step["conversion_from_previous"] = (
@@ -317,8 +632,9 @@ def _duration_label(seconds: int) -> str:
 
 
 def dropped_contacts(store: Store, spec: FunnelSpec, step: int, limit: int = 1000) -> list[dict[str, Any]]:
-    """Contacts who reached ``step`` but not the next one and whose window has closed — an
-    audience for a follow-up."""
+    """Contacts who dropped after ``step``: reached it, not the next one, and their window has
+    closed (or, in strict mode, their next event was another one) — an audience for a follow-up.
+    Contacts removed by an exclusion step are not in it."""
     spec.check()
     n = len(spec.steps)
     if not 1 <= step < n:
@@ -330,7 +646,8 @@ def dropped_contacts(store: Store, spec: FunnelSpec, step: int, limit: int = 100
         return s.dicts(
             base.text + f" SELECT r.cid AS contact_id, {step_time} AS reached_at_epoch, "
             "(SELECT min(value) FROM identities WHERE contact_id = r.cid AND kind = 'email') AS email "
-            f"FROM reached r WHERE {step_time} IS NOT NULL AND t{step + 1} IS NULL AND t1 + ? <= ? "
+            f"FROM reached r WHERE {step_time} IS NOT NULL AND t{step + 1} IS NULL "
+            f"AND (t1 + ? <= ? OR brk = {step}) AND xat IS NULL "
             "ORDER BY r.cid LIMIT ?",
             [*base.params, spec.window_seconds, _as_of(spec), limit],
         )

@@ -33,6 +33,7 @@ def journey_map(
     lang: str = "en",
     with_pain_points: bool = True,
     refresh: bool = True,
+    only: Sql | None = None,
 ) -> dict[str, Any]:
     end = end or datetime.now(UTC)
     start = start or end - timedelta(weeks=26)
@@ -41,6 +42,16 @@ def journey_map(
     chosen = find_persona(journey, persona) if persona else None
     with store.session() as s:
         contacts = persona_sql(s, chosen, end) if chosen else None
+    if only is not None:
+        # A further contact filter (the dashboard's channel or saved segment), ANDed with the persona.
+        contacts = (
+            Sql(
+                f"SELECT contact_id FROM ({contacts.text}) pc WHERE contact_id IN ({only.text})",
+                [*contacts.params, *only.params],
+            )
+            if contacts
+            else only
+        )
     overview = stage_overview(store, journey, since=start, until=end, lang=lang, contacts=contacts)
     activity, feedback = _activity(store, journey, start, end, contacts)
     pains: list[dict[str, Any]] = []
@@ -118,36 +129,65 @@ def _activity(
             cases.append("WHEN " + " OR ".join(f"({c.text})" for c in conds) + " THEN ?")
             tp_params += [p for c in conds for p in c.params] + [t.key]
         touchpoint = f"CASE {' '.join(cases)} END" if cases else "NULL"
-        revenue, revenue_params = s.json_number("e.properties", "revenue")
-        score, score_p = s.json_text("e.properties", "score")
-        survey, survey_p = s.json_text("e.properties", "survey")
-        rating, rating_p = s.json_text("e.properties", "rating")
+        # Revenue is only read for the events named by revenue KPIs; feedback values only from
+        # events whose properties may hold the key (a cheap test): JSON is parsed on few rows.
+        revenue_events = sorted(
+            {k.event for st in journey.stages for k in st.kpis if k.metric == "revenue" and k.event}
+        )
+        revenue = "CAST(NULL AS DOUBLE PRECISION)"
+        revenue_params: list[Any] = []
+        if revenue_events:
+            number, number_params = s.json_number("e.properties", "revenue")
+            revenue = f"CASE WHEN e.event IN ({', '.join('?' for _ in revenue_events)}) THEN {number} END"
+            revenue_params = [*revenue_events, *number_params]
+        extracted, extract_params = [], []
+        for key in ("score", "survey", "rating"):
+            may, may_p = s.json_may_have("e.properties", key)
+            value, value_p = s.json_text("e.properties", key)
+            extracted.append(f"CASE WHEN {may} THEN {value} END AS {key}")
+            extract_params += [may_p, value_p]
         nps_list = ", ".join("?" for _ in NPS_SCORES)
         rating_list = ", ".join("?" for _ in RATINGS)
         rows = s.rows(
-            f"WITH {windows}, x AS (SELECT se.stage_index, se.contact_id, "
-            "coalesce(e.event, e.type || ': ' || coalesce(e.name, '')) AS action, "
-            f"e.channel, {touchpoint} AS touchpoint, {revenue} AS revenue, "
-            f"CASE WHEN lower({survey}) = 'nps' AND {score} IN ({nps_list}) THEN CAST({score} AS INTEGER) END AS nps, "
-            f"CASE WHEN {rating} IN ({rating_list}) THEN CAST({rating} AS INTEGER) "
-            f"WHEN lower({survey}) = 'csat' AND {score} IN ({rating_list}) THEN CAST({score} AS INTEGER) END AS csat "
+            f"WITH {windows}, x0 AS (SELECT se.stage_index, se.contact_id, e.event, e.type, e.name, "
+            f"e.channel, {touchpoint} AS touchpoint, {revenue} AS revenue, {', '.join(extracted)} "
             "FROM se JOIN identities i ON i.contact_id = se.contact_id JOIN events e ON e.identity_id = i.identity_id "
-            "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ?) "
-            "SELECT stage_index, action, channel, touchpoint, count(*), sum(revenue), count(nps), "
+            "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ?), "
+            "x AS (SELECT stage_index, event, type, name, channel, touchpoint, revenue, "
+            f"CASE WHEN lower(survey) = 'nps' AND score IN ({nps_list}) THEN CAST(score AS INTEGER) END AS nps, "
+            f"CASE WHEN rating IN ({rating_list}) THEN CAST(rating AS INTEGER) "
+            f"WHEN lower(survey) = 'csat' AND score IN ({rating_list}) THEN CAST(score AS INTEGER) END AS csat "
+            "FROM x0) "
+            # grouped by the raw columns (cheaper than building each event's action name)
+            "SELECT stage_index, event, type, name, channel, touchpoint, count(*), sum(revenue), count(nps), "
             "sum(CASE WHEN nps >= 9 THEN 1 ELSE 0 END), sum(CASE WHEN nps <= 6 THEN 1 ELSE 0 END), "
-            "count(csat), sum(CASE WHEN csat >= 4 THEN 1 ELSE 0 END) FROM x GROUP BY 1, 2, 3, 4",
+            "count(csat), sum(CASE WHEN csat >= 4 THEN 1 ELSE 0 END) FROM x GROUP BY 1, 2, 3, 4, 5, 6",
             [
                 end, journey.key, end, end, start, *fp,
-                *tp_params, *revenue_params,
-                survey_p, score_p, *NPS_SCORES, score_p,
-                rating_p, *RATINGS, rating_p, survey_p, score_p, *RATINGS, score_p,
+                *tp_params, *revenue_params, *extract_params,
                 start, end,
+                *NPS_SCORES, *RATINGS, *RATINGS,
             ],
         )  # fmt: skip
     activity: dict[int, dict[str, Any]] = {}
     feedback: dict[int, dict[str, Any]] = {}
-    for stage_index, action, channel, tp, n, revenue, nps_n, promoters, detractors, csat_n, satisfied in rows:
+    for (
+        stage_index,
+        event,
+        kind,
+        name,
+        channel,
+        tp,
+        n,
+        revenue,
+        nps_n,
+        promoters,
+        detractors,
+        csat_n,
+        satisfied,
+    ) in rows:
         k = int(stage_index)
+        action = event if event is not None else f"{kind}: {name or ''}"
         a = activity.setdefault(
             k, {"actions": {}, "channels": {}, "touchpoints": {}, "revenue": {}, "events": 0}
         )

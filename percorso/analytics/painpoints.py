@@ -16,19 +16,28 @@ inside the store; only the small aggregated tables reach Python, where a two-pro
 gives each finding a significance. A finding is reported when ``z >= min_z`` (default 4, a
 one-sided p below 0.00004 — strict, because many places are tested) **and** the effect is large
 enough to matter (``min_effect``, default 5 percentage points; 1.5x for times).
+
+Each finding carries a one-sentence ``summary`` in the asked language and ``summaries`` in every
+language (English and Italian, :mod:`percorso.analytics.summaries`), so a page can switch
+language without asking again.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from percorso.analytics.funnel import FunnelSpec, Step, funnel, reached_sql
-from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS
+from percorso.analytics.funnel import FunnelSpec, Step, funnel_in, materialized
+from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql
+from percorso.analytics.summaries import summaries
 from percorso.journey.definition import Condition, Journey, display, duration_seconds
 from percorso.store import Store
+from percorso.store.base import Session
 
 SUPPORT = "(e.channel IN ('support', 'call-center'))"
 ERRORS = "(e.event LIKE '%Failed%' OR e.event LIKE '%Error%' OR e.event LIKE '%Errore%')"
@@ -105,14 +114,27 @@ def find_pain_points(
     """Every funnel of ``journey`` through every detector, ranked by contacts affected."""
     as_of = as_of or datetime.now(UTC)
     findings: list[dict[str, Any]] = []
-    for f in journey_funnels(journey, lang):
-        spec = FunnelSpec(steps=f.steps, start=start, end=end, window_seconds=f.window_seconds, as_of=as_of)
-        findings += _dropoff_and_slow(store, f, spec, settings)
-        findings += _dips(store, f, spec, settings)
-        findings += _trouble_and_loops(store, f, spec, settings)
+    funnels = journey_funnels(journey, lang)
+    if funnels:
+        # One session: the temporary tables live on its connection.
+        with store.session() as s:
+            s.tune_for_analytics()
+            longest = max(f.window_seconds for f in funnels)
+            with _trouble_events(s, start, end + timedelta(seconds=longest + TROUBLE_HORIZON)) as trouble:
+                for f in funnels:
+                    spec = FunnelSpec(
+                        steps=f.steps,
+                        start=start,
+                        end=end,
+                        window_seconds=f.window_seconds,
+                        as_of=as_of,
+                        journey=journey,  # for the `persona` dimension
+                    )
+                    findings += _detect(s, trouble, f, spec, settings)
     findings.sort(key=lambda p: (-p["contacts_affected"], -p["z"]))
     for rank, finding in enumerate(findings, 1):
         finding["rank"] = rank
+        finding["summary"] = finding["summaries"].get(lang, finding["summaries"]["en"])
     return {
         "journey": journey.key,
         "period": {"start": start.isoformat(), "end": end.isoformat()},
@@ -131,6 +153,7 @@ def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
     to = f.steps[k].label if k < len(f.steps) else None
     step = f"{f.steps[k - 1].label} → {to}" if to and kind not in TROUBLE else f.steps[k - 1].label
     z = round(fields.pop("z"), 2)
+    texts = summaries(kind, fields.pop("facts"))
     return {
         "kind": kind,
         "funnel": f.key,
@@ -143,49 +166,84 @@ def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
         "z": z,
         "p_value": float(f"{p_value(z):.3g}"),
         **fields,
+        "summary": texts["en"],
+        "summaries": texts,
     }
 
 
-def _dropoff_and_slow(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
+@contextmanager
+def _trouble_events(s: Session, start: datetime, end: datetime) -> Iterator[str]:
+    """Support contacts and error events of the period (and the horizon after it), read once
+    for every funnel into a temporary table; yields its name."""
+    name = f"percorso_trouble_{uuid.uuid4().hex[:12]}"
+    s.execute(
+        f"CREATE TEMPORARY TABLE {name} AS SELECT i.contact_id AS cid, {EPOCH} AS ts, "
+        f"CASE WHEN {SUPPORT} THEN 1 ELSE 0 END AS support, CASE WHEN {ERRORS} THEN 1 ELSE 0 END AS errors, "
+        f"e.event, e.channel FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? "
+        f"AND ({SUPPORT} OR {ERRORS})",
+        [start, end],
+    )
+    yield name
+    s.execute(f"DROP TABLE {name}")
+
+
+def _detect(s: Session, trouble: str, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
+    """Every detector on one funnel. The funnel's events and reach are computed once per segment
+    dimension (into temporary tables) and every detector counts over them."""
+    findings: list[dict[str, Any]] = []
+    for i, dim in enumerate(cfg.dimensions or (None,)):
+        with materialized(s, replace(spec, breakdown=dim)) as base:
+            if dim is not None:
+                findings += _dropoff_and_slow(s, base, f, spec, dim, cfg)
+            if i == 0:  # these do not depend on the segments
+                findings += _dips(s, base, f, spec, cfg)
+                findings += _trouble_and_loops(s, base, trouble, f, spec, cfg)
+    return findings
+
+
+def _dropoff_and_slow(
+    s: Session, base: Sql, f: FunnelDef, spec: FunnelSpec, dim: str, cfg: Settings
+) -> list[dict[str, Any]]:
     findings = []
     n = len(f.steps)
-    for dim in cfg.dimensions:
-        result = funnel(store, replace(spec, breakdown=dim, top=20), trend=False, distribution=False)
-        groups = [
-            g
-            for g in (result["breakdown"] or {}).get("groups", [])
-            if g["group"] not in ("(other)", "(none)")
-        ]
-        all_groups = (result["breakdown"] or {}).get("groups", [])
-        for k in range(1, n):
-            totals = _closed(all_groups, k)
-            for g in groups:
-                reached, moved = _closed([g], k)
-                rest_reached, rest_moved = totals[0] - reached, totals[1] - moved
-                if reached < cfg.min_contacts or rest_reached < cfg.min_contacts:
-                    continue
-                drop_g, drop_rest = 1 - moved / reached, 1 - rest_moved / rest_reached
-                z = z_test(reached - moved, reached, rest_reached - rest_moved, rest_reached)
-                if z >= cfg.min_z and drop_g - drop_rest >= cfg.min_effect:
-                    findings.append(
-                        _finding(
-                            "dropoff",
-                            f,
-                            k,
-                            z=z,
-                            segment={dim: g["group"]},
-                            affected=reached * (drop_g - drop_rest),
-                            evidence={
-                                "segment_dropoff": round(drop_g, 4),
-                                "baseline_dropoff": round(drop_rest, 4),
-                                "segment_contacts": reached,
-                                "baseline_contacts": rest_reached,
-                            },
-                            summary=f"{dim}={g['group']}: {drop_g:.0%} drop off after {f.steps[k - 1].label} "
-                            f"against {drop_rest:.0%} elsewhere",
-                        )
+    result = funnel_in(s, replace(spec, breakdown=dim, top=20), base, trend=False, distribution=False)
+    groups = [
+        g for g in (result["breakdown"] or {}).get("groups", []) if g["group"] not in ("(other)", "(none)")
+    ]
+    all_groups = (result["breakdown"] or {}).get("groups", [])
+    for k in range(1, n):
+        totals = _closed(all_groups, k)
+        for g in groups:
+            reached, moved = _closed([g], k)
+            rest_reached, rest_moved = totals[0] - reached, totals[1] - moved
+            if reached < cfg.min_contacts or rest_reached < cfg.min_contacts:
+                continue
+            drop_g, drop_rest = 1 - moved / reached, 1 - rest_moved / rest_reached
+            z = z_test(reached - moved, reached, rest_reached - rest_moved, rest_reached)
+            if z >= cfg.min_z and drop_g - drop_rest >= cfg.min_effect:
+                findings.append(
+                    _finding(
+                        "dropoff",
+                        f,
+                        k,
+                        z=z,
+                        segment={dim: g["group"]},
+                        affected=reached * (drop_g - drop_rest),
+                        evidence={
+                            "segment_dropoff": round(drop_g, 4),
+                            "baseline_dropoff": round(drop_rest, 4),
+                            "segment_contacts": reached,
+                            "baseline_contacts": rest_reached,
+                        },
+                        facts={
+                            "segment": f"{dim}={g['group']}",
+                            "step": f.steps[k - 1].label,
+                            "rate": drop_g,
+                            "baseline": drop_rest,
+                        },
                     )
-        findings += _slow(store, f, spec, dim, cfg)
+                )
+    findings += _slow(s, base, f, dim, cfg)
     return findings
 
 
@@ -199,26 +257,23 @@ def _closed(groups: list[dict[str, Any]], k: int) -> tuple[int, int]:
     return reached, moved
 
 
-def _slow(store: Store, f: FunnelDef, spec: FunnelSpec, dim: str, cfg: Settings) -> list[dict[str, Any]]:
+def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[dict[str, Any]]:
     """Per segment: how many transitions k→k+1 are slower than the step's overall median."""
     n = len(f.steps)
     findings = []
-    with store.session() as s:
-        s.tune_for_analytics()
-        base = reached_sql(s, replace(spec, breakdown=dim))
-        medians = ", ".join(
-            f"percentile_cont(0.5) WITHIN GROUP (ORDER BY t{k + 1} - t{k}) AS m{k}" for k in range(1, n)
-        )
-        overall = s.dicts(base.text + f" SELECT {medians} FROM reached", base.params)[0]
-        counts = ", ".join(
-            f"count(t{k + 1}) AS n{k}, sum(CASE WHEN t{k + 1} - t{k} > ? THEN 1 ELSE 0 END) AS slow{k}, "
-            f"percentile_cont(0.5) WITHIN GROUP (ORDER BY t{k + 1} - t{k}) AS med{k}"
-            for k in range(1, n)
-        )
-        thresholds = [float(overall[f"m{k}"]) if overall[f"m{k}"] is not None else 0.0 for k in range(1, n)]
-        rows = s.dicts(
-            base.text + f" SELECT bd AS grp, {counts} FROM reached GROUP BY bd", [*base.params, *thresholds]
-        )
+    medians = ", ".join(
+        f"percentile_cont(0.5) WITHIN GROUP (ORDER BY t{k + 1} - t{k}) AS m{k}" for k in range(1, n)
+    )
+    overall = s.dicts(base.text + f" SELECT {medians} FROM reached", base.params)[0]
+    counts = ", ".join(
+        f"count(t{k + 1}) AS n{k}, sum(CASE WHEN t{k + 1} - t{k} > ? THEN 1 ELSE 0 END) AS slow{k}, "
+        f"percentile_cont(0.5) WITHIN GROUP (ORDER BY t{k + 1} - t{k}) AS med{k}"
+        for k in range(1, n)
+    )
+    thresholds = [float(overall[f"m{k}"]) if overall[f"m{k}"] is not None else 0.0 for k in range(1, n)]
+    rows = s.dicts(
+        base.text + f" SELECT bd AS grp, {counts} FROM reached GROUP BY bd", [*base.params, *thresholds]
+    )
     for k in range(1, n):
         total_n = sum(int(r[f"n{k}"] or 0) for r in rows)
         total_slow = sum(int(r[f"slow{k}"] or 0) for r in rows)
@@ -248,16 +303,21 @@ def _slow(store: Store, f: FunnelDef, spec: FunnelSpec, dim: str, cfg: Settings)
                             "baseline_share_slower_than_median": round(rest_slow / rest_n, 4),
                             "segment_contacts": g_n,
                         },
-                        summary=f"{dim}={r['grp']}: {f.steps[k - 1].label} → {f.steps[k].label} takes "
-                        f"{ratio:.1f}x the usual time",
+                        facts={
+                            "segment": f"{dim}={r['grp']}",
+                            "step": f.steps[k - 1].label,
+                            "next": f.steps[k].label,
+                            "ratio": ratio,
+                        },
                     )
                 )
     return findings
 
 
-def _dips(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
+def _dips(s: Session, base: Sql, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
     """Weeks in which a step's conversion fell, against the weeks before and after."""
-    trend = [t for t in funnel(store, spec, distribution=False)["trend"] if t["closed"] == t["entered"]]
+    result = funnel_in(s, spec, base, distribution=False, groups=False)
+    trend = [t for t in result["trend"] if t["closed"] == t["entered"]]
     findings = []
     for k in range(1, len(f.steps)):
         weeks = [(t["period_start"], t["steps"][k - 1], t["steps"][k]) for t in trend]
@@ -297,60 +357,66 @@ def _dips(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[d
                     "contacts_during": n_in,
                     "weeks": j - i + 1,
                 },
-                summary=f"{f.steps[k - 1].label} → {f.steps[k].label} converted {x_in / n_in:.0%} from "
-                f"{first.date()} to {last.date()}, against {x_out / n_out:.0%} before and after",
+                facts={
+                    "step": f.steps[k - 1].label,
+                    "next": f.steps[k].label,
+                    "rate": x_in / n_in,
+                    "baseline": x_out / n_out,
+                    "start": first.date(),
+                    "end": last.date(),
+                },
             )
         )
     return findings
 
 
-def _trouble_and_loops(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
+def _trouble_and_loops(
+    s: Session, base: Sql, trouble: str, f: FunnelDef, spec: FunnelSpec, cfg: Settings
+) -> list[dict[str, Any]]:
     n = len(f.steps)
-    with store.session() as s:
-        s.tune_for_analytics()
-        base = reached_sql(s, spec)
-        flags = []
-        for k in range(1, n + 1):
-            until = (
-                f"least(r.t{k + 1}, r.t{k} + {TROUBLE_HORIZON})" if k < n else f"r.t{k} + {TROUBLE_HORIZON}"
+    flags = []
+    for k in range(1, n + 1):
+        until = f"least(r.t{k + 1}, r.t{k} + {TROUBLE_HORIZON})" if k < n else f"r.t{k} + {TROUBLE_HORIZON}"
+        for kind in TROUBLE:
+            flags.append(
+                f"max(CASE WHEN tr.{kind} = 1 AND tr.ts > r.t{k} AND tr.ts <= {until} THEN 1 ELSE 0 END) AS {kind}{k}"
             )
-            for kind in TROUBLE:
-                flags.append(
-                    f"max(CASE WHEN tr.{kind} = 1 AND tr.ts > r.t{k} AND tr.ts <= {until} THEN 1 ELSE 0 END) AS {kind}{k}"
+    backs = [
+        # back to step k within an hour of reaching step k+1
+        f"max(CASE WHEN ev.s{k} = 1 AND ev.ts > r.t{k + 1} AND ev.ts <= r.t{k + 1} + {LOOP_HORIZON} "
+        f"THEN 1 ELSE 0 END) AS back{k}"
+        for k in range(1, n)
+    ]
+    horizon_end = datetime.fromtimestamp(spec.end.timestamp() + spec.window_seconds + TROUBLE_HORIZON, UTC)
+    text = (
+        base.text + f", tr AS (SELECT * FROM {trouble} WHERE ts < ?)"
+        f", troubled AS (SELECT r.cid, {', '.join(flags)} FROM reached r JOIN tr ON tr.cid = r.cid GROUP BY r.cid)"
+        f", returned AS (SELECT r.cid, {', '.join(backs)} FROM reached r JOIN ev ON ev.cid = r.cid GROUP BY r.cid)"
+    )
+    params: list[Any] = [*base.params, horizon_end.timestamp()]
+    sums = [f"count(r.t{k}) AS reached{k}" for k in range(1, n + 1)]
+    sums += [
+        f"(SELECT coalesce(sum({kind}{k}), 0) FROM troubled) AS {kind}{k}"
+        for k in range(1, n + 1)
+        for kind in TROUBLE
+    ]
+    sums += [f"(SELECT coalesce(sum(back{k}), 0) FROM returned) AS back{k}" for k in range(1, n)]
+    row = s.dicts(text + f" SELECT {', '.join(sums)} FROM reached r", params)[0]
+
+    seen: list[Any] = []
+
+    def names() -> list[Any]:  # the evidence, read once and only when a finding shows it
+        if not seen:
+            seen.append(
+                s.rows(
+                    text + " SELECT tr.event, tr.channel, count(DISTINCT r.cid) FROM reached r "
+                    "JOIN tr ON tr.cid = r.cid WHERE tr.ts > r.t1 AND tr.ts <= r.t1 + ? "
+                    "GROUP BY tr.event, tr.channel ORDER BY 3 DESC, 1, 2 LIMIT 5",
+                    [*params, spec.window_seconds + TROUBLE_HORIZON],
                 )
-        backs = [
-            # back to step k within an hour of reaching step k+1
-            f"max(CASE WHEN ev.s{k} = 1 AND ev.ts > r.t{k + 1} AND ev.ts <= r.t{k + 1} + {LOOP_HORIZON} "
-            f"THEN 1 ELSE 0 END) AS back{k}"
-            for k in range(1, n)
-        ]
-        horizon_end = datetime.fromtimestamp(
-            spec.end.timestamp() + spec.window_seconds + TROUBLE_HORIZON, UTC
-        )
-        text = (
-            base.text
-            + f", tr AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, CASE WHEN {SUPPORT} THEN 1 ELSE 0 END AS support, "
-            f"CASE WHEN {ERRORS} THEN 1 ELSE 0 END AS errors FROM {RESOLVED_EVENTS} "
-            f"WHERE e.timestamp >= ? AND e.timestamp < ? AND ({SUPPORT} OR {ERRORS}))"
-            f", troubled AS (SELECT r.cid, {', '.join(flags)} FROM reached r JOIN tr ON tr.cid = r.cid GROUP BY r.cid)"
-            f", returned AS (SELECT r.cid, {', '.join(backs)} FROM reached r JOIN ev ON ev.cid = r.cid GROUP BY r.cid)"
-        )
-        params: list[Any] = [*base.params, spec.start, horizon_end]
-        sums = [f"count(r.t{k}) AS reached{k}" for k in range(1, n + 1)]
-        sums += [
-            f"(SELECT coalesce(sum({kind}{k}), 0) FROM troubled) AS {kind}{k}"
-            for k in range(1, n + 1)
-            for kind in TROUBLE
-        ]
-        sums += [f"(SELECT coalesce(sum(back{k}), 0) FROM returned) AS back{k}" for k in range(1, n)]
-        row = s.dicts(text + f" SELECT {', '.join(sums)} FROM reached r", params)[0]
-        names = s.rows(
-            text + " SELECT e.event, e.channel, count(DISTINCT r.cid) FROM reached r "
-            "JOIN identities i ON i.contact_id = r.cid JOIN events e ON e.identity_id = i.identity_id "
-            f"WHERE ({SUPPORT} OR {ERRORS}) AND e.timestamp >= ? AND e.timestamp < ? AND {EPOCH} > r.t1 "
-            f"AND {EPOCH} <= r.t1 + ? GROUP BY e.event, e.channel ORDER BY 3 DESC, 1 LIMIT 5",
-            [*params, spec.start, horizon_end, spec.window_seconds + TROUBLE_HORIZON],
-        )
+            )
+        return list(seen[0])
+
     findings = []
     reached = [int(row[f"reached{k}"] or 0) for k in range(1, n + 1)]
     for kind in TROUBLE:
@@ -362,10 +428,14 @@ def _trouble_and_loops(store: Store, f: FunnelDef, spec: FunnelSpec, cfg: Settin
 
 
 def _trouble(
-    f: FunnelDef, kind: str, reached: list[int], trouble: list[int], names: list[Any], cfg: Settings
+    f: FunnelDef,
+    kind: str,
+    reached: list[int],
+    trouble: list[int],
+    names: Callable[[], list[Any]],
+    cfg: Settings,
 ) -> list[dict[str, Any]]:
     findings = []
-    what = "contact support" if kind == "support" else "hit an error"
     for k in range(1, len(reached) + 1):
         rest_n = sum(reached) - reached[k - 1]
         rest_x = sum(trouble) - trouble[k - 1]
@@ -385,10 +455,11 @@ def _trouble(
                         "share_with_trouble": round(share, 4),
                         "baseline_share": round(base_share, 4),
                         "contacts": reached[k - 1],
-                        "events_seen": [{"event": e, "channel": c, "contacts": int(m)} for e, c, m in names],
+                        "events_seen": [
+                            {"event": e, "channel": c, "contacts": int(m)} for e, c, m in names()
+                        ],
                     },
-                    summary=f"{share:.0%} of contacts {what} after {f.steps[k - 1].label} "
-                    f"(other steps: {base_share:.0%})",
+                    facts={"share": share, "baseline": base_share, "step": f.steps[k - 1].label},
                 )
             )
     return findings
@@ -423,8 +494,7 @@ def _loops(f: FunnelDef, reached: list[int], back: list[int], cfg: Settings) -> 
                         "baseline_share": round(base_share, 4),
                         "contacts": moved,
                     },
-                    summary=f"{share:.0%} of contacts go back from {f.steps[k].label} to {f.steps[k - 1].label} "
-                    "within an hour",
+                    facts={"share": share, "step": f.steps[k - 1].label, "next": f.steps[k].label},
                 )
             )
     return findings

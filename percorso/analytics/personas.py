@@ -41,13 +41,20 @@ def rule_sql(
     narrow = ""
     narrow_params: list[Any] = []
     if contacts is not None:
-        narrow = f" AND c.contact_id IN ({', '.join('?' for _ in contacts)})" if contacts else " AND FALSE"
-        narrow_params = list(contacts)
+        among, narrow_params = session.member("c.contact_id", contacts)
+        narrow = f" AND {among}"
     for key, expected in (rule.traits or {}).items():
         expression, param = session.json_text("c.traits", key)
         values = expected if isinstance(expected, list) else [expected]
         where.append(f"{expression} IN ({', '.join('?' for _ in values)})")
         params += [param, *map(_text, values)]
+    if rule.segments:
+        # Members saved before a merge count as the contact they were merged into.
+        where.append(
+            "c.contact_id IN (SELECT coalesce(sc.merged_into, sc.contact_id) FROM segment_members sm "
+            f"JOIN contacts sc ON sc.contact_id = sm.contact_id WHERE sm.segment_key IN ({', '.join('?' for _ in rule.segments)}))"
+        )
+        params += list(rule.segments)
     behaviour = rule.behaviour
     if not behaviour:
         return Sql(
@@ -71,15 +78,15 @@ def rule_sql(
             where.append(f"coalesce(beh.b{j}, 0) <= ?")
             params.append(rule_part.at_most)
     inner_where = ""
+    inner_params: list[Any] = []
     if contacts is not None:
-        inner_where = (
-            f" WHERE i.contact_id IN ({', '.join('?' for _ in contacts)})" if contacts else " WHERE FALSE"
-        )
+        among, inner_params = session.member("i.contact_id", contacts)
+        inner_where = f" WHERE {among}"
     return Sql(
         f"SELECT c.contact_id FROM contacts c LEFT JOIN (SELECT i.contact_id AS cid, {', '.join(counts)} "
         f"FROM {RESOLVED_EVENTS}{inner_where} GROUP BY i.contact_id) beh ON beh.cid = c.contact_id "
         f"WHERE {' AND '.join(where)}{narrow}",
-        [*count_params, *(contacts or []), *params, *narrow_params],
+        [*count_params, *inner_params, *params, *narrow_params],
     )
 
 

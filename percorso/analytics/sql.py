@@ -18,6 +18,10 @@ _COLUMNS = {
 }
 RESOLVED_EVENTS = "events e JOIN identities i ON i.identity_id = e.identity_id"
 EPOCH = "CAST(extract(epoch FROM e.timestamp) AS DOUBLE PRECISION)"
+# What the customer did, as opposed to the events percorso records for its own actions (an email
+# sent by an automation comes back as a touchpoint with this library).
+AUTOMATION_LIBRARY = "percorso-automation"
+CUSTOMER_EVENT = f"(e.library IS NULL OR e.library <> '{AUTOMATION_LIBRARY}')"
 
 
 @dataclass

@@ -30,6 +30,10 @@ from percorso.store import Store
 from percorso.store.base import Session
 
 SAFETY_MARGIN = timedelta(minutes=2)  # transactions that committed out of received_at order
+#: A track event that moves a contact into ``properties.stage`` of ``properties.journey`` (an
+#: automation's ``move_stage`` step stores one; any source may send it). It is read like an event
+#: meeting the stage's entry criteria, so a move survives ``update`` and ``rebuild``.
+STAGE_MOVED = "Stage Moved"
 
 
 class StageError(ValueError):
@@ -108,11 +112,16 @@ def entries_sql(session: Session, journey: Journey, contact_filter: Sql | None =
     matches = []
     for k, stage in enumerate(journey.stages, 1):
         cond = any_of(session, stage.enter.any)
-        matches.append(f"CASE WHEN {cond.text} THEN 1 ELSE 0 END AS m{k}")
-        params.extend(cond.params)
+        moved = _moved(session, journey.key, stage.key)
+        matches.append(f"CASE WHEN ({cond.text}) OR {moved.text} THEN 1 ELSE 0 END AS m{k}")
+        params.extend(cond.params + moved.params)
+        if stage.enter.at_least > 1:  # a move enters at once, whatever the count
+            matches.append(f"CASE WHEN {moved.text} THEN 1 ELSE 0 END AS mv{k}")
+            params.extend(moved.params)
     everything = any_of(session, [c for s in journey.stages for c in s.enter.any])
-    where = f"({everything.text})"
-    params.extend(everything.params)
+    any_move = _moved(session, journey.key)
+    where = f"({everything.text} OR {any_move.text})"
+    params.extend(everything.params + any_move.params)
     if contact_filter is not None:
         where += f" AND i.contact_id IN ({contact_filter.text})"
         params.extend(contact_filter.params)
@@ -131,7 +140,7 @@ def entries_sql(session: Session, journey: Journey, contact_filter: Sql | None =
     text += f", counted AS (SELECT ev.*{''.join(', ' + c for c in counted)} FROM ev)"
     hits = []
     for k, stage in enumerate(journey.stages, 1):
-        need = f" AND c{k} >= {int(stage.enter.at_least)}" if stage.enter.at_least > 1 else ""
+        need = f" AND (c{k} >= {int(stage.enter.at_least)} OR mv{k} = 1)" if stage.enter.at_least > 1 else ""
         hits.append(f"SELECT cid, ts, mid, ch, {k} AS k FROM counted WHERE m{k} = 1{need}")
     text += f", hits AS ({' UNION ALL '.join(hits)})"
     if journey.progression == "forward":
@@ -158,6 +167,18 @@ def entries_sql(session: Session, journey: Journey, contact_filter: Sql | None =
         "to_timestamp(ts) AS entered_at, to_timestamp(next_ts) AS left_at, mid AS message_id, ch AS channel FROM ordered"
     )
     return Sql(text, params)
+
+
+def _moved(session: Session, journey_key: str, stage_key: str | None = None) -> Sql:
+    """The predicate of a :data:`STAGE_MOVED` event into this journey (and stage)."""
+    journey, journey_param = session.json_text("e.properties", "journey")
+    text = f"(e.event = ? AND {journey} = ?"
+    params: list[Any] = [STAGE_MOVED, journey_param, journey_key]
+    if stage_key is not None:
+        stage, stage_param = session.json_text("e.properties", "stage")
+        text += f" AND {stage} = ?"
+        params += [stage_param, stage_key]
+    return Sql(text + ")", params)
 
 
 @dataclass
@@ -273,54 +294,52 @@ def stage_overview(
         raise StageError("since", "must be before until")
     size = 86_400 if period == "day" else 7 * 86_400
     only = f" AND contact_id IN ({contacts.text})" if contacts else ""
-    only_a = f" AND a.contact_id IN ({contacts.text})" if contacts else ""
-    only_se = f" AND se.contact_id IN ({contacts.text})" if contacts else ""
     fp = contacts.params if contacts else []
     with store.session() as s:
         s.tune_for_analytics()
+        # One scan for the figures per stage. Entries of a contact are contiguous (an entry's
+        # left_at is the next one's entered_at), so the stage a contact is in at `now` is the entry
+        # spanning `now`, and an entry was followed by another exactly when left_at is set — in a
+        # forward journey always a higher stage.
+        in_period = "entered_at >= ? AND entered_at < ?"
+        # A forward journey enters each stage at most once per contact: no need to deduplicate.
+        distinct = "DISTINCT " if journey.progression == "loop" else ""
         per_stage = {
             r["stage_index"]: r
             for r in s.dicts(
-                "WITH cur AS (SELECT contact_id, stage_index, entered_at, row_number() OVER "
-                "(PARTITION BY contact_id ORDER BY seq DESC) AS rn FROM stage_entries WHERE journey_key = ? "
-                f"AND entered_at <= ?{only}) "
-                "SELECT stage_index, count(*) AS current, "
-                "sum(CASE WHEN entered_at < ? THEN 1 ELSE 0 END) AS stuck FROM cur WHERE rn = 1 GROUP BY stage_index",
-                [journey.key, now, *fp, now - stuck_after],
+                "SELECT stage_index, "
+                "sum(CASE WHEN left_at IS NULL OR left_at > ? THEN 1 ELSE 0 END) AS current, "
+                "sum(CASE WHEN (left_at IS NULL OR left_at > ?) AND entered_at < ? THEN 1 ELSE 0 END) AS stuck, "
+                f"count({distinct}CASE WHEN {in_period} THEN contact_id END) AS entered, "
+                f"count({distinct}CASE WHEN {in_period} AND left_at IS NOT NULL THEN contact_id END) AS moved_on, "
+                f"percentile_cont(0.5) WITHIN GROUP (ORDER BY CASE WHEN {in_period} "
+                "THEN extract(epoch FROM left_at - entered_at) END) AS median_s, "
+                f"percentile_cont(0.9) WITHIN GROUP (ORDER BY CASE WHEN {in_period} "
+                "THEN extract(epoch FROM left_at - entered_at) END) AS p90_s "
+                f"FROM stage_entries WHERE journey_key = ? AND entered_at <= ?{only} GROUP BY stage_index",
+                [now, now, now - stuck_after, *[start, now] * 4, journey.key, now, *fp],
             )
         }
-        entered = {
-            r["stage_index"]: r
-            for r in s.dicts(
-                "SELECT stage_index, count(DISTINCT contact_id) AS entered, "
-                "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM left_at - entered_at)) AS median_s, "
-                "percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM left_at - entered_at)) AS p90_s "
-                f"FROM stage_entries WHERE journey_key = ? AND entered_at >= ? AND entered_at < ?{only} "
-                "GROUP BY stage_index",
-                [journey.key, start, now, *fp],
-            )
-        }
-        # Entered stage k in the period and, later, a higher stage (forward) / the next stage (loop).
-        moved_on = {
-            int(r[0]): int(r[1])
-            for r in s.rows(
-                "SELECT a.stage_index, count(DISTINCT a.contact_id) FROM stage_entries a JOIN stage_entries b "
-                "ON b.journey_key = a.journey_key AND b.contact_id = a.contact_id AND b.seq = a.seq + 1 "
-                f"WHERE a.journey_key = ? AND a.entered_at >= ? AND a.entered_at < ?{only_a} "
-                + ("AND b.stage_index > a.stage_index " if journey.progression == "forward" else "")
-                + "GROUP BY a.stage_index",
-                [journey.key, start, now, *fp],
-            )
-        }
+        entered = per_stage
+        moved_on = {k: int(r["moved_on"] or 0) for k, r in per_stage.items()}
+        # Contacts in each stage at the end of every period with entries: those who entered it by
+        # then minus those who left it by then (a running sum over small per-period counts).
+        bucket = "CAST(floor((extract(epoch FROM {}) - ?) / ?) AS BIGINT)"
         trend_rows = s.rows(
-            "WITH bounds AS (SELECT DISTINCT CAST(floor((extract(epoch FROM entered_at) - ?) / ?) AS BIGINT) AS b "
+            f"WITH bounds AS (SELECT DISTINCT {bucket.format('entered_at')} AS b "
             "FROM stage_entries WHERE journey_key = ? AND entered_at >= ? AND entered_at < ?), "
-            "ends AS (SELECT b, to_timestamp((b + 1) * ? + ?) AS at FROM bounds) "
-            "SELECT ends.b, se.stage_index, count(*) FROM ends JOIN stage_entries se ON se.journey_key = ? "
-            f"AND se.entered_at < ends.at AND (se.left_at IS NULL OR se.left_at >= ends.at){only_se} "
-            "GROUP BY ends.b, se.stage_index ORDER BY 1, 2",
-            [_offset(period), size, journey.key, start, now, size, _offset(period), journey.key, *fp],
-        )
+            f"moves AS (SELECT {bucket.format('entered_at')} AS b, stage_index, 1 AS d FROM stage_entries "
+            f"WHERE journey_key = ?{only} UNION ALL SELECT {bucket.format('left_at')} AS b, stage_index, -1 AS d "
+            f"FROM stage_entries WHERE journey_key = ? AND left_at IS NOT NULL{only}), "
+            "net AS (SELECT b, stage_index, sum(d) AS d FROM moves GROUP BY b, stage_index) "
+            "SELECT bounds.b, net.stage_index, sum(net.d) FROM bounds JOIN net ON net.b <= bounds.b "
+            "GROUP BY bounds.b, net.stage_index HAVING sum(net.d) <> 0 ORDER BY 1, 2",
+            [
+                _offset(period), size, journey.key, start, now,
+                _offset(period), size, journey.key, *fp,
+                _offset(period), size, journey.key, *fp,
+            ],
+        )  # fmt: skip
     stages = []
     for k, stage in enumerate(journey.stages, 1):
         cur = per_stage.get(k, {})

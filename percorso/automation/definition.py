@@ -164,13 +164,50 @@ WAIT_KINDS = ("wait", "wait_until", "wait_for")
 
 
 class StageTrigger(msgspec.Struct, forbid_unknown_fields=True):
+    """Each time a contact enters ``stage`` of ``journey`` (its stage history, see stages.py)."""
+
     journey: Key
     stage: Key
 
 
+class PersonaTrigger(msgspec.Struct, forbid_unknown_fields=True):
+    """When a contact starts matching ``persona`` of ``journey`` (again after leaving it)."""
+
+    journey: Key
+    persona: Key
+
+
+class DateTrigger(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """At a moment read from a trait holding an ISO 8601 date: ``{trait: registered_at, after: 3d,
+    at: "09:00"}`` is three days after registering, at 09:00 in ``timezone``."""
+
+    trait: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    before: Duration | None = None
+    after: Duration | None = None
+    at: ClockTime | None = None  # moved to this time of day (in ``timezone``) on the moment's day
+    timezone: str = "Europe/Rome"
+
+
+class Schedule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A repeating moment: ``{every: week, day: monday, at: "09:00", timezone: Europe/Rome}``; at each
+    one, everyone matching the automation's ``audience`` is enrolled. (``day``, not ``on``: YAML
+    reads a bare ``on`` as true.)"""
+
+    every: Literal["day", "week", "month"]
+    at: ClockTime = "09:00"
+    #: week: a day name (monday … sunday, or mon … sun); month: a day of the month, 1-31 (the
+    #: last day of shorter months); day: not given.
+    day: str | int | None = None
+    timezone: str = "Europe/Rome"
+
+
+TRIGGER_KINDS = ("event", "stage", "persona", "date", "schedule")
+
+
 class Trigger(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """What enrolls a contact: an event (``event``/``page``/``properties`` … as in journeys), a stage
-    entered, or only explicit API calls (``api: true``)."""
+    entered, a persona started matching, a date in a trait, a schedule over the audience, or only
+    explicit API calls (``api: true``)."""
 
     event: Patterns | None = None
     type: Patterns | None = None
@@ -179,6 +216,9 @@ class Trigger(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     channel: Patterns | None = None
     properties: dict[str, Any] | None = None
     stage: StageTrigger | None = None
+    persona: PersonaTrigger | None = None
+    date: DateTrigger | None = None
+    schedule: Schedule | None = None
     api: bool = False
 
     def condition(self) -> Condition | None:
@@ -186,6 +226,13 @@ class Trigger(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
         if all(v is None for v in fields.values()):
             return None
         return Condition(**fields)
+
+    @property
+    def kinds(self) -> list[str]:
+        """Which of :data:`TRIGGER_KINDS` are given (a valid trigger has at most one)."""
+        return [
+            k for k in TRIGGER_KINDS if (self.condition() if k == "event" else getattr(self, k)) is not None
+        ]
 
 
 class Cooldown(msgspec.Struct, forbid_unknown_fields=True):
@@ -300,6 +347,8 @@ def automation_from_data(data: Any, node: Any = None, source: str = "<automation
         line = _line_of(node, [*path, unknown.group(1)] if unknown else path)
         if unknown and len(path) == 2 and path[0] == "steps":
             message += f" (a step is one of: {', '.join(STEP_KINDS)}, with id, next and name)"
+        if message.startswith("Invalid enum value") and path[-1:] == ["every"]:
+            message += " (expected one of: day, week, month)"
         raise AutomationError([Problem(source, line, _dotted(path), message)]) from None
     problems = semantic_problems(automation, node, source)
     if problems:
@@ -448,15 +497,77 @@ def semantic_problems(
             )
         if automation.quiet_hours.start == automation.quiet_hours.end:
             add(["quiet_hours"], "start and end are the same time")
-    if (
-        automation.trigger.condition() is None
-        and automation.trigger.stage is None
-        and not automation.trigger.api
-    ):
-        add(["trigger"], "say what enrolls a contact: an event/page condition, a stage, or api: true")
+    problems += trigger_problems(automation, node, source)
     if automation.goal is not None and automation.goal.is_empty():
         add(["goal"], "an empty goal would match every event")
     return problems
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def weekday_number(value: str | int | None) -> int | None:
+    """0 for monday … 6 for sunday (full English names or their first three letters), else None."""
+    if not isinstance(value, str):
+        return None
+    name = value.strip().lower()
+    for number, day in enumerate(WEEKDAYS):
+        if name in (day, day[:3]):
+            return number
+    return None
+
+
+def trigger_problems(automation: Automation, node: Any = None, source: str = "<automation>") -> list[Problem]:
+    """One kind of trigger, and each kind's fields consistent (days, time zones, an audience)."""
+    problems: list[Problem] = []
+
+    def add(path: list[str | int], message: str, suggestion: str | None = None) -> None:
+        problems.append(Problem(source, _line_of(node, path), _dotted(path), message, suggestion))
+
+    trigger = automation.trigger
+    kinds = trigger.kinds
+    if not kinds and not trigger.api:
+        add(
+            ["trigger"],
+            "say what enrolls a contact: an event/page condition, stage, persona, date, schedule, or api: true",
+        )
+    elif len(kinds) > 1:
+        add(["trigger"], f"give one kind of trigger, not {' and '.join(kinds)} together")
+    if trigger.date is not None:
+        if trigger.date.before and trigger.date.after:
+            add(["trigger", "date"], "give before or after, not both")
+        _zone_problem(add, ["trigger", "date", "timezone"], trigger.date.timezone)
+    schedule = trigger.schedule
+    if schedule is not None:
+        _zone_problem(add, ["trigger", "schedule", "timezone"], schedule.timezone)
+        where: list[str | int] = ["trigger", "schedule", "day"]
+        day = schedule.day
+        if schedule.every == "day" and day is not None:
+            add(where, "a daily schedule runs every day: remove day")
+        elif schedule.every == "week" and weekday_number(day) is None:
+            from difflib import get_close_matches
+
+            guess = get_close_matches(str(day).lower(), WEEKDAYS, n=1) if day is not None else []
+            said = "is missing" if day is None else f"is {day!r}, not a day of the week"
+            add(where, f"{said}: say which day, e.g. day: monday", guess[0] if guess else None)
+        elif schedule.every == "month" and day is not None and (isinstance(day, str) or not 1 <= day <= 31):
+            add(where, f"{day!r} is not a day of the month: give 1 to 31 (31: the last day)")
+        if automation.audience is None:
+            add(
+                ["trigger", "schedule"],
+                "a schedule enrolls everyone matching the audience: add audience (traits, behaviour), "
+                "or audience: {} to mean every contact",
+            )
+    return problems
+
+
+def _zone_problem(add: Any, path: list[str | int], name: str) -> None:
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(name)
+    except (KeyError, ValueError, OSError):
+        add(path, f"{name!r} is not a time zone (e.g. Europe/Rome, UTC)")
 
 
 def _instant_cycle(start: int, graph: dict[int, list[int]], instant: set[int]) -> list[int] | None:

@@ -25,8 +25,9 @@ import hashlib
 import hmac
 import logging
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -54,6 +55,8 @@ log = logging.getLogger("percorso.automation")
 MAX_STEPS_PER_RUN = 100
 MAX_ATTEMPTS = 8
 CLAIM_TIMEOUT = timedelta(minutes=5)  # a "sending" row older than this belonged to a dead worker
+SENT_GROUP_SECONDS = 0.02  # longest a sent message waits to be marked sent with others
+OUTBOX_CHANNEL = "percorso_outbox"  # PostgreSQL NOTIFY: messages were queued
 OVERLAP = timedelta(seconds=5)  # PostgreSQL: transactions that commit out of received_at order
 GOAL_WINDOW = timedelta(days=30)  # a goal reached later than this after entry is not a conversion
 
@@ -94,6 +97,24 @@ class EngineSettings:
     due_batch: int = 2000
     delivery_batch: int = 100
     worker_id: str = "worker"
+    #: Seconds after which a claimed outbox row whose claim was not renewed (its worker died)
+    #: goes back to the queue; ``PERCORSO_AUTOMATION_CLAIM_TIMEOUT``.
+    claim_timeout: float = CLAIM_TIMEOUT.total_seconds()
+    #: Sent messages are marked sent together, up to this many or every 20 ms: one commit for
+    #: several sends. A worker that dies loses at most these marks, so at most this many
+    #: messages can reach their receiver twice per crash (with the same Message-ID /
+    #: Idempotency-Key). 1 marks each message alone; ``PERCORSO_AUTOMATION_SENT_GROUP``.
+    sent_group: int = 10
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> EngineSettings:
+        """The engine's settings from the process's :class:`percorso.config.Settings`."""
+        values: dict[str, Any] = {
+            "base_url": settings.base_url,
+            "claim_timeout": float(settings.automation_claim_timeout),
+            "sent_group": max(1, int(settings.automation_sent_group)),
+        }
+        return cls(**{**values, **overrides})
 
 
 # -- records -------------------------------------------------------------------------------
@@ -168,6 +189,15 @@ class Batch:
     traits: dict[int, dict[str, Any]] = field(default_factory=dict)
     queued: dict[tuple[int, str], int] = field(default_factory=lambda: defaultdict(int))
     touched: dict[int, Enrollment] = field(default_factory=dict)
+    #: The live contacts this batch may walk: per-contact lookups (profiles, audiences,
+    #: conditions, frequency caps) are answered for all of them by one query on first use.
+    contacts: list[int] = field(default_factory=list)
+    #: rule → (contacts asked about, contacts matching), for audiences and conditions
+    matched: dict[int, tuple[set[int], set[int]]] = field(default_factory=dict)
+    #: cap window start → (contacts asked about, marketing emails each has in the window)
+    capped: dict[datetime, tuple[set[int], dict[int, int]]] = field(default_factory=dict)
+    ids: list[int] = field(default_factory=list)  # enrollment ids taken from the sequence, unused
+    taken: int = 0  # how many the batch took
 
 
 OUTBOX_COLUMNS = (
@@ -233,6 +263,11 @@ class Engine:
         self._secret: str | None = None
         self._seen: dict[str, datetime] = {}
         self._last_rescan = datetime.min.replace(tzinfo=UTC)
+        self._last_reclaim = -float("inf")
+        self._queued = False
+        self._batch_local = threading.local()
+        #: Set when messages were queued: wakes the sender (:class:`AutomationWorker`).
+        self.outbox_ready = threading.Event()
         self.stats: dict[str, int] = defaultdict(int)
 
     # -- definitions ---------------------------------------------------------------------
@@ -275,20 +310,20 @@ class Engine:
                         out.append(("wait_for", item.key, version, step.id, step.wait_for.event))
         return out
 
-    def _cursor(self, s: Session) -> tuple[datetime, str]:
+    def _cursor(self, s: Session) -> datetime:
+        """Events received up to this instant are handled (the cursor moves a whole
+        ``received_at`` at a time, so no tie-breaker is needed and every worker reads the same)."""
         rows = s.rows("SELECT received_at FROM automation_cursor WHERE name = 'events'")
         if rows:
-            return rows[0][0], self._cursor_id
+            return rows[0][0]
         # First run: start when the first automation was stored — history enrolls nobody.
         first = s.rows("SELECT min(created_at) FROM automations")[0][0]
-        start = first or datetime.now(UTC)
+        start = first - timedelta(microseconds=1) if first else datetime.now(UTC)
         s.execute(
             "INSERT INTO automation_cursor (name, received_at, updated_at) VALUES ('events', ?, ?)",
             [start, start],
         )
-        return start, ""
-
-    _cursor_id = ""
+        return start
 
     def process_events(self) -> int:
         """Handles events stored since the last call; returns how many were relevant."""
@@ -299,12 +334,19 @@ class Engine:
             return 0
         with self.store.writing() as s:
             s.lock_named("automation-events")
-            cursor_at, cursor_id = self._cursor(s)
-            rows = self._fetch_events(s, conditions, cursor_at, cursor_id)
+            cursor_at = self._cursor(s)
+            rows = self._fetch_events(s, conditions, cursor_at)
+            if len(rows) >= self.settings.event_batch:
+                # The batch may end inside a group of events received together (one request):
+                # leave that group whole for the next pass, or, when it fills the batch alone,
+                # take all of it — the cursor moves a whole received_at at a time.
+                last = rows[-1]["received_at"]
+                whole = [r for r in rows if r["received_at"] != last]
+                rows = whole or self._fetch_events(s, conditions, cursor_at, group=last)
             wall = datetime.now(UTC)
             if self.store.engine != "duckdb" and wall - self._last_rescan > timedelta(seconds=1):
                 self._last_rescan = wall
-                late = self._fetch_events(s, conditions, cursor_at - OVERLAP, "", until=cursor_at)
+                late = self._fetch_events(s, conditions, cursor_at - OVERLAP, until=cursor_at)
                 rows = [r for r in late if r["message_id"] not in self._seen] + rows
             if not rows:
                 # Nothing relevant arrived: move the cursor up (keeping the overlap for late
@@ -315,18 +357,16 @@ class Engine:
                         "AND received_at < ?",
                         [wall - OVERLAP, wall, wall - OVERLAP],
                     )
-                    self._cursor_id = ""
                 return 0
             batch = Batch(now=self.clock.now(), position=rows[-1]["received_at"])
             self._handle_events(s, loaded, conditions, rows, batch)
             self._flush(s, batch)
             newest = max(r["received_at"] for r in rows)
-            if newest >= cursor_at:
+            if newest > cursor_at:
                 s.execute(
                     "UPDATE automation_cursor SET received_at = ?, updated_at = ? WHERE name = 'events'",
                     [newest, wall],
                 )
-                self._cursor_id = max(r["message_id"] for r in rows if r["received_at"] == newest)
         for r in rows:
             self._seen[r["message_id"]] = r["received_at"]
         if len(self._seen) > 50_000:
@@ -340,10 +380,13 @@ class Engine:
         s: Session,
         conditions: list[tuple[str, str, int, str, Condition]],
         after: datetime,
-        after_id: str,
         *,
         until: datetime | None = None,
+        group: datetime | None = None,
     ) -> list[dict[str, Any]]:
+        """Relevant events received after ``after`` (a batch of them, oldest first); with
+        ``until``, the newest batch of those up to it (the rescan for late commits); with
+        ``group``, every one received at that instant."""
         flags: list[str] = []
         params: list[Any] = []
         for j, (_, _, _, _, cond) in enumerate(conditions):
@@ -352,18 +395,21 @@ class Engine:
             params += sql.params
         # The outer query keeps rows where any flag is set: each condition is compiled once.
         anyof = " OR ".join(f"m{j}" for j in range(len(conditions)))
-        if until is not None:
-            window = "e.received_at > ? AND e.received_at <= ?"
-            window_params: list[Any] = [after, until]
+        order, limit = "", f" LIMIT {int(self.settings.event_batch)}"
+        if group is not None:
+            window, window_params, limit = "e.received_at = ?", [group], ""
+        elif until is not None:
+            # Late commits land just behind the cursor: look at the newest first.
+            window, window_params, order = "e.received_at > ? AND e.received_at <= ?", [after, until], " DESC"
         else:
-            window = "(e.received_at > ? OR (e.received_at = ? AND e.message_id > ?))"
-            window_params = [after, after, after_id]
-        return s.dicts(
+            window, window_params = "e.received_at > ?", [after]
+        rows = s.dicts(
             f"SELECT * FROM (SELECT e.message_id, e.received_at, e.timestamp, e.event, e.type, i.contact_id, "
             f"{', '.join(flags)} FROM {RESOLVED_EVENTS} WHERE {window}) f WHERE {anyof} "
-            "ORDER BY received_at, timestamp, message_id LIMIT ?",
-            [*params, *window_params, self.settings.event_batch],
+            f"ORDER BY received_at{order}, timestamp{order}, message_id{order}{limit}",
+            [*params, *window_params],
         )
+        return rows[::-1] if order else rows
 
     def _load_enrollments(
         self, s: Session, contacts: Iterable[int], *, lock: bool = True
@@ -372,23 +418,29 @@ class Engine:
         if not ids:
             return []
         out: list[Enrollment] = []
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-            marks = ", ".join("?" for _ in chunk)
+        for start in range(0, len(ids), 10_000):
+            chunk = ids[start : start + 10_000]
+            # The contacts and those merged into them, as one set: an OR of the two would make
+            # PostgreSQL test every enrollment against both lists.
+            where = (
+                "WHERE n.contact_id IN (SELECT unnest(CAST(? AS BIGINT[])) UNION ALL "
+                "SELECT contact_id FROM contacts WHERE merged_into IN (SELECT unnest(CAST(? AS BIGINT[]))))"
+            )
+            params: list[Any] = [chunk, chunk]
+            if lock and s.skip_locked:
+                # Lock first, then read: a row read before the lock could be a version another
+                # worker's run_due has since moved on (READ COMMITTED), and writing it back would
+                # undo that step.
+                s.execute(
+                    f"SELECT n.enrollment_id FROM enrollments n {where} ORDER BY n.enrollment_id FOR UPDATE",
+                    params,
+                )
             rows = s.rows(
                 f"SELECT {_ENROLLMENT_SELECT}, coalesce(c.merged_into, n.contact_id) AS live "
                 f"FROM enrollments n LEFT JOIN contacts c ON c.contact_id = n.contact_id "
-                f"WHERE n.contact_id IN ({marks}) OR n.contact_id IN "
-                f"(SELECT contact_id FROM contacts WHERE merged_into IN ({marks})) "
-                f"ORDER BY n.enrollment_id",
-                [*chunk, *chunk],
+                f"{where} ORDER BY n.enrollment_id",
+                params,
             )
-            if lock and s.skip_locked and rows:
-                s.execute(
-                    "SELECT enrollment_id FROM enrollments WHERE enrollment_id IN "
-                    f"({', '.join('?' for _ in rows)}) ORDER BY enrollment_id FOR UPDATE",
-                    [r[0] for r in rows],
-                )
             for row in rows:
                 enrollment = Enrollment(*row[:-1])
                 enrollment.live_contact = int(row[-1])
@@ -406,6 +458,8 @@ class Engine:
         by_contact: dict[tuple[str, int], list[Enrollment]] = defaultdict(list)
         for enrollment in self._load_enrollments(s, (r["contact_id"] for r in rows)):
             by_contact[(enrollment.automation_key, enrollment.live_contact)].append(enrollment)
+        walking = [j for j, c in enumerate(conditions) if c[0] in ("trigger", "wait_for")]
+        self._prepare(batch, (int(r["contact_id"]) for r in rows if any(r[f"m{j}"] for j in walking)))
         for row in rows:
             contact = int(row["contact_id"])
             for j, (role, key, version, step_id, _) in enumerate(conditions):
@@ -476,6 +530,8 @@ class Engine:
         trigger_id: str,
         position: datetime,
         batch: Batch,
+        *,
+        audience_checked: bool = False,
     ) -> Enrollment | None:
         automation = item.current
         if any(e.trigger_id == trigger_id for e in mine):
@@ -490,11 +546,13 @@ class Engine:
                 last = max(e.entered_at for e in mine)
                 if (batch.now - last).total_seconds() < duration_seconds(policy.cooldown):
                     return None
-        if automation.audience is not None:
-            sql = rule_sql(s, automation.audience, batch.now, [contact])
-            if not s.rows(sql.text, sql.params):
-                return None
-        enrollment_id = s.next_ids("enrollment_id_seq", 1)[0]
+        if (
+            automation.audience is not None
+            and not audience_checked
+            and not self.matches(s, batch, automation.audience, contact)
+        ):
+            return None
+        enrollment_id = self._new_enrollment_id(s, batch)
         enrollment = Enrollment(
             enrollment_id=enrollment_id,
             automation_key=item.key,
@@ -548,6 +606,35 @@ class Engine:
             return {"enrolled": False, "reason": "the re-entry policy or the audience kept the contact out"}
         return {"enrolled": True, "enrollment": enrollment.enrollment_id, "status": enrollment.status}
 
+    def enroll_found(self, s: Session, item: Loaded, found: list[tuple[int, str]], now: datetime) -> int:
+        """Enrolls ``(live contact, trigger id)`` pairs that a trigger found and whose audience the
+        caller already checked in SQL (see :mod:`percorso.automation.triggers`); the re-entry
+        policy still applies. Runs in the caller's transaction; returns how many entered."""
+        batch = Batch(now=now, position=datetime.now(UTC))
+        mine: dict[int, list[Enrollment]] = defaultdict(list)
+        for enrollment in self._load_enrollments(s, (contact for contact, _ in found)):
+            if enrollment.automation_key == item.key:
+                mine[enrollment.live_contact].append(enrollment)
+        entered = 0
+        for contact, trigger_id in found:
+            new = self._enroll(
+                s, item, contact, mine[contact], trigger_id, batch.position, batch, audience_checked=True
+            )
+            if new is not None:
+                mine[contact].append(new)
+                entered += 1
+        self._flush(s, batch)
+        return entered
+
+    def process_triggers(self) -> int:
+        """Stage, persona, date and schedule triggers (:mod:`percorso.automation.triggers`)."""
+        from percorso.automation.triggers import TriggerRunner
+
+        runner = self.__dict__.get("_triggers")
+        if runner is None:
+            runner = self.__dict__.setdefault("_triggers", TriggerRunner(self))
+        return int(runner.run())
+
     # -- timers ----------------------------------------------------------------------------
     def run_due(self) -> int:
         """Walks on every enrollment whose timer fell due; returns how many."""
@@ -557,20 +644,27 @@ class Engine:
         if not active:
             return 0
         now = self.clock.now()
+        marks = ", ".join("?" for _ in active)
+        due = f"n.due_at <= ? AND n.status IN ('active', 'waiting') AND n.automation_key IN ({marks})"
+        with self.store.session() as s:
+            # Most passes find nothing due: look before taking the write lock (one writer at a
+            # time on the embedded store, where the collector's commits wait for it too).
+            if not s.rows(f"SELECT 1 FROM enrollments n WHERE {due} LIMIT 1", [now, *active]):
+                return 0
         with self.store.writing() as s:
-            marks = ", ".join("?" for _ in active)
             rows = s.rows(
                 f"SELECT {_ENROLLMENT_SELECT}, n.contact_id FROM enrollments n "
-                f"WHERE n.due_at <= ? AND n.status IN ('active', 'waiting') AND n.automation_key IN ({marks}) "
-                f"ORDER BY n.due_at LIMIT ?{s.skip_locked}",
+                f"WHERE {due} ORDER BY n.due_at LIMIT ?{s.skip_locked}",
                 [now, *active, self.settings.due_batch],
             )
             if not rows:
                 return 0
             batch = Batch(now=now, position=datetime.now(UTC))
+            live = self._live_contacts(s, {int(row[-1]) for row in rows})
+            self._prepare(batch, live.values())
             for row in rows:
                 enrollment = Enrollment(*row[:-1])
-                enrollment.live_contact = int(row[-1])
+                enrollment.live_contact = live[int(row[-1])]
                 automation = loaded[enrollment.automation_key].versions[enrollment.version]
                 self._resume(s, batch, automation, enrollment)
             self._flush(s, batch)
@@ -630,7 +724,7 @@ class Engine:
                 )
                 return
             if kind == "wait_until" and step.wait_until is not None:
-                until = self._wait_until(s, enrollment, step)
+                until = self._wait_until(s, enrollment, step, batch.contacts)
                 if until is None:
                     self._log(
                         batch, enrollment, step.id, "skipped", f"trait {step.wait_until.trait} is not a date"
@@ -652,8 +746,7 @@ class Engine:
                 enrollment.waiting_since = batch.position
                 return
             if kind == "condition" and step.condition is not None:
-                sql = rule_sql(s, step.condition, batch.now, [enrollment.live_contact])
-                ok = bool(s.rows(sql.text, sql.params))
+                ok = self.matches(s, batch, step.condition, enrollment.live_contact)
                 self._log(batch, enrollment, step.id, "then" if ok else "otherwise", None)
                 target = edges[0 if ok else 1].target
                 continue
@@ -689,7 +782,7 @@ class Engine:
                 return
             # An action.
             if step.email is not None and automation.quiet_hours is not None and not resumed:
-                opens = self._quiet_until(s, automation, enrollment, batch.now)
+                opens = self._quiet_until(s, automation, enrollment, batch.now, batch.contacts)
                 if opens is not None:
                     enrollment.due_at = opens
                     enrollment.status = "active"
@@ -702,6 +795,78 @@ class Engine:
             self._log(batch, enrollment, step.id, outcome, detail)
             target = edges[0].target
         self._finish(enrollment, batch, "exited", f"more than {MAX_STEPS_PER_RUN} steps at once")
+
+    # -- lookups for a whole batch ------------------------------------------------------------
+    def _prepare(self, batch: Batch, contacts: Iterable[int]) -> None:
+        batch.contacts = sorted(set(contacts))
+        self._batch_local.profiles = {}  # nothing cached from a batch that failed
+
+    def _live_contacts(self, s: Session, contacts: set[int]) -> dict[int, int]:
+        """Each contact id mapped to the contact it was merged into (or to itself)."""
+        live = {c: c for c in contacts}
+        ids = sorted(contacts)
+        for start in range(0, len(ids), 1000):
+            among, params = s.member("contact_id", ids[start : start + 1000])
+            live.update(
+                (int(c), int(m))
+                for c, m in s.rows(
+                    f"SELECT contact_id, merged_into FROM contacts WHERE {among} AND merged_into IS NOT NULL",
+                    params,
+                )
+            )
+        return live
+
+    def matches(self, s: Session, batch: Batch, rule: Any, contact: int) -> bool:
+        """Whether ``contact`` matches ``rule`` (an audience or a condition) as of the batch's time.
+
+        The first question about a rule is answered for every contact of the batch in one query;
+        nothing the batch decides is written before it ends, so later answers are the same."""
+        known = batch.matched.get(id(rule))
+        if known is None or contact not in known[0]:
+            pool = sorted({*batch.contacts, contact}) if known is None else [contact]
+            found: set[int] = set()
+            for start in range(0, len(pool), 1000):
+                sql = rule_sql(s, rule, batch.now, pool[start : start + 1000])
+                found.update(int(r[0]) for r in s.rows(sql.text, sql.params))
+            if known is None:
+                known = batch.matched[id(rule)] = (set(pool), found)
+            else:
+                known[0].add(contact)
+                known[1].update(found)
+        return contact in known[1]
+
+    def marketing_emails(self, s: Session, batch: Batch, contact: int, since: datetime) -> int:
+        """Marketing emails queued or sent to ``contact`` since ``since`` (frequency caps), not
+        counting this batch's; asked for every contact of the batch at once."""
+        known = batch.capped.get(since)
+        if known is None or contact not in known[0]:
+            pool = sorted({*batch.contacts, contact}) if known is None else [contact]
+            counts: dict[int, int] = {}
+            for start in range(0, len(pool), 1000):
+                among, params = s.member("contact_id", pool[start : start + 1000])
+                counts.update(
+                    (int(c), int(n))
+                    for c, n in s.rows(
+                        f"SELECT contact_id, count(*) FROM outbox WHERE {among} AND channel = 'email' "
+                        "AND category = 'marketing' AND status IN ('pending', 'sending', 'sent') "
+                        "AND created_at > ? GROUP BY contact_id",
+                        [*params, since],
+                    )
+                )
+            if known is None:
+                known = batch.capped[since] = (set(pool), counts)
+            else:
+                known[0].add(contact)
+                known[1].update(counts)
+        return known[1].get(contact, 0)
+
+    def _new_enrollment_id(self, s: Session, batch: Batch) -> int:
+        if not batch.ids:
+            # A few at a time, more as the batch enrolls more; unused ones are gaps, as in any sequence.
+            count = min(max(16, batch.taken), 1000)
+            batch.ids = s.next_ids("enrollment_id_seq", count)[::-1]
+            batch.taken += count
+        return batch.ids.pop()
 
     def _wait(self, batch: Batch, enrollment: Enrollment, step: Step, until: datetime) -> None:
         enrollment.status = "waiting"
@@ -736,9 +901,11 @@ class Engine:
             ]
         )
 
-    def _wait_until(self, s: Session, enrollment: Enrollment, step: Step) -> datetime | None:
+    def _wait_until(
+        self, s: Session, enrollment: Enrollment, step: Step, pool: Sequence[int] = ()
+    ) -> datetime | None:
         assert step.wait_until is not None
-        profile = self.profile(s, enrollment.live_contact)
+        profile = self.profile(s, enrollment.live_contact, pool)
         raw = profile.traits.get(step.wait_until.trait) if profile else None
         if not isinstance(raw, str):
             return None
@@ -755,12 +922,17 @@ class Engine:
         return when
 
     def _quiet_until(
-        self, s: Session, automation: Automation, enrollment: Enrollment, now: datetime
+        self,
+        s: Session,
+        automation: Automation,
+        enrollment: Enrollment,
+        now: datetime,
+        pool: Sequence[int] = (),
     ) -> datetime | None:
         """When the contact's quiet hours end, if ``now`` is inside them (else None)."""
         quiet = automation.quiet_hours
         assert quiet is not None
-        profile = self.profile(s, enrollment.live_contact)
+        profile = self.profile(s, enrollment.live_contact, pool)
         zone_name = (profile.traits.get(quiet.timezone_trait) if profile else None) or quiet.default_timezone
         try:
             zone = ZoneInfo(str(zone_name))
@@ -778,40 +950,73 @@ class Engine:
         return end.astimezone(UTC) if inside else None
 
     # -- profiles --------------------------------------------------------------------------
-    def profile(self, s: Session, contact_id: int) -> Profile | None:
-        cache: dict[int, Profile | None] = self.__dict__.setdefault("_profiles", {})
+    def profile(self, s: Session, contact_id: int, pool: Sequence[int] = ()) -> Profile | None:
+        """The contact's profile (traits, consent, identifiers, unsubscribes), following a merge.
+
+        Cached until the batch is written; on a miss every uncached contact of ``pool`` (the
+        batch's contacts) is loaded too, in four queries whatever their number."""
+        # Per thread: a request enrolling through the API must not read the profiles a running
+        # batch has changed but not committed.
+        cache: dict[int, Profile | None] | None = getattr(self._batch_local, "profiles", None)
+        if cache is None:
+            cache = self._batch_local.profiles = {}
         if contact_id in cache:
             return cache[contact_id]
-        rows = s.rows(
-            "SELECT coalesce(merged_into, contact_id), traits, consent FROM contacts WHERE contact_id = ?",
-            [contact_id],
-        )
-        if not rows:
-            cache[contact_id] = None
-            return None
-        live = int(rows[0][0])
-        if live != contact_id:
-            rows = s.rows("SELECT contact_id, traits, consent FROM contacts WHERE contact_id = ?", [live])
-        traits = msgspec.json.decode(rows[0][1]) if rows[0][1] else {}
-        ids = dict(
-            s.rows(
-                "SELECT kind, min(value) FROM identities WHERE contact_id = ? GROUP BY kind",
-                [live],
+        wanted = {c for c in pool if c not in cache}
+        wanted.add(contact_id)
+        ids = sorted(wanted)
+        for start in range(0, len(ids), 1000):
+            self._load_profiles(s, ids[start : start + 1000], cache)
+        return cache[contact_id]
+
+    def load_profile(self, s: Session, contact_id: int) -> Profile | None:
+        """The contact's profile read now, outside any batch's cache (the delivery thread)."""
+        found: dict[int, Profile | None] = {}
+        self._load_profiles(s, [contact_id], found)
+        return found[contact_id]
+
+    def _load_profiles(self, s: Session, contacts: list[int], cache: dict[int, Profile | None]) -> None:
+        among, params = s.member("c.contact_id", sorted(set(contacts)))
+        live: dict[int, int] = {}
+        rows: dict[int, tuple[Any, ...]] = {}
+        for contact, live_id, raw, consent in s.rows(
+            "SELECT c.contact_id, l.contact_id, l.traits, l.consent FROM contacts c "
+            f"JOIN contacts l ON l.contact_id = coalesce(c.merged_into, c.contact_id) WHERE {among}",
+            params,
+        ):
+            live[int(contact)] = int(live_id)
+            rows[int(live_id)] = (live_id, raw, consent)
+        for contact in contacts:
+            cache.setdefault(contact, None)  # erased
+        if not live:
+            return
+        among, params = s.member("contact_id", sorted(rows))
+        identifiers: dict[int, dict[str, str]] = defaultdict(dict)
+        for c, kind, value in s.rows(
+            f"SELECT contact_id, kind, min(value) FROM identities WHERE {among} GROUP BY contact_id, kind",
+            params,
+        ):
+            identifiers[int(c)][kind] = value
+        unsubscribed: dict[int, set[str]] = defaultdict(set)
+        for c, channel in s.rows(f"SELECT contact_id, channel FROM unsubscribes WHERE {among}", params):
+            unsubscribed[int(c)].add(channel)
+        profiles: dict[int, Profile] = {}
+        for live_id, (_, raw, consent) in rows.items():
+            decoded = msgspec.json.decode(raw) if raw else {}
+            traits = decoded if isinstance(decoded, dict) else {}
+            email = traits.get("email") if isinstance(traits.get("email"), str) else None
+            ids = identifiers[live_id]
+            profiles[live_id] = Profile(
+                contact_id=live_id,
+                traits=traits,
+                consent=consent,
+                email=ids.get("email") or email,
+                user_id=ids.get("user_id"),
+                anonymous_id=ids.get("anonymous_id"),
+                unsubscribed=unsubscribed[live_id],
             )
-        )
-        unsubscribed = {r[0] for r in s.rows("SELECT channel FROM unsubscribes WHERE contact_id = ?", [live])}
-        email = traits.get("email") if isinstance(traits.get("email"), str) else None
-        profile = Profile(
-            contact_id=live,
-            traits=traits if isinstance(traits, dict) else {},
-            consent=rows[0][2],
-            email=ids.get("email") or email,
-            user_id=ids.get("user_id"),
-            anonymous_id=ids.get("anonymous_id"),
-            unsubscribed=unsubscribed,
-        )
-        cache[contact_id] = profile
-        return profile
+        for contact, live_id in live.items():
+            cache[contact] = profiles.get(live_id)
 
     # -- writing ---------------------------------------------------------------------------
     def _flush(self, s: Session, batch: Batch) -> None:
@@ -825,6 +1030,8 @@ class Engine:
             insert_rows(s, "enrollment_log", LOG_COLUMNS, batch.logs)
         if batch.outbox:
             insert_rows(s, "outbox", OUTBOX_COLUMNS, batch.outbox, conflict=" ON CONFLICT DO NOTHING")
+            s.notify(OUTBOX_CHANNEL)  # senders in other processes
+            self._queued = True  # this process's sender, once the caller has committed
         if batch.onsite:
             insert_rows(
                 s, "onsite_messages", ONSITE_COLUMNS, batch.onsite, conflict=" ON CONFLICT DO NOTHING"
@@ -834,24 +1041,36 @@ class Engine:
                 "UPDATE contacts SET traits = ?, traits_updated_at = ? WHERE contact_id = ?",
                 [msgspec.json.encode(traits).decode(), batch.now, contact_id],
             )
-        self.__dict__.pop("_profiles", None)
+        self._batch_local.profiles = {}
         for e in batch.touched.values():
             e.new = e.dirty = False
 
     # -- delivery --------------------------------------------------------------------------
     def deliver(self) -> int:
-        """Sends due outbox rows; returns how many were attempted."""
-        from percorso.automation.actions.run import deliver_one
+        """Sends due outbox rows; returns how many were attempted.
+
+        A claim is a lease: ``claimed_at`` is renewed while the batch is sent, and a row goes
+        back to the queue only when its claim was not renewed for ``claim_timeout`` (its worker
+        died). A worker that stalled past the timeout finds its rows taken and skips them instead
+        of sending them a second time.
+        """
+        from percorso.automation.actions.email import SmtpSession
+        from percorso.automation.actions.run import Sent, record_sent, send
 
         loaded = self.automations()
         paused = [k for k, v in loaded.items() if v.status != "active"]
         now = self.clock.now()
+        timeout = self.settings.claim_timeout
         with self.store.writing() as s:
-            # Rows a dead worker claimed and never finished go back to the queue.
-            s.execute(
-                "UPDATE outbox SET status = 'pending', claimed_at = NULL WHERE status = 'sending' AND claimed_at < ?",
-                [datetime.now(UTC) - CLAIM_TIMEOUT],
-            )
+            wall = time.monotonic()
+            if wall - self._last_reclaim > min(timeout / 4, 5.0):
+                # Rows a dead worker claimed and never finished go back to the queue.
+                self._last_reclaim = wall
+                s.execute(
+                    "UPDATE outbox SET status = 'pending', claimed_at = NULL "
+                    "WHERE status = 'sending' AND claimed_at < ?",
+                    [datetime.now(UTC) - timedelta(seconds=timeout)],
+                )
             skip = f" AND automation_key NOT IN ({', '.join('?' for _ in paused)})" if paused else ""
             rows = s.dicts(
                 "SELECT idempotency_key, enrollment_id, automation_key, step, contact_id, channel, category, "
@@ -859,16 +1078,70 @@ class Engine:
                 f"ORDER BY next_attempt_at LIMIT ?{s.skip_locked}",
                 [now, *paused, self.settings.delivery_batch],
             )
+            lease = datetime.now(UTC)
             if rows:
                 s.execute(
                     "UPDATE outbox SET status = 'sending', claimed_at = ? WHERE idempotency_key IN "
                     f"({', '.join('?' for _ in rows)})",
-                    [datetime.now(UTC), *[r["idempotency_key"] for r in rows]],
+                    [lease, *[r["idempotency_key"] for r in rows]],
                 )
-        for row in rows:
-            deliver_one(self, row)
-        self.stats["delivered"] += len(rows)
-        return len(rows)
+        attempted = 0
+        done: list[Sent] = []
+        renewed = first = time.monotonic()
+        # One SMTP connection for the batch (opened at the first email), not one per message.
+        with SmtpSession(self.smtp) as smtp:
+            while rows:
+                if time.monotonic() - renewed > timeout / 3:
+                    lease, kept = self._renew(lease, [r["idempotency_key"] for r in rows])
+                    renewed = time.monotonic()
+                    rows = [r for r in rows if r["idempotency_key"] in kept]
+                    if not rows:
+                        break
+                row = rows.pop(0)
+                row["claimed_at"] = lease
+                sent = send(self, row, smtp)
+                attempted += 1
+                if sent is not None:
+                    if not done:
+                        first = time.monotonic()
+                    done.append(sent)
+                if done and (
+                    len(done) >= self.settings.sent_group or time.monotonic() - first > SENT_GROUP_SECONDS
+                ):
+                    record_sent(self, done)
+                    done = []
+            record_sent(self, done)
+        self.stats["delivered"] += attempted
+        return attempted
+
+    def release_claims(self) -> int:
+        """At start on a store one process owns (the embedded one), every claimed outbox row
+        belongs to a process that died: back to the queue at once, not after the claim timeout.
+        Returns how many (0 on a shared store, where other workers may be sending)."""
+        with self.store.writing() as s:
+            if s.skip_locked:  # shared by several processes
+                return 0
+            released = s.rows(
+                "UPDATE outbox SET status = 'pending', claimed_at = NULL WHERE status = 'sending' "
+                "RETURNING idempotency_key"
+            )
+        if released:
+            log.warning("%d messages claimed before a crash go back to the queue", len(released))
+        return len(released)
+
+    def _renew(self, lease: datetime, keys: list[str]) -> tuple[datetime, set[str]]:
+        """Extends this worker's claim on ``keys``; returns the new lease and the keys still ours."""
+        renewed = datetime.now(UTC)
+        with self.store.writing() as s:
+            kept = s.rows(
+                "UPDATE outbox SET claimed_at = ? WHERE status = 'sending' AND claimed_at = ? "
+                f"AND idempotency_key IN ({', '.join('?' for _ in keys)}) RETURNING idempotency_key",
+                [renewed, lease, *keys],
+            )
+        lost = len(keys) - len(kept)
+        if lost:
+            log.warning("%d claimed messages were taken over by another worker; not sending them", lost)
+        return renewed, {str(r[0]) for r in kept}
 
     # -- links -----------------------------------------------------------------------------
     def sign(self, value: str) -> str:
@@ -884,9 +1157,21 @@ class Engine:
         return plain if value and hmac.compare_digest(mac, expected) else None
 
     # -- running ---------------------------------------------------------------------------
+    def decide(self) -> int:
+        """One pass of the loops that decide (events, triggers, timers); returns the work done.
+
+        Sets :attr:`outbox_ready` after each commit that queued messages."""
+        done = 0
+        for loop in (self.process_events, self.process_triggers, self.run_due):
+            done += loop()
+            if self._queued:
+                self._queued = False
+                self.outbox_ready.set()
+        return done
+
     def tick(self) -> int:
         """One pass of every loop; returns the work done (0 when idle)."""
-        return self.process_events() + self.run_due() + self.deliver()
+        return self.decide() + self.deliver()
 
     def run_until_idle(self, max_passes: int = 1000) -> int:
         total = 0
@@ -899,9 +1184,12 @@ class Engine:
 
 
 class AutomationWorker(threading.Thread):
-    """Runs the engine inside ``percorso serve`` (embedded store) or ``percorso worker``: wakes at
-    once when events are stored (in-process signal, or PostgreSQL NOTIFY), and at least every
-    ``interval`` seconds for timers and retries."""
+    """Runs the engine inside ``percorso serve`` (embedded store) or ``percorso worker``.
+
+    Two threads: one decides (events, triggers, timers) and wakes at once when events are stored
+    (in-process signal, or PostgreSQL NOTIFY); the other sends the outbox and wakes when messages
+    are queued — so a slow SMTP server never delays a decision. Both also wake every ``interval``
+    seconds, for timers and retries."""
 
     def __init__(self, engine: Engine, interval: float = 0.5, listen_url: str | None = None):
         super().__init__(name="percorso-automation", daemon=True)
@@ -914,21 +1202,35 @@ class AutomationWorker(threading.Thread):
     def run(self) -> None:
         if self.listen_url:
             threading.Thread(target=self._listen, name="percorso-listen", daemon=True).start()
-        signal = self.engine.store.events_arrived
+        try:
+            self.engine.release_claims()
+        except StoreError as exc:
+            log.warning("could not release claims left by a crash: %s", exc)
+        sender = threading.Thread(
+            target=self._loop,
+            args=(self.engine.deliver, self.engine.outbox_ready, "delivery"),
+            name="percorso-sender",
+            daemon=True,
+        )
+        sender.start()
+        self._loop(self.engine.decide, self.engine.store.events_arrived, "automation")
+        sender.join(timeout=30)
+
+    def _loop(self, work: Callable[[], int], signal: threading.Event, what: str) -> None:
         while not self._stop_event.is_set():
+            signal.clear()  # before the pass: a signal during it means another pass
             try:
-                busy = self.engine.tick()
+                busy = work()
             except StoreError as exc:
                 self.errors += 1
-                log.warning("automation pass skipped: %s", exc)
+                log.warning("%s pass skipped: %s", what, exc)
                 busy = 0
             except Exception:  # a bug must not stop every automation: log it and go on
                 self.errors += 1
-                log.exception("automation pass failed")
+                log.exception("%s pass failed", what)
                 busy = 0
             if not busy:
                 signal.wait(self.interval)
-                signal.clear()
 
     def _listen(self) -> None:
         import psycopg
@@ -939,9 +1241,13 @@ class AutomationWorker(threading.Thread):
             try:
                 with psycopg.connect(self.listen_url or "", autocommit=True) as conn:
                     conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
                     while not self._stop_event.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self.engine.store.events_arrived.set()
+                        for note in conn.notifies(timeout=1.0, stop_after=1):
+                            if note.channel == OUTBOX_CHANNEL:
+                                self.engine.outbox_ready.set()
+                            else:
+                                self.engine.store.events_arrived.set()
             except Exception as exc:
                 log.warning("listening for new events failed (%s); retrying", exc)
                 self._stop_event.wait(2)
@@ -949,4 +1255,5 @@ class AutomationWorker(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.engine.store.events_arrived.set()
+        self.engine.outbox_ready.set()
         self.join(timeout=30)

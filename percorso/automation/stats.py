@@ -24,6 +24,15 @@ def automation_stats(store: Store, key: str) -> dict[str, Any]:
             "WHERE automation_key = ? GROUP BY step, outcome",
             [key],
         )
+        # Outcomes at one step are not exclusive (a wait logs "waiting" then "waited"), so the
+        # contacts who reached a step are counted distinct, not summed or maxed over outcomes.
+        reached = dict(
+            s.rows(
+                "SELECT step, count(DISTINCT enrollment_id) FROM enrollment_log WHERE automation_key = ? "
+                "GROUP BY step",
+                [key],
+            )
+        )
         here = s.rows(
             "SELECT step, status, count(*) FROM enrollments WHERE automation_key = ? AND status IN "
             "('active', 'waiting') GROUP BY step, status",
@@ -68,7 +77,7 @@ def automation_stats(store: Store, key: str) -> dict[str, Any]:
                 "id": step.id,
                 "kind": step.kind,
                 "name": display(step.name) if step.name else None,
-                "entered": sum(done.values()) and max(done.values()),
+                "entered": int(reached.get(step.id, 0)),
                 "now": waiting.get(step.id, 0),
                 "outcomes": done,
                 "actions": sends.get(step.id, {}),

@@ -170,12 +170,6 @@ ENROLLMENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("entered_pos", "TIMESTAMPTZ"),
     ("goal_at", "TIMESTAMPTZ"),
 )
-_CHUNK = 1000
-
-
-def _values(columns: Sequence[tuple[str, str]], count: int) -> str:
-    row = "(" + ", ".join(f"CAST(? AS {kind})" for _, kind in columns) + ")"
-    return ", ".join([row] * count)
 
 
 def insert_rows(
@@ -187,22 +181,37 @@ def insert_rows(
     conflict: str = "",
 ) -> None:
     names = ", ".join(name for name, _ in columns)
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
-        s.execute(
-            f"INSERT INTO {table} ({names}) VALUES {_values(columns, len(chunk))}{conflict}",
-            [value for row in chunk for value in row],
-        )
+    for source, params in s.row_sources(columns, rows):
+        s.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {source}{conflict}", params)
+
+
+#: What a step can change in an enrollment; the rest (who, which automation and version, when
+#: and by which event they entered) is fixed at entry. Leaving the indexed identity columns out
+#: of the UPDATE spares both engines index maintenance.
+_MUTABLE = (
+    "status",
+    "step",
+    "seq",
+    "due_at",
+    "waiting_since",
+    "variant",
+    "exited_at",
+    "exit_reason",
+    "goal_at",
+)
+_UPDATED = [
+    i for i, (name, _) in enumerate(ENROLLMENT_COLUMNS) if name == "enrollment_id" or name in _MUTABLE
+]
 
 
 def update_enrollments(s: Session, rows: Sequence[Sequence[Any]]) -> None:
-    """Writes whole enrollment rows back (keyed by ``enrollment_id``) in a few statements."""
-    names = [name for name, _ in ENROLLMENT_COLUMNS]
-    assignments = ", ".join(f"{n} = v.{n}" for n in names if n != "enrollment_id")
-    for start in range(0, len(rows), _CHUNK):
-        chunk = rows[start : start + _CHUNK]
+    """Writes enrollment rows (whole, as :data:`ENROLLMENT_COLUMNS`) back, keyed by
+    ``enrollment_id``, in a few statements."""
+    columns = [ENROLLMENT_COLUMNS[i] for i in _UPDATED]
+    assignments = ", ".join(f"{n} = v.{n}" for n, _ in columns if n != "enrollment_id")
+    projected = [[row[i] for i in _UPDATED] for row in rows]
+    for source, params in s.row_sources(columns, projected):
         s.execute(
-            f"UPDATE enrollments SET {assignments} FROM (VALUES {_values(ENROLLMENT_COLUMNS, len(chunk))}) "
-            f"AS v({', '.join(names)}) WHERE enrollments.enrollment_id = v.enrollment_id",
-            [value for row in chunk for value in row],
+            f"UPDATE enrollments SET {assignments} FROM {source} WHERE enrollments.enrollment_id = v.enrollment_id",
+            params,
         )

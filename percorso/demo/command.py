@@ -60,12 +60,40 @@ def demo_journey(store: Store) -> str:
     return journey.key
 
 
+DEMO_USER = "demo@percorso.local"
+
+
+def demo_user(store: Store) -> str:
+    """The demo's admin for the dashboard, with a fresh random password each run (printed once)."""
+    import secrets
+
+    from percorso.web.dashboard.users import UserError, add_user, set_password
+
+    password = secrets.token_urlsafe(9)
+    try:
+        add_user(store, DEMO_USER, password, role="admin", name="Demo")
+    except UserError:
+        set_password(store, DEMO_USER, password)
+    return password
+
+
 def demo(
     contacts: Annotated[int, typer.Option(help="People in the dataset (~50 touchpoints each)")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data")] = 7,
     days: Annotated[int, typer.Option(help="Days of history")] = 183,
     fresh: Annotated[bool, typer.Option(help="Delete the existing embedded demo store first")] = False,
     serve: Annotated[bool, typer.Option(help="Start the server after loading")] = True,
+    automations: Annotated[
+        bool,
+        typer.Option(
+            help="Replay the last --replay-days through the three example automations on a simulated "
+            "clock, emailing the local inbox (`percorso automation inbox`) or PERCORSO_SMTP_*"
+        ),
+    ] = False,
+    replay_days: Annotated[int, typer.Option(help="Days replayed with --automations")] = 14,
+    responses: Annotated[
+        bool, typer.Option(help="With --automations, some people confirm after a reminder (for the uplift)")
+    ] = True,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="Port")] = None,
@@ -83,7 +111,13 @@ def demo(
     spec = DemoSpec(contacts=contacts, seed=seed, days=days)
     with opened(settings) as store:
         existing = store.counts()
-        if existing["events"]:
+        if existing["events"] and automations:
+            raise fail("--automations replays the demo from an empty store: add --fresh")
+        if automations:
+            from percorso.demo.replay import replay_command
+
+            replay_command(store, spec, settings.base_url, replay_days, responses)
+        elif existing["events"]:
             console.print(
                 f"using the {existing['events']:,} events already in {store.describe()} (--fresh to regenerate)"
             )
@@ -99,10 +133,12 @@ def demo(
         counts = store.counts()
         _, write_key = store.create_api_key("write", "demo website")
         _, secret_key = store.create_api_key("secret", "demo admin")
+        password = demo_user(store)
         base = f"http://{settings.host}:{settings.port}"
         console.print(
             f"\n[bold]{counts['contacts']:,} contacts, {counts['events']:,} events[/] in {store.describe()}"
         )
+        console.print(f"  dashboard   {base}/   sign in as {DEMO_USER} / {password}", soft_wrap=True)
         console.print(f"  server      {base}   (API docs: {base}/docs)")
         console.print(f"  journey     {journey}   (try: percorso stages, percorso funnel --help)")
         console.print(f"  write key   {write_key}", soft_wrap=True)

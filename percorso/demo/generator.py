@@ -14,6 +14,7 @@ stores nothing twice.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,6 +128,14 @@ PROBLEMS = {
     "delivery_calls": "orders are followed by calls to the contact centre about delivery",
 }
 OUTAGE_WEEKS = (10, 7)  # confirmation_outage: from 10 to 7 weeks before the last day
+CONSENT_PERCENT = 70  # customers who tick "send me news and offers" when they register
+
+
+def marketing_consent(seed: int, index: int) -> bool:
+    """Whether person ``index`` agreed to marketing e-mails when registering. A hash, not the
+    person's random stream, so adding it changed no other value of the dataset."""
+    digest = hashlib.sha256(f"percorso-demo-consent:{seed}:{index}".encode()).digest()
+    return digest[0] * 100 < CONSENT_PERCENT * 256
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,7 @@ class _Person:
         self.messages: list[dict[str, Any]] = []
         self.known = False  # whether the userId is in use yet
         self.email_known = False
+        self.consent = marketing_consent(spec.seed, index)
         self.landing = True
 
     # -- message builders -----------------------------------------------------------------
@@ -314,7 +324,8 @@ class _Person:
     def identify(
         self, ts: float, *, with_user: bool = True, channel_context: dict[str, Any] | None = None
     ) -> None:
-        traits: dict[str, Any] = {"email": self.email}
+        # Newsletter subscribers (no account) asked for e-mails; customers chose at registration.
+        traits: dict[str, Any] = {"email": self.email, "marketing_consent": self.consent or not with_user}
         if with_user:
             self.known = True
             traits.update(
@@ -662,6 +673,7 @@ class _Person:
         rng = self.rng
         end = self.spec.end_ts()
         self.persona = "story"
+        self.consent = True  # so every example automation can reach them
         if key == "registered_not_confirmed":
             self.acquisition = ("instagram", "social", "autunno-casa", "https://www.instagram.com/")
             t = end - 9 * DAY + 10 * HOUR

@@ -103,6 +103,7 @@ class Behaviour(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class PersonaRule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     traits: dict[str, Any] | None = None  # trait equals value (a list: any of them)
     behaviour: list[Behaviour] = []
+    segments: list[str] = []  # member of any of these saved segments (saved from the dashboard)
 
 
 class Persona(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

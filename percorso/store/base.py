@@ -12,7 +12,7 @@ import re
 import secrets
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,6 +71,11 @@ class Session(ABC):
     def json_number(self, column: str, key: str) -> tuple[str, list[Any]]:
         """SQL for ``column``'s top-level ``key`` as a double when it is a number (else NULL)."""
 
+    def json_may_have(self, column: str, key: str) -> tuple[str, Any]:
+        """A cheap test that ``column`` *may* have the top-level ``key`` (never false when it
+        has it), to skip extracting values from most rows; and its parameter. Here: always."""
+        return "(CAST(? AS TEXT) IS NOT NULL)", key
+
     def tune_for_analytics(self) -> None:
         """Prepares this transaction for large set-oriented queries (a no-op where not needed)."""
         return None
@@ -78,6 +83,31 @@ class Session(ABC):
     #: Appended to a ``SELECT … FOR UPDATE`` claim so concurrent workers take different rows
     #: (empty where one process owns the store).
     skip_locked: str = ""
+
+    def member(self, expression: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """SQL true when ``expression`` is one of ``values``, and its parameters. Here an
+        ``IN`` list of placeholders; engines override it with one array parameter, which they
+        plan much faster for the thousands of ids a batch asks about."""
+        if not values:
+            return "FALSE", []
+        return f"{expression} IN ({', '.join('?' for _ in values)})", list(values)
+
+    def row_sources(
+        self, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
+    ) -> Iterator[tuple[str, list[Any]]]:
+        """``rows`` as relations named ``v`` with ``columns`` (name, SQL type), for bulk
+        ``INSERT … SELECT … FROM {source}`` and ``UPDATE … FROM {source}``: yields (SQL, params)
+        per chunk. Here ``VALUES`` lists of typed placeholders (PostgreSQL cannot infer the type
+        of a NULL inside VALUES); engines with a faster path (DuckDB: an Arrow table) override it.
+        """
+        names = ", ".join(name for name, _ in columns)
+        row = "(" + ", ".join(f"CAST(? AS {kind})" for _, kind in columns) + ")"
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start : start + 1000]
+            yield (
+                f"(VALUES {', '.join([row] * len(chunk))}) AS v({names})",
+                [value for values in chunk for value in values],
+            )
 
     def notify(self, channel: str) -> None:
         """Wakes listeners in other processes once this transaction commits (no-op in-process)."""
@@ -169,8 +199,11 @@ class Store(ABC):
         return applied
 
     # -- ingestion ----------------------------------------------------------------------------
-    def ingest(self, events: list[Event]) -> set[str]:
-        """Resolves identities and appends events in one transaction; returns ids newly stored."""
+    def ingest(self, events: list[Event], *, also: Callable[[Session], None] | None = None) -> set[str]:
+        """Resolves identities and appends events in one transaction; returns ids newly stored.
+
+        ``also`` runs inside the same transaction, after the events are written (the outbox marks
+        a message sent and records it as an event atomically)."""
         from percorso.store.ingest import write_batch
 
         if not events:
@@ -181,6 +214,8 @@ class Store(ABC):
         try:
             with self.session() as s:
                 stored = write_batch(s, events, datetime.now(UTC))
+                if also is not None:
+                    also(s)
                 if stored:
                     s.notify(EVENTS_CHANNEL)
         finally:
@@ -275,6 +310,13 @@ class Store(ABC):
                 "onsite_messages",
                 "unsubscribes",
                 "automation_cursor",
+                "users",
+                "web_sessions",
+                "map_notes",
+                "segments",
+                "segment_members",
+                "automation_triggers",
+                "trigger_occurrences",
             ):
                 s.execute(f"DELETE FROM {table}")
 

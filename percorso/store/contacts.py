@@ -327,7 +327,15 @@ def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
         )
         # Automations: their state, history, queued messages and unsubscribes name the contact too.
         every = "(SELECT contact_id FROM contacts WHERE contact_id = ? OR merged_into = ?)"
-        for table in ("enrollment_log", "outbox", "onsite_messages", "unsubscribes", "enrollments"):
+        for table in (
+            "enrollment_log",
+            "outbox",
+            "onsite_messages",
+            "unsubscribes",
+            "enrollments",
+            "segment_members",
+            "trigger_occurrences",
+        ):
             s.execute(f"DELETE FROM {table} WHERE contact_id IN {every}", [live_id, live_id])
         s.execute("DELETE FROM identities WHERE contact_id = ?", [live_id])
         s.execute("DELETE FROM contacts WHERE contact_id = ? OR merged_into = ?", [live_id, live_id])

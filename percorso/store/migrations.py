@@ -259,4 +259,76 @@ MIGRATIONS: tuple[Migration, ...] = (
         )
         """,
     ),
+    Migration(
+        4,
+        "dashboard: users, sign-in sessions, journey-map notes, saved segments",
+        """
+        CREATE TABLE users (
+            email TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            locale TEXT,
+            created_at TIMESTAMPTZ NOT NULL,
+            disabled_at TIMESTAMPTZ
+        );
+
+        CREATE TABLE web_sessions (
+            token_hash TEXT PRIMARY KEY,
+            email TEXT NOT NULL,
+            csrf_token TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        );
+
+        CREATE TABLE map_notes (
+            note_id TEXT PRIMARY KEY,
+            journey_key TEXT NOT NULL,
+            stage_key TEXT NOT NULL,
+            text TEXT NOT NULL,
+            author TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL
+        );
+
+        CREATE TABLE segments (
+            segment_key TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            source {json} NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL
+        );
+
+        CREATE TABLE segment_members (
+            segment_key TEXT NOT NULL,
+            contact_id BIGINT NOT NULL,
+            PRIMARY KEY (segment_key, contact_id)
+        )
+        """,
+    ),
+    Migration(
+        5,
+        "automation triggers on stages, personas, dates and schedules",
+        """
+        CREATE TABLE automation_triggers (
+            automation_key TEXT NOT NULL,
+            trigger_digest TEXT NOT NULL,
+            armed_at TIMESTAMPTZ NOT NULL,
+            since_received TIMESTAMPTZ NOT NULL,
+            checked_at TIMESTAMPTZ NOT NULL,
+            last_occurrence TEXT,
+            PRIMARY KEY (automation_key, trigger_digest)
+        );
+
+        CREATE TABLE trigger_occurrences (
+            automation_key TEXT NOT NULL,
+            contact_id BIGINT NOT NULL,
+            occurrence TEXT NOT NULL,
+            found_at TIMESTAMPTZ NOT NULL,
+            handled_at TIMESTAMPTZ,
+            PRIMARY KEY (automation_key, contact_id, occurrence)
+        );
+        --pg CREATE INDEX trigger_occurrences_pending ON trigger_occurrences (automation_key, found_at) WHERE handled_at IS NULL;
+        --pg CREATE INDEX trigger_occurrences_contact ON trigger_occurrences (contact_id)
+        """,
+    ),
 )

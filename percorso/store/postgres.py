@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from percorso.store.base import DataRejected, Session, Store, StoreError, StoreU
 #: One lock id for identity-graph changes, shared by every process on the database.
 IDENTITY_LOCK = 0x7065_7263  # "perc"
 _GETTER = attrgetter(*EVENT_COLUMNS)
+_PG_TYPES = {"JSON": "JSONB"}
 _COLUMNS = ", ".join(EVENT_COLUMNS)
 
 
@@ -54,6 +56,9 @@ class PostgresSession(Session):
     def json_text(self, column: str, key: str) -> tuple[str, Any]:
         return f"({column} ->> ?::text)", key
 
+    def json_may_have(self, column: str, key: str) -> tuple[str, Any]:
+        return f"jsonb_exists({column}, ?::text)", key
+
     def insert_events(self, events: list[Event]) -> set[str]:
         if not events:
             return set()
@@ -82,6 +87,37 @@ class PostgresSession(Session):
         self.cur.execute("SET LOCAL work_mem = '64MB'")
 
     skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def member(self, expression: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        if not values:
+            return "FALSE", []
+        return f"{expression} = ANY(?)", [list(values)]
+
+    def row_sources(
+        self, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
+    ) -> Iterator[tuple[str, list[Any]]]:
+        # One array parameter per column, unnested: a statement PostgreSQL parses and plans once
+        # whatever the number of rows (VALUES lists of thousands of rows cost more than the write).
+        if not rows:
+            return
+        kinds = [_PG_TYPES.get(kind, kind) for _, kind in columns]
+        names = ", ".join(name for name, _ in columns)
+        if len(rows) < 500:
+            arrays = ", ".join(f"CAST(? AS {kind}[])" for kind in kinds)
+            yield (
+                f"unnest({arrays}) AS v({names})",
+                [list(values) for values in zip(*rows, strict=True)],
+            )
+            return
+        # Thousands of rows: COPY into a staging table (dumping arrays row by row is slower).
+        shape = ", ".join(f"{name} {kind}" for (name, _), kind in zip(columns, kinds, strict=True))
+        staging = "percorso_rows_" + hashlib.sha1(shape.encode()).hexdigest()[:10]
+        self.cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} ({shape}) ON COMMIT DELETE ROWS")
+        self.cur.execute(f"TRUNCATE {staging}")
+        with self.cur.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        yield f"{staging} AS v", []
 
     def notify(self, channel: str) -> None:
         self.cur.execute(f"NOTIFY {channel}")
@@ -121,11 +157,21 @@ class PostgresStore(Store):
         # After a bulk load the statistics are stale until autovacuum runs, and the planner then
         # picks nested loops over CTEs for analytics: refresh them now.
         with self.session() as s:
-            for table in ("events", "identities", "contacts"):
+            for table in ("events", "identities", "contacts", "enrollments", "outbox"):
                 s.execute(f"ANALYZE {table}")
 
     def describe(self) -> str:
         return f"postgres:{_redact(self.url)}"
+
+    def reset(self) -> None:
+        super().reset()
+        # Like a new database: ids start again at 1, so a test's contacts get the same ids (and
+        # the same split and holdout buckets) whichever tests ran before it.
+        with self.writing() as s:
+            for sequence in s.rows(
+                "SELECT sequencename FROM pg_sequences WHERE schemaname = current_schema()"
+            ):
+                s.execute(f'ALTER SEQUENCE "{sequence[0]}" RESTART')
 
     def _migration_sql(self, sql: str) -> str:
         return (

@@ -8,7 +8,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from percorso.analytics.funnel import FunnelError, FunnelSpec, dropped_contacts, funnel, parse_step
+from percorso.analytics.funnel import (
+    Exclusion,
+    FunnelError,
+    FunnelSpec,
+    dropped_contacts,
+    funnel,
+    parse_step,
+)
 from percorso.analytics.journeymap import journey_map
 from percorso.analytics.painpoints import Settings as PainSettings
 from percorso.analytics.painpoints import find_pain_points
@@ -180,6 +187,12 @@ def painpoints(
         raise ApiError(400, "invalid_request", str(exc), "dimension") from None
 
 
+class ExclusionRequest(BaseModel):
+    step: str = Field(min_length=1, max_length=500, description="the excluded event (same patterns as steps)")
+    after: int = Field(1, ge=1, le=19, description="between this step...")
+    before: int | None = Field(None, ge=2, le=20, description="...and this one (default: the last step)")
+
+
 class FunnelRequest(BaseModel):
     steps: list[str] = Field(
         min_length=2,
@@ -189,12 +202,25 @@ class FunnelRequest(BaseModel):
     start: datetime | None = Field(None, alias="from")
     end: datetime | None = Field(None, alias="to")
     window: str = Field("14d", pattern=DURATION_PATTERN)
-    breakdown: str | None = None
+    order: Literal["ordered", "strict", "any"] = Field(
+        "ordered",
+        description="ordered: other events may come between steps; strict: each step is the next "
+        "tracked event; any: later steps in any order within the window",
+    )
+    exclusions: list[ExclusionRequest] = Field(default_factory=list, max_length=10)
+    breakdown: str | None = Field(
+        None, description="channel, campaign, platform, first_campaign, persona, property:KEY or trait:KEY"
+    )
+    journey: str | None = Field(
+        None, pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="whose personas `persona` uses"
+    )
     top: int = Field(10, ge=1, le=100)
     period: Literal["day", "week"] = "week"
 
 
-@router.post("/funnels", summary="Funnel conversion between ordered steps, in unique contacts")
+@router.post(
+    "/funnels", summary="Funnel conversion between steps (ordered, strict, any order), in unique contacts"
+)
 def funnel_endpoint(
     request: Request,
     spec: Annotated[FunnelRequest, Body()],
@@ -203,7 +229,20 @@ def funnel_endpoint(
     ] = None,
 ) -> Any:
     start, end = _period(spec.start, spec.end)
+    store = _store(request)
+    journey = None
+    if spec.breakdown == "persona" or spec.journey is not None:
+        try:
+            journey = get_journey(store, spec.journey)
+        except StageError as exc:
+            raise ApiError(400, "invalid_request", str(exc), "journey") from None
     try:
+        exclusions = []
+        for x in spec.exclusions:
+            try:
+                exclusions.append(Exclusion(parse_step(x.step), x.after, x.before))
+            except FunnelError as exc:
+                raise FunnelError("exclusions", str(exc)) from None
         funnel_spec = FunnelSpec(
             steps=[parse_step(s) for s in spec.steps],
             start=start,
@@ -212,10 +251,13 @@ def funnel_endpoint(
             breakdown=spec.breakdown,
             top=spec.top,
             period=spec.period,
+            order=spec.order,
+            exclusions=tuple(exclusions),
+            journey=journey,
         )
         if dropped_at is not None:
-            return {"contacts": dropped_contacts(_store(request), funnel_spec, dropped_at)}
-        return funnel(_store(request), funnel_spec)
+            return {"contacts": dropped_contacts(store, funnel_spec, dropped_at)}
+        return funnel(store, funnel_spec)
     except FunnelError as exc:
         raise ApiError(400, "invalid_request", str(exc), exc.field) from None
 
@@ -273,3 +315,51 @@ def transitions_endpoint(
     return transitions(
         _store(request), start, end, top=top, session_gap_seconds=duration_seconds(session_gap)
     )
+
+
+@router.get(
+    "/retention", summary="Retention cohorts: who came back in each period after their first start event"
+)
+def retention_endpoint(
+    request: Request,
+    since: Annotated[
+        datetime | None,
+        Query(alias="from", description="first cohort; default 30 days, 12 weeks or 12 months before `to`"),
+    ] = None,
+    until: Until = None,
+    period: Annotated[Literal["day", "week", "month"], Query(description="calendar periods in UTC")] = "week",
+    periods: Annotated[int, Query(ge=1, le=100, description="later periods after the cohort's own")] = 8,
+    start_event: Annotated[
+        str | None, Query(max_length=500, description="cohort by its first occurrence; default: first seen")
+    ] = None,
+    return_event: Annotated[
+        str | None, Query(max_length=500, description="what counts as coming back; default: any event")
+    ] = None,
+) -> dict[str, Any]:
+    from percorso.analytics.retention import RetentionError, RetentionSpec, default_range, retention
+
+    end = _aware(until) if until else datetime.now(UTC)
+    start = _aware(since) if since else default_range(period, end)[0]
+    if start >= end:
+        raise ApiError(400, "invalid_request", "`from` must be before `to`", "from")
+    try:
+        spec = RetentionSpec(
+            start=start,
+            end=end,
+            period=period,
+            periods=periods,
+            start_event=_parse_named_step(start_event, "start_event"),
+            return_event=_parse_named_step(return_event, "return_event"),
+        )
+        return retention(_store(request), spec)
+    except RetentionError as exc:
+        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+
+
+def _parse_named_step(text: str | None, field: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return parse_step(text)
+    except FunnelError as exc:
+        raise ApiError(400, "invalid_request", f"{field}: {exc}", field) from None

@@ -18,6 +18,7 @@ from percorso.collect.writer import GroupCommitWriter
 from percorso.config import Settings
 from percorso.events import Limits
 from percorso.store import Store, open_store
+from percorso.web import dashboard
 from percorso.web.analytics import router as analytics_router
 from percorso.web.automations import onsite as onsite_router
 from percorso.web.automations import public as links_router
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if stages is not None:
             stages.start()
         app.state.stage_worker = stages
-        engine = Engine(active, settings=EngineSettings(base_url=settings.base_url))
+        engine = Engine(active, settings=EngineSettings.from_settings(settings))
         app.state.engine = engine
         automation = None
         if settings.automation_worker:
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.store = active
         app.state.writer = writer
         app.state.keys = KeyRing(active)
+        if settings.dashboard_cache_seconds > 0:
+            dashboard.warm(app)
         try:
             yield
         finally:
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(automations_router)
     app.include_router(onsite_router)
     app.include_router(links_router)
+    dashboard.install(app, cache_seconds=settings.dashboard_cache_seconds)
 
     @app.get("/health", tags=["health"], summary="Liveness and store status")
     def health(request: Request) -> dict[str, Any]:

@@ -83,6 +83,12 @@ async def put_automation(request: Request, key: AutomationKey) -> dict[str, Any]
         raise ApiError(
             400, "invalid_request", f"the document's key is {automation.key!r}, the URL says {key!r}", "key"
         )
+    from percorso.automation.triggers import reference_problems
+
+    unknown = reference_problems(_store(request), automation, "body")
+    if unknown:
+        problems = [p.as_dict() for p in unknown]
+        raise ApiError(422, "invalid_automation", str(unknown[0]), unknown[0].field, problems=problems)
     return save_automation(_store(request), automation, "api")
 
 

@@ -25,6 +25,7 @@ import smtplib
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from functools import lru_cache
@@ -86,7 +87,11 @@ def _env_for(part: str) -> SandboxedEnvironment:
 @lru_cache(maxsize=256)
 def _compiled(part: str, source: str) -> Template:
     # The same step renders for many contacts; compile each template once.
-    return _env_for(part).from_string(source)
+    template = _env_for(part).from_string(source)
+    # Jinja chains the template's and the environment's globals and walks that chain on every
+    # render; both are fixed here, so one plain dict renders the same, faster.
+    template.globals = dict(template.globals)
+    return template
 
 
 def check_templates(subject: str, text: str, html: str | None) -> list[str]:
@@ -324,6 +329,7 @@ def build_message(
     unsubscribe_url: str | None,
     idempotency_key: str,
     domain: str = "percorso.local",
+    date: datetime | None = None,
 ) -> EmailMessage:
     """A MIME message: text, plus an HTML alternative when there is one, with one-click unsubscribe.
 
@@ -348,7 +354,7 @@ def build_message(
         ) from exc
     message["To"] = to
     message["Subject"] = " ".join(rendered.subject.split())
-    message["Date"] = formatdate(usegmt=True)
+    message["Date"] = formatdate(date.timestamp() if date else None, usegmt=True)  # the engine's time
     message["Message-ID"] = message_id(idempotency_key, domain)
     message["X-Percorso-Idempotency-Key"] = idempotency_key
     if unsubscribe_url is not None:
@@ -371,59 +377,130 @@ def send_email(message: EmailMessage, settings: SmtpSettings) -> None:
 
         send_email(message, SmtpSettings(host="127.0.0.1", port=1025))
     """
-    where = f"{settings.host}:{settings.port}"
-    try:
+    with SmtpSession(settings) as session:
+        session.send(message)
+
+
+class SmtpSession:
+    """One SMTP connection kept open for several messages (a sender's batch), failing the same
+    way as :func:`send_email`. A kept connection the server closed while idle is replaced once;
+    after any other failure the next message opens a new one.
+
+    Example::
+
+        with SmtpSession(settings) as session:
+            for message in messages:
+                session.send(message)
+    """
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self._client: smtplib.SMTP | None = None
+
+    def __enter__(self) -> SmtpSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                client.close()
+
+    def _connect(self) -> smtplib.SMTP:
+        settings = self.settings
         if settings.ssl:
             client: smtplib.SMTP = smtplib.SMTP_SSL(
                 settings.host, settings.port, timeout=settings.timeout, context=ssl.create_default_context()
             )
         else:
             client = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
-        with client:
+        try:
             if settings.starttls:
                 client.starttls(context=ssl.create_default_context())
             if settings.username:
                 client.login(settings.username, settings.password)
-            refused = client.send_message(message)
-    except smtplib.SMTPRecipientsRefused as exc:
-        raise _refused(where, exc.recipients) from exc
-    except smtplib.SMTPSenderRefused as exc:
-        raise _by_code(where, f"refused the sender {exc.sender}", exc.smtp_code, exc.smtp_error) from exc
-    except smtplib.SMTPDataError as exc:
-        raise _by_code(where, "refused the message", exc.smtp_code, exc.smtp_error) from exc
-    except smtplib.SMTPAuthenticationError as exc:
-        raise DeliveryError(
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _send(self, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
+        kept = self._client is not None
+        if self._client is None:
+            self._client = self._connect()
+        try:
+            return self._client.send_message(message)
+        except smtplib.SMTPServerDisconnected:
+            self._client.close()
+            self._client = None
+            if not kept:
+                raise
+        # The server closed the kept connection while it was idle: once more, on a new one.
+        self._client = self._connect()
+        return self._client.send_message(message)
+
+    def send(self, message: EmailMessage) -> None:
+        """Hand one message to the server; a failure raises :class:`DeliveryError`."""
+        where = f"{self.settings.host}:{self.settings.port}"
+        try:
+            refused = self._send(message)
+        except Exception as exc:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            error = _failure(exc, where, self.settings)
+            if error is exc:
+                raise
+            raise error from exc
+        if refused:  # some, not all, recipients refused
+            raise _refused(where, refused)
+
+
+def _failure(exc: Exception, where: str, settings: SmtpSettings) -> Exception:
+    """The :class:`DeliveryError` an SMTP exception means (anything else is returned as is)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return _refused(where, exc.recipients)
+    if isinstance(exc, smtplib.SMTPSenderRefused):
+        return _by_code(where, f"refused the sender {exc.sender}", exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, smtplib.SMTPDataError):
+        return _by_code(where, "refused the message", exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return DeliveryError(
             f"SMTP server {where} rejected the login for {settings.username!r} ({exc.smtp_code} "
             f"{_text(exc.smtp_error)}); check PERCORSO_SMTP_USER and PERCORSO_SMTP_PASSWORD",
             transient=True,
-        ) from exc
-    except smtplib.SMTPNotSupportedError as exc:
-        raise DeliveryError(
+        )
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return DeliveryError(
             f"SMTP server {where} does not support what the settings ask for ({exc}); "
             "check PERCORSO_SMTP_STARTTLS and PERCORSO_SMTP_SSL",
             transient=True,
-        ) from exc
-    except (smtplib.SMTPConnectError, smtplib.SMTPHeloError) as exc:
+        )
+    if isinstance(exc, smtplib.SMTPConnectError | smtplib.SMTPHeloError):
         # The server turned the connection away before any message was offered.
-        raise DeliveryError(
+        return DeliveryError(
             f"SMTP server {where} refused the connection: {exc.smtp_code} {_text(exc.smtp_error)}",
             transient=True,
-        ) from exc
-    except smtplib.SMTPServerDisconnected as exc:
-        raise DeliveryError(f"SMTP server {where} closed the connection: {exc}", transient=True) from exc
-    except smtplib.SMTPResponseException as exc:
-        raise _by_code(where, "answered", exc.smtp_code, exc.smtp_error) from exc
-    except TimeoutError as exc:
-        raise DeliveryError(
+        )
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return DeliveryError(f"SMTP server {where} closed the connection: {exc}", transient=True)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _by_code(where, "answered", exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, TimeoutError):
+        return DeliveryError(
             f"SMTP server {where} did not answer within {settings.timeout:g}s", transient=True
-        ) from exc
-    except (smtplib.SMTPException, OSError) as exc:
+        )
+    if isinstance(exc, smtplib.SMTPException | OSError):
         # Connection refused, DNS failures, TLS handshakes: the server, not the message.
-        raise DeliveryError(
+        return DeliveryError(
             f"could not deliver through SMTP server {where}: {type(exc).__name__}: {exc}", transient=True
-        ) from exc
-    if refused:  # some, not all, recipients refused
-        raise _refused(where, refused)
+        )
+    return exc
 
 
 def _text(reply: bytes | str) -> str:

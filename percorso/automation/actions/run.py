@@ -3,24 +3,30 @@
 :func:`act` runs at decision time. Messages are rendered then, so the outbox row holds exactly what
 will be sent and a resend after a crash sends the same bytes; consent, unsubscribes and frequency
 caps are checked then too. Profile changes (traits, tags) and on-site messages are written in the
-same transaction — no outbox needed. :func:`deliver_one` sends one claimed outbox row.
+same transaction — no outbox needed. :func:`send` sends one claimed outbox row and
+:func:`record_sent` marks a group of sent ones.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import msgspec
 
 from percorso.automation.actions.errors import DeliveryError
 from percorso.journey.definition import display, duration_seconds
 
 if TYPE_CHECKING:
+    from percorso.automation.actions.email import SmtpSession
     from percorso.automation.definition import Automation, Step
     from percorso.automation.engine import Batch, Engine, Enrollment
+    from percorso.events import Event
     from percorso.store.base import Session
 
 log = logging.getLogger("percorso.automation")
@@ -36,7 +42,7 @@ def act(
     engine: Engine, s: Session, batch: Batch, automation: Automation, enrollment: Enrollment, step: Step
 ) -> tuple[str, str | None]:
     """Performs (or queues) the step's action; returns the outcome logged for the step."""
-    profile = engine.profile(s, enrollment.live_contact)
+    profile = engine.profile(s, enrollment.live_contact, batch.contacts)
     if profile is None:
         return "skipped", "the contact was erased"
     key = idempotency_key(enrollment)
@@ -75,6 +81,8 @@ def act(
             ]
         )
         return "queued", None
+    if step.move_stage is not None:
+        return _move_stage(s, batch, enrollment, step, profile.contact_id, key)
     if step.emit is not None:
         emitted = {"event": step.emit.event, "properties": step.emit.properties}
         _queue(batch, key, enrollment, step, profile.contact_id, "event", "internal", emitted)
@@ -97,6 +105,39 @@ def act(
     if step.email is not None:
         return _email(engine, s, batch, automation, enrollment, step, profile, key)
     return "skipped", f"nothing to do for a {step.kind} step"
+
+
+def _move_stage(
+    s: Session, batch: Batch, enrollment: Enrollment, step: Step, contact_id: int, key: str
+) -> tuple[str, str | None]:
+    """Queues a ``Stage Moved`` event: the stage engine reads it as entering the stage, so the move
+    is part of the stage history that ``stages update``/``rebuild`` derive from events."""
+    from percorso.analytics.stages import STAGE_MOVED
+    from percorso.journey.definition import JourneyError, load_journey
+
+    move = step.move_stage
+    assert move is not None
+    rows = s.rows("SELECT definition FROM journeys WHERE journey_key = ?", [move.journey])
+    if not rows:
+        return "failed", f"no journey {move.journey!r} is stored"
+    raw = rows[0][0]
+    try:
+        journey = load_journey(raw if isinstance(raw, str) else msgspec.json.encode(raw).decode(), "store")
+    except JourneyError as exc:
+        return "failed", f"the stored journey {move.journey!r} is not valid: {exc}"
+    if move.stage not in journey.stage_keys():
+        return "failed", f"{move.stage!r} is not a stage of journey {move.journey}"
+    moved = {
+        "event": STAGE_MOVED,
+        "properties": {
+            "journey": move.journey,
+            "stage": move.stage,
+            "automation": enrollment.automation_key,
+            "step": step.id,
+        },
+    }
+    _queue(batch, key, enrollment, step, contact_id, "event", "internal", moved)
+    return "queued", f"to {move.journey}/{move.stage}"
 
 
 def _queue(
@@ -154,11 +195,7 @@ def _email(
         cap = automation.caps.get("email")
         if cap is not None:
             since = batch.now - timedelta(seconds=duration_seconds(cap.per))
-            sent = s.rows(
-                "SELECT count(*) FROM outbox WHERE contact_id = ? AND channel = 'email' AND category = 'marketing' "
-                "AND status IN ('pending', 'sending', 'sent') AND created_at > ?",
-                [profile.contact_id, since],
-            )[0][0]
+            sent = engine.marketing_emails(s, batch, profile.contact_id, since)
             if int(sent) + batch.queued[(profile.contact_id, "email")] >= cap.max:
                 return "capped", f"{cap.max} marketing emails per {cap.per} reached"
     unsubscribe = f"{engine.settings.base_url}/u/{engine.sign(f'{profile.contact_id}:email')}"
@@ -216,19 +253,31 @@ def _quote(url: str) -> str:
 # -- delivery ------------------------------------------------------------------------------
 
 
-def deliver_one(engine: Engine, row: dict[str, Any]) -> None:
-    """Sends one claimed outbox row and records the result (sent, retry later, or failed)."""
+@dataclass
+class Sent:
+    """A message the remote side accepted, not yet marked sent."""
+
+    row: dict[str, Any]
+    payload: dict[str, Any]
+    record: Event | None  # an ``emit`` step's event, stored when the row is marked sent
+
+
+def send(engine: Engine, row: dict[str, Any], smtp: SmtpSession | None = None) -> Sent | None:
+    """Sends one claimed outbox row (an email through ``smtp``, a connection kept open for the
+    sender's batch, when given). A failure is recorded at once (retry later with backoff, or
+    failed) and gives None; a success is recorded by :func:`record_sent`, with others."""
     from percorso.automation.actions.webhook import backoff_seconds
 
     payload = msgspec.json.decode(row["payload"])
     key = row["idempotency_key"]
+    record: Event | None = None
     try:
         if row["channel"] == "email":
-            _send_email(engine, key, payload)
+            _send_email(engine, key, payload, smtp)
         elif row["channel"] == "webhook":
             _send_webhook(key, payload)
         elif row["channel"] == "event":
-            _emit(
+            record = _event(
                 engine, key, row["contact_id"], payload["event"], payload.get("properties") or {}, "internal"
             )
         else:
@@ -237,39 +286,96 @@ def deliver_one(engine: Engine, row: dict[str, Any]) -> None:
         attempts = int(row["attempts"]) + 1
         give_up = not exc.transient or attempts >= _max_attempts()
         delay = exc.retry_after or backoff_seconds(attempts, key=key)
+        # Only while the claim is still ours: a worker that took the row over may have sent it.
+        lease = row.get("claimed_at")
         with engine.store.writing() as s:
             s.execute(
                 "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, claimed_at = NULL, last_error = ? "
-                "WHERE idempotency_key = ?",
+                "WHERE idempotency_key = ? AND status = 'sending'" + (" AND claimed_at = ?" if lease else ""),
                 [
                     "failed" if give_up else "pending",
                     attempts,
                     engine.clock.now() + timedelta(seconds=delay),
                     str(exc)[:1000],
                     key,
+                    *([lease] if lease else []),
                 ],
             )
         log.warning("%s %s: %s", "gave up on" if give_up else "will retry", key, exc)
+        return None
+    return Sent(row, payload, record)
+
+
+def record_sent(engine: Engine, done: list[Sent]) -> None:
+    """Marks ``done`` sent and stores what they produced — each email's ``Email Sent``
+    touchpoint, each ``emit`` step's event — in one transaction, so every one of them exists
+    exactly once. Only the remote side (SMTP server, webhook receiver) can see a message twice:
+    when the worker dies after the remote accepted it and before this commit."""
+    if not done:
         return
-    with engine.store.writing() as s:
-        s.execute(
-            "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, claimed_at = NULL, "
-            "last_error = NULL WHERE idempotency_key = ?",
-            [engine.clock.now(), key],
-        )
-    if row["channel"] == "email":
+    emails = [d for d in done if d.row["channel"] == "email"]
+    with engine.store.session() as s:
+        known = _identifiers(s, {int(d.row["contact_id"]) for d in emails})
+    records = [d.record for d in done if d.record is not None]
+    for d in emails:
         # What the business did is part of the journey: the email comes back as a touchpoint.
+        row = d.row
         try:
-            _emit(
-                engine,
-                f"{key}:sent",
-                row["contact_id"],
-                "Email Sent",
-                {"automation": row["automation_key"], "step": row["step"], "subject": payload["subject"]},
-                "email",
+            records.append(
+                _event(
+                    engine,
+                    f"{row['idempotency_key']}:sent",
+                    row["contact_id"],
+                    "Email Sent",
+                    {
+                        "automation": row["automation_key"],
+                        "step": row["step"],
+                        "subject": d.payload["subject"],
+                    },
+                    "email",
+                    ids=known.get(int(row["contact_id"])),
+                )
             )
         except DeliveryError as exc:
-            log.warning("could not record the sent email %s: %s", key, exc)
+            log.warning("could not record the sent email %s: %s", row["idempotency_key"], exc)
+    sent_at = engine.clock.now()
+    keys = [d.row["idempotency_key"] for d in done]
+
+    def mark_sent(s: Session) -> None:
+        among, params = s.member("idempotency_key", keys)
+        s.execute(
+            "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = ?, claimed_at = NULL, "
+            f"last_error = NULL WHERE {among}",
+            [sent_at, *params],
+        )
+
+    if records:
+        engine.store.ingest(records, also=mark_sent)
+        return
+    with engine.store.writing() as s:
+        mark_sent(s)
+
+
+def deliver_one(engine: Engine, row: dict[str, Any]) -> None:
+    """Sends one claimed outbox row and records the result (sent, retry later, or failed)."""
+    sent = send(engine, row)
+    if sent is not None:
+        record_sent(engine, [sent])
+
+
+def _identifiers(s: Session, contacts: set[int]) -> dict[int, dict[str, str]]:
+    """Each contact's identifiers by kind (the smallest of each), following merges; one query."""
+    if not contacts:
+        return {}
+    among, params = s.member("c.contact_id", sorted(contacts))
+    found: dict[int, dict[str, str]] = {}
+    for contact, kind, value in s.rows(
+        "SELECT c.contact_id, i.kind, min(i.value) FROM contacts c JOIN identities i "
+        f"ON i.contact_id = coalesce(c.merged_into, c.contact_id) WHERE {among} GROUP BY c.contact_id, i.kind",
+        params,
+    ):
+        found.setdefault(int(contact), {})[kind] = value
+    return found
 
 
 def _max_attempts() -> int:
@@ -278,7 +384,7 @@ def _max_attempts() -> int:
     return MAX_ATTEMPTS
 
 
-def _send_email(engine: Engine, key: str, payload: dict[str, Any]) -> None:
+def _send_email(engine: Engine, key: str, payload: dict[str, Any], smtp: SmtpSession | None = None) -> None:
     from percorso.automation.actions.email import RenderedEmail, build_message, send_email
 
     rendered = RenderedEmail(subject=payload["subject"], text=payload["text"], html=payload.get("html"))
@@ -288,8 +394,19 @@ def _send_email(engine: Engine, key: str, payload: dict[str, Any]) -> None:
         sender=engine.smtp.sender,
         unsubscribe_url=payload.get("unsubscribe_url"),
         idempotency_key=key,
+        date=engine.clock.now(),
     )
-    send_email(message, engine.smtp)
+    if smtp is not None:
+        smtp.send(message)
+    else:
+        send_email(message, engine.smtp)
+
+
+@lru_cache(maxsize=1)
+def _http() -> httpx.Client:
+    # One client per process, reusing connections: creating a client loads the CA bundle, which
+    # takes longer than a delivery.
+    return httpx.Client(follow_redirects=False)
 
 
 def _send_webhook(key: str, body: dict[str, Any]) -> None:
@@ -303,39 +420,59 @@ def _send_webhook(key: str, body: dict[str, Any]) -> None:
                 f"the webhook secret variable {body['secret_env']} is not set in this worker's environment",
                 transient=True,
             )
-    deliver_webhook(body["url"], body["payload"], secret=secret, idempotency_key=key)
+    deliver_webhook(body["url"], body["payload"], secret=secret, idempotency_key=key, client=_http())
 
 
 def _emit(
     engine: Engine, message_id: str, contact_id: int, event: str, properties: dict[str, Any], channel: str
 ) -> None:
     """Stores an event for the contact (message id = the idempotency key, so it is stored once)."""
+    engine.store.ingest([_event(engine, message_id, contact_id, event, properties, channel)])
+
+
+def _event(
+    engine: Engine,
+    message_id: str,
+    contact_id: int,
+    event: str,
+    properties: dict[str, Any],
+    channel: str,
+    *,
+    ids: dict[str, str] | None = None,
+) -> Event:
+    """An event for the contact to store (its message id is derived from the idempotency key).
+    ``ids``: the contact's identifiers by kind when the caller already read them."""
     from percorso.events import Limits, MessageError, parse_message
 
-    with engine.store.session() as s:
-        profile = engine.profile(s, int(contact_id))
-        engine.__dict__.pop("_profiles", None)
-    if profile is None:
+    profile = None
+    if not ids:
+        with engine.store.session() as s:
+            ids = _identifiers(s, {int(contact_id)}).get(int(contact_id), {})
+            # No identifier left: an email only in the traits, or the contact was erased.
+            profile = None if ids else engine.load_profile(s, int(contact_id))
+    if not ids and profile is None:
         raise DeliveryError(f"contact {contact_id} no longer exists", transient=False)
     message: dict[str, Any] = {
         "type": "track",
         "event": event,
         "messageId": message_id,
         "properties": properties,
-        # Wall-clock time: the event is stored now, whatever clock drives the engine's timers.
-        "timestamp": datetime.now(UTC).isoformat(),
+        # The engine's time (a replay runs on a simulated clock), but never later than the wall
+        # clock: the collector refuses events from the future.
+        "timestamp": min(engine.clock.now(), datetime.now(UTC)).isoformat(),
         "context": {"library": {"name": "percorso-automation", "version": "1"}, "channel": channel},
     }
-    if profile.user_id:
-        message["userId"] = profile.user_id
-    elif profile.anonymous_id:
-        message["anonymousId"] = profile.anonymous_id
-    elif profile.email:
-        message["context"]["traits"] = {"email": profile.email}
+    email = ids.get("email") or (profile.email if profile else None)
+    if ids.get("user_id"):
+        message["userId"] = ids["user_id"]
+    elif ids.get("anonymous_id"):
+        message["anonymousId"] = ids["anonymous_id"]
+    elif email:
+        message["context"]["traits"] = {"email": email}
     else:
         raise DeliveryError(f"contact {contact_id} has no identifier to attach the event to", transient=False)
     try:
-        parsed = parse_message(
+        return parse_message(
             msgspec.json.encode(message),
             received_at=datetime.now(UTC),
             classifier=engine.classifier,
@@ -344,4 +481,3 @@ def _emit(
         )
     except MessageError as exc:
         raise DeliveryError(f"the event is not valid: {exc}", transient=False) from None
-    engine.store.ingest([parsed])

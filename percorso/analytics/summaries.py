@@ -1,0 +1,103 @@
+"""Pain-point summaries in English and Italian: one sentence a person reads on the map.
+
+Pure functions of a finding's kind and its facts, so each language is tested on its own
+(``tests/test_painpoints.py``). Step labels are the journey's own and stay as written.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+LANGS = ("en", "it")
+
+
+def summaries(kind: str, facts: dict[str, Any]) -> dict[str, str]:
+    """The summary of a finding in every language: ``{"en": ..., "it": ...}``.
+
+    >>> summaries("loop", {"share": 0.31, "step": "Product Added", "next": "Checkout Started"})["it"]
+    "Il 31% dei contatti torna da «Checkout Started» a «Product Added» entro un'ora"
+    """
+    return {"en": _ENGLISH[kind](facts), "it": _ITALIAN[kind](facts)}
+
+
+def _pct(value: float) -> str:
+    return f"{value:.0%}"
+
+
+def _times(value: float, lang: str) -> str:
+    text = f"{value:.1f}"
+    return text.replace(".", ",") if lang == "it" else text
+
+
+def _day(value: date, lang: str) -> str:
+    return value.strftime("%d/%m/%Y") if lang == "it" else value.isoformat()
+
+
+def _dal(day: date) -> str:
+    """ "dal 14/09/2026", but "dall'8/09/2026" (otto), "dall'1/…" and "dall'11/…" (a vowel sound)."""
+    return f"dall'{_day(day, 'it')}" if day.day in (1, 8, 11) else f"dal {_day(day, 'it')}"
+
+
+def _al(day: date) -> str:
+    return f"all'{_day(day, 'it')}" if day.day in (1, 8, 11) else f"al {_day(day, 'it')}"
+
+
+def _il(value: float, capital: bool = False) -> str:
+    """The Italian article and percentage: "il 42%", but "l'8%", "l'11%", "l'80%" (a vowel sound)
+    and "lo 0%" (zero)."""
+    text = _pct(value)
+    number = int(text.rstrip("%"))
+    vowel = number in (1, 8, 11) or 80 <= number <= 89 or 800 <= number <= 899
+    article = "lo " if number == 0 else "l'" if vowel else "il "
+    if capital:
+        article = article.capitalize()
+    return f"{article}{text}"
+
+
+_ENGLISH = {
+    "dropoff": lambda f: (
+        f"{f['segment']}: {_pct(f['rate'])} drop off after {f['step']} against {_pct(f['baseline'])} elsewhere"
+    ),
+    "slow": lambda f: (
+        f"{f['segment']}: {f['step']} → {f['next']} takes {_times(f['ratio'], 'en')}x the usual time"
+    ),
+    "dip": lambda f: (
+        f"{f['step']} → {f['next']} converted {_pct(f['rate'])} from {_day(f['start'], 'en')} to "
+        f"{_day(f['end'], 'en')}, against {_pct(f['baseline'])} before and after"
+    ),
+    "support": lambda f: (
+        f"{_pct(f['share'])} of contacts contact support after {f['step']} (other steps: {_pct(f['baseline'])})"
+    ),
+    "errors": lambda f: (
+        f"{_pct(f['share'])} of contacts hit an error after {f['step']} (other steps: {_pct(f['baseline'])})"
+    ),
+    "loop": lambda f: (
+        f"{_pct(f['share'])} of contacts go back from {f['next']} to {f['step']} within an hour"
+    ),
+}
+
+_ITALIAN = {
+    "dropoff": lambda f: (
+        f"{f['segment']}: abbandona dopo «{f['step']}» {_il(f['rate'])} dei contatti, "
+        f"contro {_il(f['baseline'])} degli altri"
+    ),
+    "slow": lambda f: (
+        f"{f['segment']}: «{f['step']}» → «{f['next']}» richiede {_times(f['ratio'], 'it')} volte il tempo abituale"
+    ),
+    "dip": lambda f: (
+        f"«{f['step']}» → «{f['next']}» ha convertito {_il(f['rate'])} {_dal(f['start'])} {_al(f['end'])}, "
+        f"contro {_il(f['baseline'])} prima e dopo"
+    ),
+    "support": lambda f: (
+        f"{_il(f['share'], capital=True)} dei contatti si rivolge all'assistenza dopo «{f['step']}» "
+        f"(negli altri passi: {_il(f['baseline'])})"
+    ),
+    "errors": lambda f: (
+        f"{_il(f['share'], capital=True)} dei contatti incontra un errore dopo «{f['step']}» "
+        f"(negli altri passi: {_il(f['baseline'])})"
+    ),
+    "loop": lambda f: (
+        f"{_il(f['share'], capital=True)} dei contatti torna da «{f['next']}» a «{f['step']}» entro un'ora"
+    ),
+}

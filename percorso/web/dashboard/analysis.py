@@ -1,0 +1,271 @@
+"""Funnels (builder, chart, time to convert, trend, the contacts who dropped, saved as a segment)
+and paths (Sankey and the transition graph)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from percorso.analytics.funnel import (
+    BREAKDOWNS,
+    ORDERS,
+    Exclusion,
+    FunnelError,
+    FunnelSpec,
+    dropped_contacts,
+    funnel,
+    parse_step,
+)
+from percorso.analytics.paths import PathError, PathSpec, paths, transitions
+from percorso.journey.definition import DURATION_PATTERN, JourneyError, display, duration_seconds
+from percorso.store import Store
+from percorso.web.dashboard.filters import PageError, period, stored_journeys
+from percorso.web.dashboard.render import language, page
+from percorso.web.dashboard.twins import Editor, Viewer, both_on
+
+router = APIRouter(include_in_schema=False)
+both = both_on(router)
+
+DROPPED_LIMIT = 500
+SEGMENT_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _journey_funnels(store: Store, lang: str) -> list[dict[str, Any]]:
+    """The funnels defined in journeys, offered as starting points in the builder."""
+    out = []
+    for journey in stored_journeys(store):
+        for f in journey.funnels:
+            out.append(
+                {
+                    "journey": journey.key,
+                    "key": f.key,
+                    "name": display(f.name, lang),
+                    "steps": [_condition_text(c) for c in f.steps],
+                    "window": f.window,
+                }
+            )
+    return out
+
+
+def _condition_text(condition: Any) -> str:
+    for kind in ("event", "page", "type", "name", "channel"):
+        value = getattr(condition, kind, None)
+        if value:
+            return value if kind == "event" and isinstance(value, str) else f"{kind}:{value}"
+    return str(condition)
+
+
+def funnel_form(request: Request, lang: str) -> dict[str, Any]:
+    """The builder's state from the query string; a journey funnel (``funnel=``) fills the gaps."""
+    q = request.query_params
+    steps = [s.strip() for s in q.getlist("step") if s.strip()]
+    window = q.get("window") or ""
+    chosen = q.get("funnel")
+    known = _journey_funnels(_store(request), lang)
+    if chosen and not steps:
+        match = next(
+            (f for f in known if f["key"] == chosen and f["journey"] == (q.get("journey") or f["journey"])),
+            None,
+        )
+        if match is None:
+            raise PageError(f"there is no funnel {chosen!r} in the stored journeys", "funnel")
+        steps, window = match["steps"], window or match["window"]
+    if not steps and known:
+        steps, window = known[0]["steps"], window or known[0]["window"]
+    window = window or "14d"
+    if not re.fullmatch(DURATION_PATTERN, window):
+        raise PageError(f"window: {window!r} is not a duration such as 30m, 12h, 14d or 2w", "window")
+    order = q.get("order") or "ordered"
+    if order not in ORDERS:
+        raise PageError(f"order: {order!r} is not one of {', '.join(ORDERS)}", "order")
+    dropped = q.get("dropped")
+    if dropped and (not dropped.isdigit() or not 1 <= int(dropped) < max(len(steps), 2)):
+        raise PageError(
+            f"dropped: {dropped!r} is not a step that has a next step (1–{len(steps) - 1})", "dropped"
+        )
+    return {
+        "steps": steps,
+        "window": window,
+        "order": order,
+        "exclude": [e.strip() for e in q.getlist("exclude") if e.strip()],
+        "breakdown": q.get("breakdown") or "",
+        "funnel": chosen or "",
+        "journey": q.get("journey") or "",
+        "dropped": int(dropped) if dropped else None,
+        "period": period(request).as_dict(),
+    }
+
+
+def _spec(request: Request, form: dict[str, Any]) -> FunnelSpec:
+    chosen = period(request)
+    journey = None
+    if form["breakdown"] == "persona":
+        journeys = stored_journeys(_store(request))
+        journey = next((j for j in journeys if j.key == form["journey"]), journeys[0] if journeys else None)
+    try:
+        return FunnelSpec(
+            steps=[parse_step(s) for s in form["steps"]],
+            start=chosen.start,
+            end=chosen.end,
+            window_seconds=duration_seconds(form["window"]),
+            breakdown=form["breakdown"] or None,
+            order=form["order"],
+            exclusions=tuple(Exclusion(step=parse_step(e)) for e in form["exclude"]),
+            journey=journey,
+        )
+    except (FunnelError, JourneyError, ValueError) as exc:
+        raise PageError(str(exc), getattr(exc, "field", "steps")) from None
+
+
+@both("/funnels")
+def funnels_page(request: Request, session: Viewer) -> Response:
+    lang = language(request)
+    form = funnel_form(request, lang)
+    data: dict[str, Any] = {
+        "form": form,
+        "journey_funnels": _journey_funnels(_store(request), lang),
+        "orders": list(ORDERS),
+        "breakdowns": BREAKDOWNS,
+        "result": None,
+        "dropped": None,
+    }
+    if len(form["steps"]) >= 2:
+        spec = _spec(request, form)
+        store = _store(request)
+        key = ("funnel", repr(spec))
+        try:
+            entry = request.app.state.dashboard_cache.get(key, lambda: funnel(store, spec))
+            data["result"] = entry.value
+            data["computed_at"] = entry.computed_at.isoformat()
+            if form["dropped"]:
+                data["dropped"] = {
+                    "step": form["dropped"],
+                    "label": form["steps"][form["dropped"] - 1],
+                    "contacts": [
+                        {**c, "reached_at": datetime.fromtimestamp(c["reached_at_epoch"], UTC).isoformat()}
+                        for c in dropped_contacts(store, spec, form["dropped"], limit=DROPPED_LIMIT)
+                    ],
+                    "limit": DROPPED_LIMIT,
+                }
+        except FunnelError as exc:
+            raise PageError(str(exc), exc.field) from None
+    return page(request, "funnels.html", data, active="funnels")
+
+
+@router.post("/funnels/segment")
+def save_segment(
+    request: Request,
+    session: Editor,
+    name: Annotated[str, Form(max_length=100)],
+    query: Annotated[str, Form(max_length=4000)],
+) -> Response:
+    """Saves the contacts who dropped at a step as a segment (usable as a map filter)."""
+    from starlette.datastructures import QueryParams
+
+    name = name.strip()
+    if not name:
+        raise PageError("give the segment a name", "name")
+    key = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-")[:50] or "segment"
+    if not SEGMENT_KEY.match(key):
+        raise PageError(f"{name!r} cannot be made into a segment key", "name")
+    scope = dict(request.scope)
+    scope["query_string"] = query.lstrip("?").encode()
+    sub = Request(scope, request.receive)
+    form = funnel_form(sub, language(request))
+    if not form["dropped"]:
+        raise PageError("choose the step whose dropped contacts form the segment", "dropped")
+    spec = _spec(sub, form)
+    store = _store(request)
+    try:
+        contacts = dropped_contacts(store, spec, form["dropped"], limit=1_000_000)
+    except FunnelError as exc:
+        raise PageError(str(exc), exc.field) from None
+    with store.writing() as s:
+        if s.rows("SELECT 1 FROM segments WHERE segment_key = ?", [key]):
+            key = f"{key}-{secrets.token_hex(2)}"
+        s.execute(
+            "INSERT INTO segments (segment_key, name, source, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+            [
+                key,
+                name,
+                _json({"funnel": form, "query": str(QueryParams(query.lstrip("?")))}),
+                session.user.email,
+                datetime.now(UTC),
+            ],
+        )
+        ids = sorted({int(c["contact_id"]) for c in contacts})
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            s.execute(
+                "INSERT INTO segment_members (segment_key, contact_id) VALUES "
+                + ", ".join("(?, ?)" for _ in chunk),
+                [v for cid in chunk for v in (key, cid)],
+            )
+    request.app.state.dashboard_cache.clear()
+    return RedirectResponse(f"/map?segment={key}", status_code=303)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str)
+
+
+# -- paths ----------------------------------------------------------------------------------------
+@both("/paths")
+def paths_page(request: Request, session: Viewer) -> Response:
+    q = request.query_params
+    chosen = period(request)
+    max_steps = _int(q.get("max_steps"), 5, 2, 10, "max_steps")
+    top = _int(q.get("top"), 40, 5, 200, "top")
+    gap = q.get("session_gap") or "30m"
+    if not re.fullmatch(DURATION_PATTERN, gap):
+        raise PageError(f"session_gap: {gap!r} is not a duration such as 30m or 2h", "session_gap")
+    form: dict[str, Any] = {
+        "from_step": q.get("from_step") or "",
+        "to_step": q.get("to_step") or "",
+        "max_steps": max_steps,
+        "top": top,
+        "session_gap": gap,
+        "period": chosen.as_dict(),
+    }
+    store = _store(request)
+    try:
+        spec = PathSpec(
+            start=chosen.start,
+            end=chosen.end,
+            from_step=parse_step(form["from_step"]).condition if form["from_step"] else None,
+            to_step=parse_step(form["to_step"]).condition if form["to_step"] else None,
+            max_steps=max_steps,
+            top_edges=top,
+            session_gap_seconds=duration_seconds(gap),
+        )
+        cache = request.app.state.dashboard_cache
+        result = cache.get(("paths", repr(spec)), lambda: paths(store, spec)).value
+        graph = cache.get(
+            ("transitions", chosen, gap),
+            lambda: transitions(
+                store, chosen.start, chosen.end, top=30, session_gap_seconds=duration_seconds(gap)
+            ),
+        ).value
+    except (PathError, FunnelError) as exc:
+        raise PageError(str(exc), exc.field) from None
+    return page(request, "paths.html", {"form": form, "paths": result, "transitions": graph}, active="paths")
+
+
+def _int(value: str | None, default: int, low: int, high: int, field: str) -> int:
+    if not value:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise PageError(f"{field}: {value!r} is not a whole number from {low} to {high}", field)
+    return int(value)

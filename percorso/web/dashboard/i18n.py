@@ -1,0 +1,98 @@
+"""The dashboard's languages: English and Italian text, numbers and dates in the reader's locale.
+
+Text lives in ``messages.yaml`` (one key, both languages side by side, so a missing translation
+is visible in review and caught by a test). The language is, in order: the ``lang`` cookie set
+by the switcher, the signed-in user's saved choice, the browser's ``Accept-Language``, English.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from babel import Locale
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_decimal, format_percent
+
+LANGS = ("en", "it")
+DEFAULT = "en"
+BABEL_LOCALES = {"en": "en_GB", "it": "it_IT"}
+COOKIE = "percorso_lang"
+
+
+@cache
+def catalog() -> dict[str, dict[str, str]]:
+    data = yaml.safe_load((Path(__file__).parent / "messages.yaml").read_text(encoding="utf-8"))
+    return {str(k): {str(lang): str(text) for lang, text in v.items()} for k, v in data.items()}
+
+
+def negotiate(accept_language: str | None) -> str:
+    """The best of our languages for an ``Accept-Language`` header (q-values respected)."""
+    best, best_q = DEFAULT, -1.0
+    for part in (accept_language or "").split(","):
+        tag, _, params = part.strip().partition(";")
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                q = 0.0
+        lang = tag.strip().lower().split("-")[0]
+        if lang in LANGS and q > best_q:
+            best, best_q = lang, q
+    return best
+
+
+class Translator:
+    """Text and formatting for one language; templates get it as ``t``, ``num``, ``pct``, ``date``."""
+
+    def __init__(self, lang: str):
+        self.lang = lang if lang in LANGS else DEFAULT
+        self.locale = Locale.parse(BABEL_LOCALES[self.lang])
+
+    def __call__(self, key: str, **values: Any) -> str:
+        entry = catalog().get(key)
+        if entry is None:
+            return key
+        text = entry.get(self.lang) or entry[DEFAULT]
+        return text.format(**values) if values else text
+
+    def num(self, value: Any, digits: int = 0) -> str:
+        if value is None:
+            return "–"
+        fmt = "#,##0" + ("." + "0" * digits if digits else "")
+        return format_decimal(value, format=fmt, locale=self.locale)
+
+    def pct(self, value: Any, digits: int = 1) -> str:
+        if value is None:
+            return "–"
+        fmt = "#,##0" + ("." + "0" * digits if digits else "") + "%"
+        return format_percent(value, format=fmt, locale=self.locale)
+
+    def date(self, value: Any, fmt: str = "medium") -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return format_date(value, format=fmt, locale=self.locale)
+
+    def datetime(self, value: Any) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return format_datetime(value, format="short", locale=self.locale)
+
+    def duration(self, seconds: Any) -> str:
+        """A time span the way people say it: 40 min, 3.5 h, 12 days."""
+        if seconds is None:
+            return "–"
+        s = float(seconds)
+        if s < 3600:
+            return f"{self.num(s / 60)} {self('unit.min')}"
+        if s < 2 * 86400:
+            return f"{self.num(s / 3600, 1)} {self('unit.hours')}"
+        return f"{self.num(s / 86400, 1)} {self('unit.days')}"

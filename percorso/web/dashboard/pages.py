@@ -1,0 +1,390 @@
+"""Sign-in, the overview and the journey map: the pages a newcomer sees first.
+
+Each page has a JSON twin at the same path plus ``.json`` that returns the very dict the
+template renders (principle 7 of docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import quote, urlsplit
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from percorso.analytics.journeymap import journey_map
+from percorso.analytics.sql import Sql
+from percorso.journey.definition import display
+from percorso.store import Store
+from percorso.web.dashboard.filters import Filters, PageError, journey_filters
+from percorso.web.dashboard.i18n import COOKIE as LANG_COOKIE
+from percorso.web.dashboard.i18n import LANGS
+from percorso.web.dashboard.render import html, language, page
+from percorso.web.dashboard.security import COOKIE, current_session
+from percorso.web.dashboard.twins import Editor, Viewer, both_on
+from percorso.web.dashboard.users import set_locale, sign_in, sign_out, user_count
+
+router = APIRouter(include_in_schema=False)
+both = both_on(router)
+
+NOTE_MAX = 500
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths: an attacker's link must not bounce a fresh sign-in to their site.
+    if not target or not target.startswith("/") or target.startswith("//") or urlsplit(target).netloc:
+        return "/"
+    return target
+
+
+def _cookie_secure(request: Request) -> bool:
+    return request.url.scheme == "https" or request.app.state.settings.base_url.startswith("https://")
+
+
+# -- sign-in --------------------------------------------------------------------------------------
+@router.get("/login")
+def login_form(request: Request, next: str = "/", lang: str | None = None) -> Response:
+    if current_session(request) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    chosen = lang if lang in LANGS else None
+    response = html(
+        request,
+        "login.html",
+        {"next": _safe_next(next), "error": None, "no_users": user_count(_store(request)) == 0},
+        lang=chosen,
+    )
+    if chosen:
+        response.set_cookie(LANG_COOKIE, chosen, max_age=365 * 86400, samesite="lax")
+    return response
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    email: Annotated[str, Form(max_length=320)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    found = sign_in(_store(request), email, password) if email and password else None
+    if found is None:
+        return html(
+            request,
+            "login.html",
+            {"next": _safe_next(next), "error": "login.failed", "email": email, "no_users": False},
+            status=401,
+        )
+    token, session = found
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=int((session.expires_at - datetime.now(UTC)).total_seconds()),
+        httponly=True,
+        samesite="lax",
+        secure=_cookie_secure(request),
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, session: Viewer) -> Response:
+    token = request.cookies.get(COOKIE)
+    if token:
+        sign_out(_store(request), token)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+@router.post("/lang")
+def switch_language(
+    request: Request, session: Viewer, lang: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
+) -> Response:
+    if lang not in LANGS:
+        raise PageError(f"language must be one of {', '.join(LANGS)}, not {lang!r}", "lang")
+    set_locale(_store(request), session.user.email, lang)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax")
+    return response
+
+
+# -- shared analytics, cached ---------------------------------------------------------------------
+def contact_filter(store: Store, filters: Filters) -> Sql | None:
+    """The map's channel and segment filters as one ``SELECT contact_id``."""
+    parts: list[Sql] = []
+    if filters.channel:
+        parts.append(
+            Sql(
+                "SELECT DISTINCT i.contact_id FROM events e JOIN identities i ON i.identity_id = e.identity_id "
+                "WHERE e.channel = ? AND e.timestamp >= ? AND e.timestamp < ?",
+                [filters.channel, filters.period.start, filters.period.end],
+            )
+        )
+    if filters.segment:
+        with store.session() as s:
+            if not s.rows("SELECT 1 FROM segments WHERE segment_key = ?", [filters.segment]):
+                raise PageError(f"there is no saved segment {filters.segment!r}", "segment")
+        parts.append(
+            Sql(
+                "SELECT coalesce(c.merged_into, c.contact_id) FROM segment_members m "
+                "JOIN contacts c ON c.contact_id = m.contact_id WHERE m.segment_key = ?",
+                [filters.segment],
+            )
+        )
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return Sql(
+        f"SELECT contact_id FROM ({parts[0].text}) a(contact_id) WHERE contact_id IN ({parts[1].text})",
+        [*parts[0].params, *parts[1].params],
+    )
+
+
+def cached_map(request: Request, filters: Filters, lang: str, period: Any = None) -> dict[str, Any]:
+    store = _store(request)
+    chosen = period or filters.period
+
+    def compute() -> dict[str, Any]:
+        result = journey_map(
+            store,
+            filters.journey,
+            persona=filters.persona,
+            start=chosen.start,
+            end=chosen.end,
+            lang=lang,
+            refresh=False,
+            only=contact_filter(store, filters),
+        )
+        result["notes_by_stage"] = map_notes(store, filters.journey.key)
+        return result
+
+    key = ("map", *filters.key(), chosen, lang)
+    entry = request.app.state.dashboard_cache.get(key, compute, refresh=filters.refresh)
+    return {**entry.value, "computed_at": entry.computed_at.isoformat(), "compute_seconds": entry.seconds}
+
+
+def map_notes(store: Store, journey_key: str) -> dict[str, list[dict[str, Any]]]:
+    with store.session() as s:
+        rows = s.dicts(
+            "SELECT note_id, stage_key, text, author, created_at FROM map_notes WHERE journey_key = ? "
+            "ORDER BY created_at",
+            [journey_key],
+        )
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["stage_key"], []).append({**row, "created_at": row["created_at"].isoformat()})
+    return out
+
+
+def _channels(store: Store) -> list[str]:
+    with store.session() as s:
+        return [r[0] for r in s.rows("SELECT DISTINCT channel FROM events ORDER BY channel LIMIT 50")]
+
+
+def _segments(store: Store) -> list[dict[str, Any]]:
+    with store.session() as s:
+        return s.dicts("SELECT segment_key, name FROM segments ORDER BY name")
+
+
+def _options(request: Request, filters: Filters, lang: str) -> dict[str, Any]:
+    store = _store(request)
+    cache = request.app.state.dashboard_cache
+    channels = cache.get(("channels",), lambda: _channels(store)).value
+    return {
+        "journeys": [{"key": j.key, "name": display(j.name, lang)} for j in filters.journeys],
+        "personas": [{"key": p.key, "name": display(p.name, lang)} for p in filters.journey.personas],
+        "channels": channels,
+        "segments": _segments(store),
+    }
+
+
+# -- overview -------------------------------------------------------------------------------------
+@both("/")
+def overview(request: Request, session: Viewer) -> Response:
+    lang = language(request)
+    try:
+        filters = journey_filters(request)
+    except PageError as exc:
+        if exc.key == "empty.no_journey":
+            return page(request, "overview.html", {"empty": True, **_totals(request)}, active="overview")
+        raise
+    jmap = cached_map(request, filters, lang)
+    stages = jmap["stages"]
+    first = stages[0]["contacts"]["entered"] if stages else 0
+    purchase = next((s for s in stages if "purchase" in s["stage"]), stages[-1] if stages else None)
+    nps_num = sum((s["emotion"].get("nps") or 0) * (s["emotion"].get("nps_responses") or 0) for s in stages)
+    nps_n = sum(s["emotion"].get("nps_responses") or 0 for s in stages)
+    pains = sorted(
+        [p for s in stages for p in s["pain_points"]] + jmap.get("unplaced_pain_points", []),
+        key=lambda p: p.get("rank") or 0,
+    )
+    data = {
+        "empty": False,
+        "filters": filters.as_dict(),
+        **_totals(request),
+        "conversion_to_purchase": {
+            "stage": purchase["stage"] if purchase else None,
+            "name": purchase["name"] if purchase else None,
+            "value": (purchase["contacts"]["entered"] / first) if purchase and first else None,
+        },
+        "nps": {"value": round(nps_num / nps_n, 1) if nps_n else None, "responses": nps_n},
+        "stage_distribution": [
+            {"stage": s["stage"], "name": s["name"], "contacts": s["contacts"]["now"]} for s in stages
+        ],
+        "stage_trend": _trend(request, filters, lang),
+        "top_pain_points": pains[:5],
+        "recent_activity": _recent(request),
+        "computed_at": jmap["computed_at"],
+    }
+    return page(request, "overview.html", data, active="overview")
+
+
+def _totals(request: Request) -> dict[str, Any]:
+    store = _store(request)
+    counts = request.app.state.dashboard_cache.get(("counts",), store.counts).value
+    return {"contacts": counts["contacts"], "events": counts["events"]}
+
+
+def _trend(request: Request, filters: Filters, lang: str) -> list[dict[str, Any]]:
+    from percorso.analytics.stages import stage_overview
+
+    store = _store(request)
+
+    def compute() -> list[dict[str, Any]]:
+        result = stage_overview(
+            store, filters.journey, since=filters.period.start, until=filters.period.end, lang=lang
+        )
+        return list(result["over_time"])
+
+    return list(request.app.state.dashboard_cache.get(("trend", *filters.key(), lang), compute).value)
+
+
+def _recent(request: Request, limit: int = 12) -> list[dict[str, Any]]:
+    store = _store(request)
+
+    def compute() -> list[dict[str, Any]]:
+        return _latest_events(store, limit)
+
+    # Short-lived: "recent" should feel live, but a sort over every event need not run per view.
+    entry = request.app.state.dashboard_cache.get(("recent", limit), compute)
+    if (datetime.now(UTC) - entry.computed_at).total_seconds() > 5:
+        entry = request.app.state.dashboard_cache.get(("recent", limit), compute, refresh=True)
+    return list(entry.value)
+
+
+def _latest_events(store: Store, limit: int) -> list[dict[str, Any]]:
+    with store.session() as s:
+        rows = s.dicts(
+            "SELECT e.timestamp, e.type, coalesce(e.event, e.name, e.page_path, e.type) AS what, e.channel, "
+            "i.contact_id FROM events e JOIN identities i ON i.identity_id = e.identity_id "
+            "ORDER BY e.received_at DESC, e.timestamp DESC LIMIT ?",
+            [limit],
+        )
+    return [{**r, "timestamp": r["timestamp"].isoformat()} for r in rows]
+
+
+# -- journey map ----------------------------------------------------------------------------------
+@both("/map")
+def map_page(request: Request, session: Viewer) -> Response:
+    lang = language(request)
+    filters = journey_filters(request)
+    data: dict[str, Any] = {"filters": filters.as_dict(), "options": _options(request, filters, lang)}
+    data["map"] = cached_map(request, filters, lang)
+    compare = request.query_params.get("compare_from") or request.query_params.get("compare_to")
+    if compare:
+        from percorso.web.dashboard.filters import period as parse_period
+
+        before = parse_period(request, "compare_")
+        data["filters"]["compare_from"] = before.first.isoformat()
+        data["filters"]["compare_to"] = before.last.isoformat()
+        data["compare"] = cached_map(request, filters, lang, before)
+        data["deltas"] = _deltas(data["compare"], data["map"])
+    data["suggestions"] = _suggestions(data["map"])
+    return page(request, "map.html", data, active="map")
+
+
+def _deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per stage, how contacts, conversion and time in stage changed from one period to the other."""
+    out: dict[str, dict[str, Any]] = {}
+    old = {s["stage"]: s for s in before["stages"]}
+    for s in after["stages"]:
+        o = old.get(s["stage"])
+        if o is None:
+            continue
+
+        def diff(a: Any, b: Any) -> Any:
+            return None if a is None or b is None else b - a
+
+        out[s["stage"]] = {
+            "entered": diff(o["contacts"]["entered"], s["contacts"]["entered"]),
+            "conversion_to_next": diff(o["conversion_to_next"], s["conversion_to_next"]),
+            "median_seconds": diff(
+                o["time_in_stage"]["median_seconds"], s["time_in_stage"]["median_seconds"]
+            ),
+            "emotion": diff(o["emotion"]["score"], s["emotion"]["score"]),
+        }
+    return out
+
+
+def _suggestions(jmap: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Opportunities the data suggests: look at (and reach) the contacts behind each pain point."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for stage in jmap["stages"]:
+        for pain in stage["pain_points"]:
+            seen = {(s["funnel"], s["step"]) for s in out.get(stage["stage"], [])}
+            if (
+                pain.get("funnel")
+                and pain.get("step_index")
+                and (pain["funnel"], pain["step_index"]) not in seen
+            ):
+                out.setdefault(stage["stage"], []).append(
+                    {
+                        "pain": pain.get("summary"),
+                        "funnel": pain["funnel"],
+                        "step": pain["step_index"],
+                        "link": f"/funnels?journey={quote(jmap['journey'])}&funnel={quote(str(pain['funnel']))}"
+                        f"&dropped={int(pain['step_index'])}",
+                    }
+                )
+    return out
+
+
+@router.post("/map/notes")
+def add_note(
+    request: Request,
+    session: Editor,
+    journey: Annotated[str, Form(max_length=63)],
+    stage: Annotated[str, Form(max_length=63)],
+    text: Annotated[str, Form()],
+    next: Annotated[str, Form(max_length=2000)] = "/map",
+) -> Response:
+    text = text.strip()
+    if not text:
+        raise PageError("the note is empty", "text")
+    if len(text) > NOTE_MAX:
+        raise PageError(f"a note holds at most {NOTE_MAX} characters ({len(text)} given)", "text")
+    store = _store(request)
+    from percorso.analytics.stages import StageError, get_journey
+
+    try:
+        definition = get_journey(store, journey)
+    except StageError as exc:
+        raise PageError(str(exc), "journey", status=404) from None
+    if stage not in {s.key for s in definition.stages}:
+        raise PageError(f"the journey {journey} has no stage {stage!r}", "stage")
+    with store.writing() as s:
+        s.execute(
+            "INSERT INTO map_notes (note_id, journey_key, stage_key, text, author, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [secrets.token_hex(8), journey, stage, text, session.user.email, datetime.now(UTC)],
+        )
+    request.app.state.dashboard_cache.clear()
+    return RedirectResponse(_safe_next(next), status_code=303)

@@ -1,0 +1,217 @@
+// percorso dashboard: draws the charts whose data the server put in JSON script blocks, and
+// exports the journey map as PNG. No inline scripts anywhere (see the Content-Security-Policy).
+(function () {
+  "use strict";
+  var PALETTE = ["#2f6fdf", "#12805c", "#b54708", "#7a5af8", "#c4320a", "#0e9384", "#667085", "#dd2590"];
+
+  function data(el) {
+    var source = document.getElementById(el.getAttribute("data-source"));
+    return source ? JSON.parse(source.textContent) : null;
+  }
+
+  // Tooltips are drawn on the canvas (richText), never as HTML: labels are customer data.
+  function base() {
+    return { color: PALETTE, tooltip: { trigger: "axis", renderMode: "richText" }, grid: { left: 48, right: 16, top: 24, bottom: 40 } };
+  }
+
+  var builders = {
+    bar: function (d) {
+      var o = base();
+      o.xAxis = { type: "category", data: d.labels, axisLabel: { interval: 0, width: 90, overflow: "truncate" } };
+      o.yAxis = { type: "value" };
+      o.series = [{ type: "bar", data: d.values, label: { show: true, position: "top" } }];
+      return o;
+    },
+    stacked: function (d) {
+      var o = base();
+      o.legend = { top: 0, data: d.names };
+      o.grid.top = 40;
+      o.xAxis = { type: "category", data: d.periods };
+      o.yAxis = { type: "value" };
+      o.series = d.series.map(function (key, i) {
+        return { name: d.names[i], type: "line", stack: "all", areaStyle: {}, symbol: "none",
+                 data: d.rows.map(function (r) { return r[key] || 0; }) };
+      });
+      return o;
+    },
+    emotion: function (d) {
+      var o = base();
+      o.grid = { left: 8, right: 8, top: 16, bottom: 8, containLabel: false };
+      o.xAxis = { type: "category", data: d.labels, show: false, boundaryGap: true };
+      o.yAxis = { type: "value", min: -1, max: 1, show: false };
+      o.legend = d.before ? { top: 0, right: 8, data: [d.now, d.then] } : undefined;
+      o.series = [{
+        name: d.now, type: "line", smooth: true, connectNulls: false, symbolSize: 10,
+        data: d.scores.map(function (s, i) { return { value: s, itemStyle: { opacity: d.evidence[i] === "low" ? 0.5 : 1 } }; }),
+        markLine: { silent: true, symbol: "none", label: { show: false }, lineStyle: { type: "dashed", color: "#98a2b3" }, data: [{ yAxis: 0 }] },
+        label: { show: true, formatter: function (p) { return p.value == null ? "" : (p.value > 0 ? "+" : "") + Number(p.value).toFixed(2); } }
+      }];
+      if (d.before) {
+        o.series.push({ name: d.then, type: "line", smooth: true, symbolSize: 6, lineStyle: { type: "dashed" }, data: d.before });
+      }
+      return o;
+    },
+    funnel: function (d) {
+      var o = base();
+      o.tooltip.trigger = "item";
+      o.xAxis = { type: "category", data: d.labels, axisLabel: { interval: 0, width: 110, overflow: "truncate" } };
+      o.yAxis = { type: "value" };
+      o.series = [
+        { name: d.names[0], type: "bar", stack: "f", data: d.converted, label: { show: true, position: "inside" } },
+        { name: d.names[1], type: "bar", stack: "f", data: d.dropped, itemStyle: { color: "#fda29b" } }
+      ];
+      o.legend = { top: 0, data: d.names };
+      o.grid.top = 36;
+      return o;
+    },
+    histogram: function (d) {
+      var o = base();
+      o.xAxis = { type: "category", data: d.labels };
+      o.yAxis = { type: "value" };
+      o.series = [{ type: "bar", data: d.values, barCategoryGap: "10%" }];
+      return o;
+    },
+    line: function (d) {
+      var o = base();
+      o.xAxis = { type: "category", data: d.labels };
+      o.yAxis = { type: "value", axisLabel: { formatter: function (v) { return Math.round(v * 100) + "%"; } } };
+      o.series = [{ type: "line", data: d.values, smooth: true }];
+      return o;
+    },
+    sankey: function (d) {
+      var labels = {};
+      d.nodes.forEach(function (n) { labels[n.id] = n.label; });
+      var measure = d.measure || "transitions";
+      return {
+        tooltip: { trigger: "item", renderMode: "richText",
+                   formatter: function (p) {
+                     if (p.dataType === "edge") return labels[p.data.source] + " → " + labels[p.data.target] + ": " + p.data.value;
+                     return labels[p.name] || p.name;
+                   } },
+        series: [{ type: "sankey", left: 8, right: 120, nodeAlign: "left", emphasis: { focus: "adjacency" },
+                   data: d.nodes.map(function (n) { return { name: n.id }; }),
+                   links: d.links.map(function (l) { return { source: l.source, target: l.target, value: l[measure] }; }),
+                   lineStyle: { color: "gradient", curveness: 0.5, opacity: 0.35 },
+                   label: { fontSize: 11, formatter: function (p) { return labels[p.name] || p.name; } } }]
+      };
+    },
+    graph: function (d) {
+      return {
+        tooltip: { trigger: "item", renderMode: "richText" },
+        series: [{ type: "graph", layout: "none", roam: true, symbolSize: [150, 44], symbol: "roundRect",
+                   label: { show: true, fontSize: 11 }, edgeSymbol: ["none", "arrow"], edgeLabel: { show: true, fontSize: 10, formatter: "{c}" },
+                   data: d.nodes, links: d.links, itemStyle: { color: "#eef4ff", borderColor: "#2f6fdf" },
+                   lineStyle: { color: "#98a2b3", width: 1.5 } }]
+      };
+    },
+    // An automation's steps: the server lays them out (x/y), we only draw. Text is set as
+    // plain text from data (never HTML): step names come from definitions people edit. Edge
+    // counts sit on invisible points at each edge's middle, so they read level, not along the line.
+    flow: function (d) {
+      var look = {
+        wait: { color: "#f2f4f7", borderColor: "#667085" },
+        decision: { color: "#f4f3ff", borderColor: "#7a5af8" },
+        action: { color: "#eef4ff", borderColor: "#2f6fdf" },
+        exit: { color: "#fef3f2", borderColor: "#c4320a" },
+        end: { color: "#fff", borderColor: "#98a2b3" }
+      };
+      var text = function (p) { return (p.data && p.data.text) || ""; };
+      var at = {};
+      var nodes = d.nodes.map(function (n) {
+        at[n.id] = n;
+        return { name: n.id, x: n.x, y: n.y, value: n.entered, text: n.text,
+                 symbolSize: n.group === "end" ? [90, 30] : [180, 54], itemStyle: look[n.group] || look.action };
+      });
+      d.links.forEach(function (l, i) {
+        var a = at[l.source], b = at[l.target];
+        if (!a || !b || !l.text) return;
+        var loop = l.loop ? 70 : 0;
+        nodes.push({ name: "edge-label-" + i, x: (a.x + b.x) / 2 + loop, y: (a.y + b.y) / 2, text: l.text,
+                     symbolSize: 1, itemStyle: { color: "transparent", borderWidth: 0 }, tooltip: { show: false },
+                     label: { show: true, fontSize: 10, lineHeight: 12, color: "#475467", backgroundColor: "#fff",
+                              padding: [1, 3] } });
+      });
+      return {
+        tooltip: { trigger: "item", renderMode: "richText", formatter: text },
+        series: [{
+          type: "graph", layout: "none", roam: true, symbol: "roundRect",
+          label: { show: true, fontSize: 11, lineHeight: 15, formatter: text },
+          edgeSymbol: ["none", "arrow"], edgeSymbolSize: 8,
+          data: nodes,
+          links: d.links.map(function (l) {
+            return { source: l.source, target: l.target, text: l.text,
+                     lineStyle: { color: "#98a2b3", width: 1 + 4 * (l.share || 0), type: l.loop ? "dashed" : "solid",
+                                  curveness: l.loop ? 0.4 : 0 } };
+          })
+        }]
+      };
+    }
+  };
+
+  function draw(root) {
+    if (!window.echarts) return;
+    (root || document).querySelectorAll("[data-chart]").forEach(function (el) {
+      var build = builders[el.getAttribute("data-chart")];
+      var d = data(el);
+      if (!build || !d) return;
+      var chart = window.echarts.getInstanceByDom(el) || window.echarts.init(el, null, { renderer: "svg" });
+      chart.setOption(build(d), true);
+      el.setAttribute("data-drawn", "1");
+      chart.on("click", function (p) {
+        var link = el.getAttribute("data-click");
+        var last = Number(el.getAttribute("data-click-max") || Infinity);
+        if (link && p.dataIndex != null && p.dataIndex + 1 <= last) window.location.href = link.replace("{step}", String(p.dataIndex + 1));
+      });
+    });
+  }
+
+  // PNG export: the server's SVG of the map, rasterised at twice its size on a canvas.
+  function exportPng(event) {
+    var a = event.target.closest("[data-export=png]");
+    if (!a) return;
+    event.preventDefault();
+    fetch(a.href, { credentials: "same-origin" }).then(function (r) {
+      if (!r.ok) throw new Error("export failed: " + r.status);
+      return r.text();
+    }).then(function (svg) {
+      var doc = new DOMParser().parseFromString(svg, "image/svg+xml").documentElement;
+      var w = parseFloat(doc.getAttribute("width")), h = parseFloat(doc.getAttribute("height"));
+      var url = URL.createObjectURL(new Blob([svg], { type: "image/svg+xml" }));
+      var img = new Image();
+      img.onload = function () {
+        var canvas = document.createElement("canvas");
+        canvas.width = w * 2; canvas.height = h * 2;
+        var ctx = canvas.getContext("2d");
+        ctx.scale(2, 2);
+        ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, w, h);
+        ctx.drawImage(img, 0, 0, w, h);
+        URL.revokeObjectURL(url);
+        canvas.toBlob(function (blob) {
+          var link = document.createElement("a");
+          link.href = URL.createObjectURL(blob);
+          link.download = (document.querySelector(".journey-map") || {}).dataset ? "journey-map.png" : "map.png";
+          document.body.appendChild(link); link.click(); link.remove();
+        }, "image/png");
+      };
+      img.src = url;
+    });
+  }
+
+  // Confirmation for destructive forms (erase a contact): the text comes from data-confirm.
+  function confirmSubmit(event) {
+    var form = event.target;
+    var question = form.getAttribute && form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) event.preventDefault();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { draw(document); });
+  document.addEventListener("htmx:afterSettle", function (e) { draw(e.target); });
+  document.addEventListener("click", exportPng);
+  document.addEventListener("submit", confirmSubmit, true);
+  window.addEventListener("resize", function () {
+    document.querySelectorAll("[data-drawn]").forEach(function (el) {
+      var c = window.echarts && window.echarts.getInstanceByDom(el);
+      if (c) c.resize();
+    });
+  });
+})();
