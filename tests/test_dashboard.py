@@ -314,3 +314,49 @@ def test_contacts_lost_at_a_step_become_an_automation_audience(site: LiveServer)
     assert narrowed == []  # rules combine: no demo contact has plan=gold
     empty = client.post("/funnels/segment", data={"name": " ", "query": query, "csrf_token": csrf_of(client)})
     assert empty.status_code == 400 and "give the segment a name" in empty.text
+
+
+def test_rules_can_ask_for_the_current_stage(site: LiveServer) -> None:
+    """`stage:` in a persona rule, an audience or an automation condition: the contact's stage now."""
+    from datetime import UTC, datetime
+
+    from percorso.analytics.personas import rule_sql
+    from percorso.automation.definition import load_automation
+    from percorso.journey.definition import InStage, PersonaRule
+
+    now = datetime.now(UTC)
+    with site.store.session() as s:
+        expected = {
+            stage: {
+                r[0]
+                for r in s.rows(
+                    "SELECT contact_id FROM stage_entries WHERE journey_key = 'customer-journey' AND stage = ? "
+                    "AND left_at IS NULL",
+                    [stage],
+                )
+            }
+            for stage in ("decision", "purchase")
+        }
+        one = rule_sql(s, PersonaRule(stage=InStage(journey="customer-journey", stage="decision")), now)
+        two = rule_sql(
+            s, PersonaRule(stage=InStage(journey="customer-journey", stage=["decision", "purchase"])), now
+        )
+        got_one = {r[0] for r in s.rows(one.text, one.params)}
+        got_two = {r[0] for r in s.rows(two.text, two.params)}
+    assert expected["decision"] and expected["purchase"]
+    assert got_one == expected["decision"]
+    assert got_two == expected["decision"] | expected["purchase"]
+    automation = load_automation(
+        """
+key: stuck-in-decision
+name: Stuck in decision
+trigger: {event: Product Viewed}
+steps:
+  - id: check
+    condition: {stage: {journey: customer-journey, stage: decision}}
+    then: exit
+    otherwise: exit
+""",
+        "stuck.yaml",
+    )
+    assert automation.steps[0].condition is not None

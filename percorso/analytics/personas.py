@@ -55,6 +55,15 @@ def rule_sql(
             f"JOIN contacts sc ON sc.contact_id = sm.contact_id WHERE sm.segment_key IN ({', '.join('?' for _ in rule.segments)}))"
         )
         params += list(rule.segments)
+    if rule.stage is not None:
+        stages = rule.stage.stage if isinstance(rule.stage.stage, list) else [rule.stage.stage]
+        # The entry open at `as_of` (left_at is the next entry's entered_at) is the current stage.
+        where.append(
+            "c.contact_id IN (SELECT se.contact_id FROM stage_entries se WHERE se.journey_key = ? "
+            f"AND se.stage IN ({', '.join('?' for _ in stages)}) AND se.entered_at <= ? "
+            "AND (se.left_at IS NULL OR se.left_at > ?))"
+        )
+        params += [rule.stage.journey, *stages, as_of, as_of]
     behaviour = rule.behaviour
     if not behaviour:
         return Sql(

@@ -100,10 +100,18 @@ class Behaviour(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     within: Duration | None = None
 
 
+class InStage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The contact's current stage in ``journey`` is ``stage`` (or one of a list)."""
+
+    journey: Key
+    stage: Key | list[Key]
+
+
 class PersonaRule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     traits: dict[str, Any] | None = None  # trait equals value (a list: any of them)
     behaviour: list[Behaviour] = []
     segments: list[str] = []  # member of any of these saved segments (saved from the dashboard)
+    stage: InStage | None = None  # in this stage of a journey (its stage history, as last updated)
 
 
 class Persona(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
