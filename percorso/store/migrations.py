@@ -331,4 +331,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         --pg CREATE INDEX trigger_occurrences_contact ON trigger_occurrences (contact_id)
         """,
     ),
+    Migration(
+        6,
+        "index merged profiles by the contact they were merged into",
+        """
+        --pg CREATE INDEX contacts_merged_into ON contacts (merged_into) WHERE merged_into IS NOT NULL
+        """,
+    ),
 )
