@@ -38,6 +38,7 @@ from percorso.journey.definition import (
 )
 from percorso.store import Store
 from percorso.web.auth import require_secret
+from percorso.web.documents import document_body
 from percorso.web.errors import ApiError
 
 router = APIRouter(prefix="/v1", tags=["journeys and analytics"], dependencies=[Depends(require_secret)])
@@ -91,22 +92,7 @@ def schema() -> dict[str, Any]:
     },
 )
 async def put_journey(request: Request, key: JourneyKey) -> dict[str, Any]:
-    body = await request.body()
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_body", "the body is not UTF-8 text") from None
-    try:
-        journey = load_journey(text, "body")
-    except JourneyError as exc:
-        problems = [p.as_dict() for p in exc.problems]
-        raise ApiError(
-            422, "invalid_journey", str(exc.problems[0]), problems[0]["field"] or None, problems=problems
-        ) from None
-    if journey.key != key:
-        raise ApiError(
-            400, "invalid_request", f"the document's key is {journey.key!r}, the URL says {key!r}", "key"
-        )
+    journey = await document_body(request, key, load_journey, JourneyError, "invalid_journey")
     store = _store(request)
     saved = save_journey(store, journey, "api")
     report = update(store, journey)

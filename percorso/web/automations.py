@@ -24,6 +24,7 @@ from percorso.automation.store import (
 )
 from percorso.store import Store
 from percorso.web.auth import require_secret, require_write
+from percorso.web.documents import document_body, problems_error
 from percorso.web.errors import ApiError
 
 router = APIRouter(prefix="/v1", tags=["automations"], dependencies=[Depends(require_secret)])
@@ -67,28 +68,12 @@ def get_schema() -> dict[str, Any]:
     },
 )
 async def put_automation(request: Request, key: AutomationKey) -> dict[str, Any]:
-    body = await request.body()
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid_body", "the body is not UTF-8 text") from None
-    try:
-        automation = load_automation(text, "body")
-    except AutomationError as exc:
-        problems = [p.as_dict() for p in exc.problems]
-        raise ApiError(
-            422, "invalid_automation", str(exc.problems[0]), problems[0]["field"] or None, problems=problems
-        ) from None
-    if automation.key != key:
-        raise ApiError(
-            400, "invalid_request", f"the document's key is {automation.key!r}, the URL says {key!r}", "key"
-        )
+    automation = await document_body(request, key, load_automation, AutomationError, "invalid_automation")
     from percorso.automation.triggers import reference_problems
 
     unknown = reference_problems(_store(request), automation, "body")
     if unknown:
-        problems = [p.as_dict() for p in unknown]
-        raise ApiError(422, "invalid_automation", str(unknown[0]), unknown[0].field, problems=problems)
+        raise problems_error("invalid_automation", unknown)
     return save_automation(_store(request), automation, "api")
 
 
