@@ -12,7 +12,9 @@ store and on PostgreSQL:
 
 and runs the same 5-step funnel in ClickHouse's ``windowFunnel`` (the ``chdb`` package, data in a
 MergeTree table) on the same events, checking that the counts are identical and reporting the
-ratio. Results go to ``benchmarks/results/analytics.json``, rewritten after every dataset size
+ratio. Each engine's queries run in a fresh process, whose peak resident memory is reported
+(``peak_rss_mib``; the data generation's own peak is ``generate_peak_rss_mib``). Results go to
+``benchmarks/results/analytics.json``, rewritten after every dataset size
 (and every engine within it), so a long run that is stopped keeps what it measured. The 1-, 5-
 and 15-minute load averages are recorded around each engine's timings: the machine may be shared.
 
@@ -24,6 +26,7 @@ where both definitions give the same counts — so the comparison is about speed
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -152,7 +155,9 @@ def run_percorso(store: Any, label: str, repeat: int) -> dict[str, Any]:
     result = measure("funnel", lambda: funnel(store, spec))
     out["funnel_counts"] = [s["contacts"] for s in result["total"]["steps"]]
     path_spec = PathSpec(start=spec.start, end=spec.end, max_steps=5, top_edges=50)
-    out["paths_links"] = len(measure("paths", lambda: paths(store, path_spec))["links"])
+    links = measure("paths", lambda: paths(store, path_spec))["links"]
+    out["paths_links"] = len(links)
+    out["paths_digest"] = hashlib.sha1(json.dumps(links, sort_keys=True).encode()).hexdigest()[:12]
     out["stage_entries"] = measure("stage_rebuild", lambda: rebuild(store, journey), 1).entries
     measure(
         "stage_overview", lambda: stage_overview(store, journey, since=END - timedelta(days=DAYS), until=END)
@@ -162,8 +167,46 @@ def run_percorso(store: Any, label: str, repeat: int) -> dict[str, Any]:
         lambda: journey_map(store, journey, start=END - timedelta(days=DAYS), end=END, refresh=False),
     )
     out["load_after"] = load()
-    print(f"{label:24} {json.dumps(out)}", flush=True)
+    print(f"{label:24} {json.dumps(out)}", file=sys.stderr, flush=True)
     return out
+
+
+def in_child(engine: str, target: str, label: str, repeat: int) -> dict[str, Any]:
+    """:func:`run_percorso` in a fresh process, so its peak memory is the queries' own (not the
+    data generation's); ``target`` is the DuckDB file or the PostgreSQL URL."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.analytics",
+            "--child",
+            engine,
+            target,
+            label,
+            "--repeat",
+            str(repeat),
+        ],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def child(engine: str, target: str, label: str, repeat: int) -> None:
+    if engine == "duckdb":
+        from percorso.store.duckdb import DuckDBStore
+
+        store: Any = DuckDBStore(Path(target))
+    else:
+        from percorso.store.postgres import PostgresStore
+
+        store = PostgresStore(target, pool_size=2)
+    out = run_percorso(store, label, repeat)
+    store.close()
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(out), flush=True)
 
 
 def run_clickhouse(parquet: Path, repeat: int) -> dict[str, Any]:
@@ -244,7 +287,12 @@ def main() -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-clickhouse", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "analytics.json")
+    parser.add_argument("--child", nargs=3, metavar=("ENGINE", "TARGET", "LABEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(*args.child, args.repeat)
+        return
     sizes = [20_000] if args.quick else args.contacts
     repeat = 1 if args.quick else 3
     from percorso.store.duckdb import DuckDBStore
@@ -278,9 +326,11 @@ def main() -> None:
                 "generate_s": round(time.perf_counter() - started, 1),
             }
             print(f"{contacts:,} contacts, {events:,} events generated in {run['generate_s']} s", flush=True)
-            run["duckdb"] = run_percorso(store, f"duckdb {events:,}", repeat)
-            run["duckdb"]["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            run["generate_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            store.close()
+            run["duckdb"] = in_child("duckdb", str(path), f"duckdb {events:,}", repeat)
             save(run)
+            store = DuckDBStore(path)
             if not args.no_clickhouse:
                 parquet = tmp / "events.parquet"
                 with store.session() as s:
@@ -301,9 +351,12 @@ def main() -> None:
             if not args.no_postgres:
                 db, pg = to_postgres(path, tmp)
                 try:
-                    run["postgres"] = run_percorso(pg, f"postgres {events:,}", repeat)
+                    run["postgres"] = in_child("postgres", db.url, f"postgres {events:,}", repeat)
                     run["postgres"]["identical_counts"] = (
                         run["postgres"]["funnel_counts"] == run["duckdb"]["funnel_counts"]
+                    )
+                    run["postgres"]["identical_paths"] = (
+                        run["postgres"]["paths_digest"] == run["duckdb"]["paths_digest"]
                     )
                 finally:
                     pg.close()

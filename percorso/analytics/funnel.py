@@ -113,6 +113,11 @@ class FunnelSpec:
             raise FunnelError("order", f"{self.order!r} is not one of {', '.join(ORDERS)}")
         if self.breakdown is not None and not _known_breakdown(self.breakdown):
             raise FunnelError("breakdown", f"{self.breakdown!r} is not one of {BREAKDOWNS}")
+        if self.breakdown == "persona" and self.journey is not None and self.journey.subject == "account":
+            raise FunnelError(
+                "breakdown",
+                f"the personas of {self.journey.key} describe accounts, and a funnel counts contacts",
+            )
         if self.breakdown == "persona" and (self.journey is None or not self.journey.personas):
             raise FunnelError(
                 "breakdown",
@@ -430,25 +435,32 @@ def funnel(
     spec.check()
     with store.session() as s:
         s.tune_for_analytics()
-        return funnel_in(s, spec, reached_sql(s, spec), trend=trend, distribution=distribution)
+        # computed once for the three questions below (groups, trend, distribution)
+        with materialized(s, spec, events=False) as base:
+            return funnel_in(s, spec, base, trend=trend, distribution=distribution)
 
 
 @contextmanager
-def materialized(session: Session, spec: FunnelSpec) -> Iterator[Sql]:
-    """Computes ``ev`` and ``reached`` once, into temporary tables, for several questions about
-    the same funnel (pain points ask seven); yields the CTE prefix that reads them. The tables
-    go with the transaction if it fails, and are dropped when it does not."""
+def materialized(session: Session, spec: FunnelSpec, *, events: bool = True) -> Iterator[Sql]:
+    """Computes ``reached`` (and ``ev`` unless ``events=False``) once, into temporary tables, for
+    several questions about the same funnel (pain points ask seven); yields the CTE prefix that
+    reads them. The tables go with the transaction if it fails, and are dropped when it does not."""
     spec.check()
     name = f"percorso_funnel_{uuid.uuid4().hex[:12]}"
-    events = events_sql(session, spec)
-    session.execute(f"CREATE TEMPORARY TABLE {name}_ev AS {events.text}", events.params)
-    base = reached_sql(session, spec, events=Sql(f"SELECT * FROM {name}_ev"))
+    if events:
+        ev = events_sql(session, spec)
+        session.execute(f"CREATE TEMPORARY TABLE {name}_ev AS {ev.text}", ev.params)
+        base = reached_sql(session, spec, events=Sql(f"SELECT * FROM {name}_ev"))
+    else:
+        base = reached_sql(session, spec)
     session.execute(
         f"CREATE TEMPORARY TABLE {name}_reached AS {base.text} SELECT * FROM reached", base.params
     )
-    yield Sql(f"WITH ev AS (SELECT * FROM {name}_ev), reached AS (SELECT * FROM {name}_reached)")
+    reads = f"reached AS (SELECT * FROM {name}_reached)"
+    yield Sql(f"WITH ev AS (SELECT * FROM {name}_ev), {reads}" if events else f"WITH {reads}")
     session.execute(f"DROP TABLE {name}_reached")
-    session.execute(f"DROP TABLE {name}_ev")
+    if events:
+        session.execute(f"DROP TABLE {name}_ev")
 
 
 def funnel_in(

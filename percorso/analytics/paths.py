@@ -14,6 +14,7 @@ that stops before ``max_steps`` flows into ``(end)``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -55,8 +56,6 @@ class PathSpec:
             raise PathError("session_gap", "between 1 minute and 7 days")
         if not 1 <= self.top_edges <= 500:
             raise PathError("top", "between 1 and 500")
-        import re
-
         for pattern, _ in self.url_rules:
             try:
                 re.compile(pattern)
@@ -64,104 +63,186 @@ class PathSpec:
                 raise PathError("url_rules", f"{pattern!r} is not a regular expression: {exc}") from None
 
 
-def _node_expr(spec: PathSpec) -> Sql:
-    path = "regexp_replace(coalesce(e.page_path, ''), ?, '')"
-    params: list[Any] = ["[?#].*$"]  # a parameter: `?` in SQL text is a placeholder
-    for pattern, replacement in spec.url_rules:
-        path = f"regexp_replace({path}, ?, ?, 'g')"
-        params += [pattern, replacement]
-    return Sql(
-        f"CASE WHEN e.type = 'track' THEN e.event WHEN e.type = 'page' THEN 'page:' || {path} "
-        "ELSE 'screen:' || coalesce(e.name, '') END",
-        params,
-    )
+# What names a node, before cleaning: the event of a track call, the path of a page view, the
+# name of a screen.
+_VALUE = (
+    "CASE WHEN e.type = 'track' THEN e.event WHEN e.type = 'page' THEN coalesce(e.page_path, '') "
+    "ELSE coalesce(e.name, '') END"
+)
+_QUERY_OR_FRAGMENT = re.compile(r"[?#]")
 
 
-def _sessions_sql(session: Session, spec: PathSpec) -> Sql:
-    """``numbered``: one row per (collapsed) event with contact, session number, position, node, flags."""
-    node = _node_expr(spec)
-    params: list[Any] = [*node.params]
-    flags = []
-    for name, cond in (("f", spec.from_step), ("t", spec.to_step)):
-        if cond is None:
-            flags.append(f"0 AS {name}")
-        else:
-            c = condition_sql(session, cond)
-            flags.append(f"CASE WHEN {c.text} THEN 1 ELSE 0 END AS {name}")
-            params += c.params
-    text = (
-        f"WITH ev AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, e.message_id AS mid, {node.text} AS node, "
-        f"{', '.join(flags)} FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? "
-        "AND e.type IN ('track', 'page', 'screen'))"
-        ", gaps AS (SELECT ev.*, CASE WHEN lag(ts) OVER (PARTITION BY cid ORDER BY ts, mid) IS NULL "
-        "OR ts - lag(ts) OVER (PARTITION BY cid ORDER BY ts, mid) > ? THEN 1 ELSE 0 END AS new_session FROM ev)"
-        ", sessions AS (SELECT gaps.*, sum(new_session) OVER (PARTITION BY cid ORDER BY ts, mid "
-        "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid FROM gaps)"
-    )
-    params += [spec.start, spec.end, spec.session_gap_seconds]
-    if spec.collapse_repeats:
-        text += (
-            ", kept AS (SELECT * FROM (SELECT sessions.*, lag(node) OVER (PARTITION BY cid, sid ORDER BY ts, mid) "
-            "AS prev_node FROM sessions) x WHERE prev_node IS NULL OR prev_node <> node)"
+def _node(kind: str, value: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
+    if kind == "track":
+        return value
+    if kind == "screen":
+        return "screen:" + value
+    path = _QUERY_OR_FRAGMENT.split(value, maxsplit=1)[0]
+    for pattern, replacement in rules:
+        path = pattern.sub(replacement, path)
+    return "page:" + path
+
+
+class _Dictionary:
+    """Every node of the period as a small integer, numbered in the order of the node names.
+
+    The engine reads the distinct (type, value) pairs once; Python cleans each distinct page path
+    (so URL rules cost nothing per event and use one regular-expression dialect on every engine)
+    and numbers the nodes; the events are then sorted and compared as integers, and the names
+    come back only for the few rows of the result. Code 0 is ``(end)``."""
+
+    def __init__(self, session: Session, spec: PathSpec):
+        distinct = session.rows(
+            f"SELECT DISTINCT e.type, {_VALUE} FROM events e WHERE e.timestamp >= ? AND e.timestamp < ? "
+            "AND e.type IN ('track', 'page', 'screen')",
+            [spec.start, spec.end],
         )
-    else:
-        text += ", kept AS (SELECT * FROM sessions)"
-    text += (
-        ", numbered AS (SELECT cid, sid, ts, node, f, t, row_number() OVER (PARTITION BY cid, sid ORDER BY ts, mid) "
-        "AS pos FROM kept)"
+        rules = [(re.compile(pattern), replacement) for pattern, replacement in spec.url_rules]
+        raw = [(kind, value, _node(kind, value, rules)) for kind, value in distinct if value is not None]
+        self.names = [END, *sorted({node for _, _, node in raw})]
+        code = {name: i for i, name in enumerate(self.names)}
+        self.rows = [(kind, value, code[node]) for kind, value, node in raw]
+
+    def name(self, code: Any) -> str:
+        return self.names[int(code)]
+
+
+def _kept_sql(spec: PathSpec, source: str, flags: list[Sql]) -> Sql:
+    """CTEs ending in ``kept``: the events of the period as (cid, ts, code, f, t, ns) — ``ns`` = 1
+    where a session starts — with consecutive repeats of a node dropped (``collapse_repeats``).
+    Events at the same instant are ordered by node name, then by their flags: events alike in all
+    of these are interchangeable, so every engine gives the same answer."""
+    params: list[Any] = []
+    columns = []
+    for name, flag in zip(("f", "t"), flags, strict=True):
+        columns.append(f"{flag.text} AS {name}")
+        params += flag.params
+    params += [spec.start, spec.end]
+    text = (
+        f"WITH d AS (SELECT * FROM {source}), "
+        f"ev AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, d.code, {', '.join(columns)} "
+        f"FROM {RESOLVED_EVENTS} JOIN d ON d.kind = e.type AND d.value = {_VALUE} "
+        "WHERE e.timestamp >= ? AND e.timestamp < ? AND e.type IN ('track', 'page', 'screen')), "
+        f"w1 AS (SELECT cid, ts, code, f, t, CASE WHEN lag(ts) OVER w IS NULL OR ts - lag(ts) OVER w > "
+        f"{int(spec.session_gap_seconds)} THEN 1 ELSE 0 END AS ns, lag(code) OVER w AS prev, row_number() OVER w AS pos FROM ev "
+        f"WINDOW w AS ({_order(spec)})), "
+        "kept AS (SELECT cid, pos, ts, code, f, t, ns FROM w1"
+        + (" WHERE ns = 1 OR prev <> code)" if spec.collapse_repeats else ")")
     )
     return Sql(text, params)
 
 
+def _order(spec: PathSpec) -> str:
+    """The order of a contact's events (flags that are constant here are left out of the sort)."""
+    flags = [name for name, c in (("f", spec.from_step), ("t", spec.to_step)) if c is not None]
+    return "PARTITION BY cid ORDER BY " + ", ".join(["ts", "code", *flags])
+
+
+def _flag(session: Session, condition: Condition | None) -> Sql:
+    if condition is None:
+        return Sql("0")
+    c = condition_sql(session, condition)
+    return Sql(f"CASE WHEN {c.text} THEN 1 ELSE 0 END", c.params)
+
+
+def _anchored_sql(spec: PathSpec, mode: str) -> str:
+    """CTEs after ``kept``: ``anchors`` (one row per path: where it starts, or ends in ``to``
+    mode, with the codes of the nodes around it in ``c1..``) and ``links`` (cid, step, src, dst;
+    dst 0 is ``(end)``)."""
+    n = spec.max_steps
+    cols: list[str] = []
+    if mode != "session start":  # the session's number, to find the first anchor event in it
+        cols.append("sum(ns) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid")
+    if mode == "to":
+        for j in range(1, n):
+            cols += [f"lag(code, {j}) OVER w AS c{j}", f"lag(ns, {j - 1}) OVER w AS b{j}"]
+    else:
+        for j in range(1, n):
+            cols += [f"lead(code, {j}) OVER w AS c{j}", f"lead(ns, {j}) OVER w AS b{j}"]
+            if mode == "between":
+                cols.append(f"lead(t, {j}) OVER w AS t{j}")
+    if mode == "between":
+        # a `to` event later in the same session (not necessarily within max_steps)
+        cols += [
+            "min(CASE WHEN t = 1 THEN ts END) OVER (w ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS next_t",
+            "min(CASE WHEN ns = 1 THEN ts END) OVER (w ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS next_s",
+        ]
+    text = f", w2 AS (SELECT cid, pos, ts, code, f, t, ns, {', '.join(cols)} FROM kept WINDOW w AS (PARTITION BY cid ORDER BY pos))"
+    if mode == "session start":
+        text += ", anchors AS (SELECT * FROM w2 WHERE ns = 1)"
+    else:
+        flag = "t" if mode == "to" else "f"
+        text += (
+            ", firsts AS (SELECT w2.*, row_number() OVER (PARTITION BY cid, sid ORDER BY pos) AS rn "
+            f"FROM w2 WHERE {flag} = 1)"
+            ", anchors AS (SELECT * FROM firsts WHERE rn = 1"
+            + (
+                " AND next_t IS NOT NULL AND (next_s IS NULL OR next_t < next_s))"
+                if mode == "between"
+                else ")"
+            )
+        )
+    # alive{j}: the path reaches the j-th node from the anchor (0 = the anchor itself) without
+    # leaving the session (nor, between two steps, passing the `to` event)
+    alive = ["1 = 1"]
+    for j in range(1, n):
+        cond = f"{alive[-1]} AND c{j} IS NOT NULL AND b{j} = 0"
+        if mode == "between" and j > 1:
+            cond += f" AND t{j - 1} = 0"
+        alive.append(cond)
+    code = ["code", *(f"c{j}" for j in range(1, n))]
+    branches = []
+    for j in range(n - 1):
+        if mode == "to":  # the link arriving at the node j before the anchor (steps -n+1..0)
+            step, source, target = -(j + 1), code[j + 1], code[j]
+            where, valid = f"({alive[j + 1]})", "1"
+        else:
+            step, source, target = j + 1, code[j], code[j + 1]
+            where = f"({alive[j]})"
+            valid = f"CASE WHEN {alive[j + 1]} THEN 1 ELSE 0 END"
+            if mode == "between":
+                where = f"({alive[j + 1]})"  # no (end): the path stops at the `to` event
+        branches.append(
+            f"SELECT cid, {step} AS step, {source} AS src, CASE WHEN {valid} = 1 THEN {target} ELSE 0 END AS dst "
+            f"FROM anchors WHERE {where}"
+        )
+    return text + ", links AS (" + " UNION ALL ".join(branches) + ")"
+
+
 def paths(store: Store, spec: PathSpec) -> dict[str, Any]:
     spec.check()
-    n = spec.max_steps
+    if spec.from_step is not None and spec.to_step is not None:
+        mode = "between"
+    elif spec.to_step is not None:
+        mode = "to"
+    else:
+        mode = "from" if spec.from_step is not None else "session start"
     with store.session() as s:
         s.tune_for_analytics()
-        base = _sessions_sql(s, spec)
-        if spec.from_step is not None and spec.to_step is not None:
-            mode = "between"
-            anchors = (
-                ", a1 AS (SELECT cid, sid, min(pos) AS a FROM numbered WHERE f = 1 GROUP BY cid, sid)"
-                ", anchors AS (SELECT a1.cid, a1.sid, a1.a, min(x.pos) AS b FROM a1 JOIN numbered x ON x.cid = a1.cid "
-                "AND x.sid = a1.sid AND x.t = 1 AND x.pos > a1.a GROUP BY a1.cid, a1.sid, a1.a)"
-                ", picked AS (SELECT x.cid, x.sid, x.pos - anchors.a + 1 AS step, x.node FROM numbered x JOIN anchors "
-                f"ON anchors.cid = x.cid AND anchors.sid = x.sid WHERE x.pos >= anchors.a AND x.pos <= anchors.b "
-                f"AND x.pos < anchors.a + {n})"
+        nodes = _Dictionary(s, spec)
+        if not nodes.rows:
+            return _sankey([], spec, mode, (0, 0))
+        for source, source_params in s.row_sources(
+            [("kind", "TEXT"), ("value", "TEXT"), ("code", "INTEGER")], nodes.rows
+        ):
+            base = _kept_sql(spec, source, [_flag(s, spec.from_step), _flag(s, spec.to_step)])
+            anchored = _anchored_sql(spec, mode)
+            rows = s.rows(
+                base.text
+                + anchored
+                + ", per_contact AS (SELECT step, src, dst, cid, count(*) AS n FROM links GROUP BY step, src, dst, cid) "
+                "SELECT step, src, dst, sum(n) AS transitions, count(*) AS contacts FROM per_contact "
+                "GROUP BY step, src, dst "
+                "UNION ALL SELECT NULL, NULL, NULL, count(*), count(DISTINCT cid) FROM anchors",
+                [*source_params, *base.params],
             )
-        elif spec.to_step is not None:
-            mode = "to"
-            anchors = (
-                ", anchors AS (SELECT cid, sid, min(pos) AS b FROM numbered WHERE t = 1 GROUP BY cid, sid)"
-                ", picked AS (SELECT x.cid, x.sid, x.pos - anchors.b AS step, x.node FROM numbered x JOIN anchors "
-                f"ON anchors.cid = x.cid AND anchors.sid = x.sid WHERE x.pos <= anchors.b AND x.pos > anchors.b - {n})"
-            )
-        else:
-            mode = "from" if spec.from_step is not None else "session start"
-            where = "WHERE f = 1 " if spec.from_step is not None else ""
-            anchors = (
-                f", anchors AS (SELECT cid, sid, min(pos) AS a FROM numbered {where}GROUP BY cid, sid)"
-                ", picked AS (SELECT x.cid, x.sid, x.pos - anchors.a + 1 AS step, x.node FROM numbered x JOIN anchors "
-                f"ON anchors.cid = x.cid AND anchors.sid = x.sid WHERE x.pos >= anchors.a AND x.pos < anchors.a + {n})"
-            )
-        ends = (
-            f"step < {n} OR next_node IS NOT NULL"
-            if mode in ("from", "session start")
-            else "next_node IS NOT NULL"
-        )
-        edges = s.rows(
-            base.text
-            + anchors
-            + ", linked AS (SELECT cid, step, node, lead(node) OVER (PARTITION BY cid, sid "
-            "ORDER BY step) AS next_node FROM picked) "
-            f"SELECT step, node, coalesce(next_node, '{END}') AS next_node, count(*) AS transitions, "
-            f"count(DISTINCT cid) AS contacts FROM linked WHERE {ends} "
-            "GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3",
-            base.params,
-        )
-        starts = s.rows(
-            base.text + anchors + " SELECT count(*), count(DISTINCT cid) FROM anchors", base.params
-        )[0]
+    starts = next((r[3], r[4]) for r in rows if r[0] is None)
+    edges = [
+        (int(step), nodes.name(src), nodes.name(dst), int(transitions), int(contacts))
+        for step, src, dst, transitions, contacts in rows
+        if step is not None
+    ]
+    edges.sort(key=lambda e: (-e[3], e[0], e[1], e[2]))
     return _sankey(edges, spec, mode, starts)
 
 
@@ -219,25 +300,30 @@ def transitions(
         top_edges=max(1, min(top, 500)),
     )
     spec.check()
+    rows: list[dict[str, Any]] = []
     with store.session() as s:
         s.tune_for_analytics()
-        base = _sessions_sql(s, spec)
-        rows = s.dicts(
-            base.text
-            + ", pairs AS (SELECT cid, node, ts, lead(node) OVER (PARTITION BY cid, sid ORDER BY pos) AS next_node, "
-            "lead(ts) OVER (PARTITION BY cid, sid ORDER BY pos) AS next_ts FROM numbered) "
-            ", counted AS (SELECT node AS source, next_node AS target, count(*) AS transitions, count(DISTINCT cid) AS contacts, "
-            "percentile_cont(0.5) WITHIN GROUP (ORDER BY next_ts - ts) AS median_seconds FROM pairs "
-            "WHERE next_node IS NOT NULL GROUP BY node, next_node) "
-            "SELECT source, target, transitions, contacts, median_seconds, "
-            "CAST(transitions AS DOUBLE PRECISION) / sum(transitions) OVER (PARTITION BY source) AS probability "
-            "FROM counted ORDER BY transitions DESC, source, target LIMIT ?",
-            [*base.params, spec.top_edges],
-        )
+        nodes = _Dictionary(s, spec)
+        for source, source_params in s.row_sources(
+            [("kind", "TEXT"), ("value", "TEXT"), ("code", "INTEGER")], nodes.rows
+        ):
+            base = _kept_sql(spec, source, [Sql("0"), Sql("0")])
+            rows = s.dicts(
+                base.text
+                + ", pairs AS (SELECT cid, code, ts, lead(code) OVER w AS next_code, lead(ts) OVER w AS next_ts, "
+                "lead(ns) OVER w AS next_ns FROM kept WINDOW w AS (PARTITION BY cid ORDER BY pos)) "
+                ", counted AS (SELECT code AS source, next_code AS target, count(*) AS transitions, "
+                "count(DISTINCT cid) AS contacts, percentile_cont(0.5) WITHIN GROUP (ORDER BY next_ts - ts) "
+                "AS median_seconds FROM pairs WHERE next_code IS NOT NULL AND next_ns = 0 GROUP BY code, next_code) "
+                "SELECT source, target, transitions, contacts, median_seconds, "
+                "CAST(transitions AS DOUBLE PRECISION) / sum(transitions) OVER (PARTITION BY source) AS probability "
+                "FROM counted ORDER BY transitions DESC, source, target LIMIT ?",
+                [*source_params, *base.params, spec.top_edges],
+            )
     return [
         {
-            "source": r["source"],
-            "target": r["target"],
+            "source": nodes.name(r["source"]),
+            "target": nodes.name(r["target"]),
             "transitions": int(r["transitions"]),
             "contacts": int(r["contacts"]),
             "probability": round(float(r["probability"]), 4),
