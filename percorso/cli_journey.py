@@ -268,7 +268,7 @@ def apply(
         report = update(store, journey)
     verb = "stored" if saved["created"] else "replaced"
     console.print(
-        f"{verb} journey {journey.key!r}; stage history of {report.contacts:,} contacts "
+        f"{verb} journey {journey.key!r}; stage history of {report.contacts:,} {report.subject}s "
         f"({report.entries:,} stage entries) in {report.seconds} s"
     )
 
@@ -351,8 +351,11 @@ def stages_overview(
         }
         for s in result["stages"]
     ]
+    noun = "accounts" if result["subject"] == "account" else "contacts"
     emit(
-        rows, output, title=f"{chosen.key}: {result['period']['start'][:10]} → {result['period']['end'][:10]}"
+        rows,
+        output,
+        title=f"{chosen.key} ({noun}): {result['period']['start'][:10]} → {result['period']['end'][:10]}",
     )
     if fmt == "table":
         console.print(f"[dim]{result['notes']}[/]")
@@ -382,7 +385,7 @@ def _stage_run(ctx: typer.Context, *, full: bool) -> None:
     except StageError as exc:
         raise fail(str(exc), code=2) from None
     console.print(
-        f"{report.journey}: {report.mode}, {report.contacts:,} contacts, {report.entries:,} stage entries "
+        f"{report.journey}: {report.mode}, {report.contacts:,} {report.subject}s, {report.entries:,} stage entries "
         f"in {report.seconds} s"
     )
 
@@ -393,7 +396,7 @@ def stages_stuck(
     stage: Annotated[str, typer.Argument(help="Stage key")],
     limit: Annotated[int, typer.Option(help="Most contacts listed")] = 1000,
 ) -> None:
-    """Contacts who have been in STAGE longer than --stuck-after (an audience for a nudge)."""
+    """Contacts (or accounts) who have been in STAGE longer than --stuck-after (an audience for a nudge)."""
     from percorso.analytics.stages import StageError, get_journey, stuck_contacts
     from percorso.cli import emit, fail, opened, settings_for
 

@@ -12,8 +12,8 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from percorso.analytics.painpoints import find_pain_points
-from percorso.analytics.personas import find_persona, persona_sql
-from percorso.analytics.sql import Sql, condition_sql
+from percorso.analytics.personas import find_persona, journey_persona_sql
+from percorso.analytics.sql import MEMBERSHIPS, Sql, Subject, condition_sql, subject
 from percorso.analytics.stages import stage_overview, update
 from percorso.journey.definition import Journey, display
 from percorso.store import Store
@@ -41,12 +41,15 @@ def journey_map(
         update(store, journey)
     chosen = find_persona(journey, persona) if persona else None
     with store.session() as s:
-        contacts = persona_sql(s, chosen, end) if chosen else None
+        contacts = journey_persona_sql(s, journey, chosen, end) if chosen else None
     if only is not None:
-        # A further contact filter (the dashboard's channel or saved segment), ANDed with the persona.
+        # A further contact filter (the dashboard's channel or saved segment), ANDed with the
+        # persona; a journey that follows accounts keeps the accounts of those contacts.
+        if journey.subject == "account":
+            only = Sql(f"SELECT om.gid FROM ({MEMBERSHIPS}) om WHERE om.cid IN ({only.text})", only.params)
         contacts = (
             Sql(
-                f"SELECT contact_id FROM ({contacts.text}) pc WHERE contact_id IN ({only.text})",
+                f"SELECT * FROM ({contacts.text}) pc WHERE pc.{subject(journey.subject).column} IN ({only.text})",
                 [*contacts.params, *only.params],
             )
             if contacts
@@ -90,6 +93,7 @@ def journey_map(
     return {
         "journey": journey.key,
         "name": display(journey.name, lang),
+        "subject": journey.subject,
         "persona": {"key": chosen.key, "name": display(chosen.name, lang)} if chosen else None,
         "period": {"start": start.isoformat(), "end": end.isoformat()},
         "progression": journey.progression,
@@ -97,7 +101,10 @@ def journey_map(
         "lanes": sorted({display(t.lane, lang) for t in journey.touchpoints}),
         "unplaced_pain_points": by_stage_pains.get("", []),
         "notes": {
-            "actions": "events of contacts while they were in the stage, in the period",
+            "counts": "accounts (each account's stage moves when any of its people acts)"
+            if journey.subject == "account"
+            else "contacts, after identity resolution",
+            "actions": f"events of {subject(journey.subject).noun} while they were in the stage, in the period",
             "emotion": "NPS (-1..1 from -100..100) where surveys exist, else CSAT from 1-5 ratings; "
             "evidence: none, low (< 30 responses), medium (< 200), high",
             "pain_points": "placed at the stage whose entry criteria name the step's event",
@@ -105,13 +112,24 @@ def journey_map(
     }
 
 
-def _stage_windows(contacts: Sql | None) -> tuple[str, list[Any]]:
-    only = f" AND contact_id IN ({contacts.text})" if contacts else ""
+def _stage_windows(subj: Subject, subjects: Sql | None) -> tuple[str, list[Any]]:
+    only = f" AND {subj.column} IN ({subjects.text})" if subjects else ""
     return (
-        "se AS (SELECT contact_id, stage_index, entered_at, coalesce(left_at, ?) AS left_at FROM stage_entries "
-        f"WHERE journey_key = ? AND entered_at < ? AND coalesce(left_at, ?) > ?{only})",
-        list(contacts.params) if contacts else [],
+        f"se AS (SELECT {subj.column} AS sid, stage_index, entered_at, coalesce(left_at, ?) AS left_at "
+        f"FROM {subj.entries} WHERE journey_key = ? AND entered_at < ? AND coalesce(left_at, ?) > ?{only})",
+        list(subjects.params) if subjects else [],
     )
+
+
+def _subject_events(subj: Subject) -> str:
+    """Joins ``se`` (stage windows) to the events its subject made: a contact's own, or those of
+    an account's people (an event naming another account does not count)."""
+    if subj.kind == "account":
+        return (
+            f"se JOIN ({MEMBERSHIPS}) m ON m.gid = se.sid JOIN identities i ON i.contact_id = m.cid "
+            "JOIN events e ON e.identity_id = i.identity_id AND (e.group_id IS NULL OR e.group_id = se.sid)"
+        )
+    return "se JOIN identities i ON i.contact_id = se.sid JOIN events e ON e.identity_id = i.identity_id"
 
 
 def _activity(
@@ -119,7 +137,8 @@ def _activity(
 ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
     """One scan of the events contacts made while in each stage: actions, channels, touchpoints,
     revenue, and the feedback (NPS and CSAT counts) — per stage."""
-    windows, fp = _stage_windows(contacts)
+    subj = subject(journey.subject)
+    windows, fp = _stage_windows(subj, contacts)
     with store.session() as s:
         s.tune_for_analytics()
         cases = []
@@ -149,9 +168,9 @@ def _activity(
         nps_list = ", ".join("?" for _ in NPS_SCORES)
         rating_list = ", ".join("?" for _ in RATINGS)
         rows = s.rows(
-            f"WITH {windows}, x0 AS (SELECT se.stage_index, se.contact_id, e.event, e.type, e.name, "
+            f"WITH {windows}, x0 AS (SELECT se.stage_index, se.sid, e.event, e.type, e.name, "
             f"e.channel, {touchpoint} AS touchpoint, {revenue} AS revenue, {', '.join(extracted)} "
-            "FROM se JOIN identities i ON i.contact_id = se.contact_id JOIN events e ON e.identity_id = i.identity_id "
+            f"FROM {_subject_events(subj)} "
             "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ?), "
             "x AS (SELECT stage_index, event, type, name, channel, touchpoint, revenue, "
             f"CASE WHEN lower(survey) = 'nps' AND score IN ({nps_list}) THEN CAST(score AS INTEGER) END AS nps, "

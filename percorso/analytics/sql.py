@@ -24,6 +24,47 @@ AUTOMATION_LIBRARY = "percorso-automation"
 CUSTOMER_EVENT = f"(e.library IS NULL OR e.library <> '{AUTOMATION_LIBRARY}')"
 
 
+# Which accounts (Segment `group` ids) each contact belongs to: every group id a contact's events
+# carry (group calls, or any call with a groupId), resolved at query time like identities.
+MEMBERSHIPS = (
+    "SELECT DISTINCT mi.contact_id AS cid, me.group_id AS gid FROM events me "
+    "JOIN identities mi ON mi.identity_id = me.identity_id WHERE me.group_id IS NOT NULL"
+)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whom a journey follows: contacts (people, after identity resolution) or accounts (B2B:
+    an event counts for the account named by its groupId, else for every account its contact
+    belongs to). ``events`` is the FROM clause over ``events e`` in which ``key`` is the
+    subject's id; ``entries`` and ``column`` name the stage history table."""
+
+    kind: str
+    events: str
+    key: str
+    entries: str
+    column: str
+
+    @property
+    def noun(self) -> str:
+        return "accounts" if self.kind == "account" else "contacts"
+
+
+CONTACT = Subject("contact", RESOLVED_EVENTS, "i.contact_id", "stage_entries", "contact_id")
+ACCOUNT = Subject(
+    "account",
+    f"{RESOLVED_EVENTS} JOIN ({MEMBERSHIPS}) m ON m.cid = i.contact_id "
+    "AND (e.group_id IS NULL OR m.gid = e.group_id)",
+    "m.gid",
+    "account_stage_entries",
+    "account_id",
+)
+
+
+def subject(kind: str) -> Subject:
+    return ACCOUNT if kind == "account" else CONTACT
+
+
 @dataclass
 class Sql:
     """A SQL fragment and its ``?`` parameters, in order."""

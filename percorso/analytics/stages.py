@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, any_of
+from percorso.analytics.sql import EPOCH, MEMBERSHIPS, Sql, any_of, subject
 from percorso.journey.definition import Journey, display, duration_seconds, load_journey
 from percorso.store import Store
 from percorso.store.base import Session
@@ -102,12 +102,10 @@ def list_journeys(store: Store) -> list[dict[str, Any]]:
 # -- computing stage history --------------------------------------------------------------
 
 
-def entries_sql(session: Session, journey: Journey, contact_filter: Sql | None = None) -> Sql:
-    """SELECT (contact_id, seq, stage, stage_index, entered_at, left_at, message_id, channel)."""
-    if journey.subject != "contact":
-        raise StageError(
-            "subject", "stage history for account journeys (subject: account) is not available yet"
-        )
+def entries_sql(session: Session, journey: Journey, subject_filter: Sql | None = None) -> Sql:
+    """SELECT (subject, seq, stage, stage_index, entered_at, left_at, message_id, channel): the
+    subject is the contact, or the account in journeys that follow accounts."""
+    subj = subject(journey.subject)
     params: list[Any] = []
     matches = []
     for k, stage in enumerate(journey.stages, 1):
@@ -122,12 +120,12 @@ def entries_sql(session: Session, journey: Journey, contact_filter: Sql | None =
     any_move = _moved(session, journey.key)
     where = f"({everything.text} OR {any_move.text})"
     params.extend(everything.params + any_move.params)
-    if contact_filter is not None:
-        where += f" AND i.contact_id IN ({contact_filter.text})"
-        params.extend(contact_filter.params)
+    if subject_filter is not None:
+        where += f" AND {subj.key} IN ({subject_filter.text})"
+        params.extend(subject_filter.params)
     text = (
-        f"WITH ev AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, e.message_id AS mid, e.channel AS ch, "
-        f"{', '.join(matches)} FROM {RESOLVED_EVENTS} WHERE {where})"
+        f"WITH ev AS (SELECT {subj.key} AS cid, {EPOCH} AS ts, e.message_id AS mid, e.channel AS ch, "
+        f"{', '.join(matches)} FROM {subj.events} WHERE {where})"
     )
     counted = []
     for k, stage in enumerate(journey.stages, 1):
@@ -163,7 +161,7 @@ def entries_sql(session: Session, journey: Journey, contact_filter: Sql | None =
     text += (
         ", ordered AS (SELECT moves.*, row_number() OVER (PARTITION BY cid ORDER BY ts, k) AS seq, "
         "lead(ts) OVER (PARTITION BY cid ORDER BY ts, k) AS next_ts FROM moves) "
-        f"SELECT cid AS contact_id, CAST(seq AS INTEGER) AS seq, CASE k {keys} END AS stage, CAST(k AS INTEGER) AS stage_index, "
+        f"SELECT cid AS subject_id, CAST(seq AS INTEGER) AS seq, CASE k {keys} END AS stage, CAST(k AS INTEGER) AS stage_index, "
         "to_timestamp(ts) AS entered_at, to_timestamp(next_ts) AS left_at, mid AS message_id, ch AS channel FROM ordered"
     )
     return Sql(text, params)
@@ -185,6 +183,7 @@ def _moved(session: Session, journey_key: str, stage_key: str | None = None) -> 
 class UpdateReport:
     journey: str
     mode: str  # rebuild | incremental | unchanged
+    subject: str  # contact | account: what `contacts` counts
     contacts: int
     entries: int
     seconds: float
@@ -208,6 +207,8 @@ def _run(store: Store, journey: Journey, *, full: bool) -> UpdateReport:
     import time
 
     started = time.perf_counter()
+    subj = subject(journey.subject)
+    table, column = subj.entries, subj.column
     with store.writing() as s:
         s.lock_named(f"stages:{journey.key}")  # several servers on one PostgreSQL: one updater at a time
         s.tune_for_analytics()
@@ -217,7 +218,8 @@ def _run(store: Store, journey: Journey, *, full: bool) -> UpdateReport:
         if not full and progress and progress[0][0] == digest(journey):
             mode = "incremental"
         if mode == "rebuild":
-            s.execute("DELETE FROM stage_entries WHERE journey_key = ?", [journey.key])
+            for entries in ("stage_entries", "account_stage_entries"):  # the subject may have changed
+                s.execute(f"DELETE FROM {entries} WHERE journey_key = ?", [journey.key])
             select = entries_sql(s, journey)
         else:
             since = progress[0][1] - SAFETY_MARGIN
@@ -226,24 +228,31 @@ def _run(store: Store, journey: Journey, *, full: bool) -> UpdateReport:
                 "WHERE e2.received_at >= ?",
                 [since],
             )
-            # Contacts merged into others since: their history now belongs to the survivor.
+            if subj.kind == "account":
+                # the accounts of the contacts who acted (a merge may have joined a contact to more)
+                affected = Sql(
+                    f"SELECT DISTINCT am.gid FROM ({MEMBERSHIPS}) am WHERE am.cid IN ({affected.text})",
+                    affected.params,
+                )
+            else:
+                # Contacts merged into others since: their history now belongs to the survivor.
+                s.execute(
+                    "DELETE FROM stage_entries WHERE journey_key = ? AND contact_id IN "
+                    "(SELECT contact_id FROM contacts WHERE merged_into IS NOT NULL)",
+                    [journey.key],
+                )
             s.execute(
-                "DELETE FROM stage_entries WHERE journey_key = ? AND contact_id IN "
-                "(SELECT contact_id FROM contacts WHERE merged_into IS NOT NULL)",
-                [journey.key],
-            )
-            s.execute(
-                f"DELETE FROM stage_entries WHERE journey_key = ? AND contact_id IN ({affected.text})",
+                f"DELETE FROM {table} WHERE journey_key = ? AND {column} IN ({affected.text})",
                 [journey.key, *affected.params],
             )
             select = entries_sql(s, journey, affected)
         s.execute(
-            "INSERT INTO stage_entries (journey_key, contact_id, seq, stage, stage_index, entered_at, left_at, "
+            f"INSERT INTO {table} (journey_key, {column}, seq, stage, stage_index, entered_at, left_at, "
             f"message_id, channel) SELECT ?, x.* FROM ({select.text}) x",
             [journey.key, *select.params],
         )
         counts = s.rows(
-            "SELECT count(DISTINCT contact_id), count(*) FROM stage_entries WHERE journey_key = ?",
+            f"SELECT count(DISTINCT {column}), count(*) FROM {table} WHERE journey_key = ?",
             [journey.key],
         )[0]
         through = high or datetime.fromtimestamp(0, UTC)
@@ -253,11 +262,23 @@ def _run(store: Store, journey: Journey, *, full: bool) -> UpdateReport:
             [journey.key, digest(journey), through, datetime.now(UTC)],
         )
     return UpdateReport(
-        journey.key, mode, int(counts[0]), int(counts[1]), round(time.perf_counter() - started, 3)
+        journey.key, mode, subj.kind, int(counts[0]), int(counts[1]), round(time.perf_counter() - started, 3)
     )
 
 
 # -- reading it ---------------------------------------------------------------------------
+
+
+def account_stages(store: Store, journey: Journey, account_id: str) -> list[dict[str, Any]]:
+    """An account's stage history in a journey that follows accounts, oldest first."""
+    if journey.subject != "account":
+        raise StageError("journey", f"{journey.key} follows contacts, not accounts")
+    with store.session() as s:
+        return s.dicts(
+            "SELECT seq, stage, stage_index, entered_at, left_at, message_id, channel FROM account_stage_entries "
+            "WHERE journey_key = ? AND account_id = ? ORDER BY seq",
+            [journey.key, account_id],
+        )
 
 
 def contact_stages(store: Store, journey: Journey, contact_id: int) -> list[dict[str, Any]]:
@@ -293,7 +314,9 @@ def stage_overview(
     if start >= now:
         raise StageError("since", "must be before until")
     size = 86_400 if period == "day" else 7 * 86_400
-    only = f" AND contact_id IN ({contacts.text})" if contacts else ""
+    subj = subject(journey.subject)
+    table, column = subj.entries, subj.column
+    only = f" AND {column} IN ({contacts.text})" if contacts else ""
     fp = contacts.params if contacts else []
     with store.session() as s:
         s.tune_for_analytics()
@@ -310,13 +333,13 @@ def stage_overview(
                 "SELECT stage_index, "
                 "sum(CASE WHEN left_at IS NULL OR left_at > ? THEN 1 ELSE 0 END) AS current, "
                 "sum(CASE WHEN (left_at IS NULL OR left_at > ?) AND entered_at < ? THEN 1 ELSE 0 END) AS stuck, "
-                f"count({distinct}CASE WHEN {in_period} THEN contact_id END) AS entered, "
-                f"count({distinct}CASE WHEN {in_period} AND left_at IS NOT NULL THEN contact_id END) AS moved_on, "
+                f"count({distinct}CASE WHEN {in_period} THEN {column} END) AS entered, "
+                f"count({distinct}CASE WHEN {in_period} AND left_at IS NOT NULL THEN {column} END) AS moved_on, "
                 f"percentile_cont(0.5) WITHIN GROUP (ORDER BY CASE WHEN {in_period} "
                 "THEN extract(epoch FROM left_at - entered_at) END) AS median_s, "
                 f"percentile_cont(0.9) WITHIN GROUP (ORDER BY CASE WHEN {in_period} "
                 "THEN extract(epoch FROM left_at - entered_at) END) AS p90_s "
-                f"FROM stage_entries WHERE journey_key = ? AND entered_at <= ?{only} GROUP BY stage_index",
+                f"FROM {table} WHERE journey_key = ? AND entered_at <= ?{only} GROUP BY stage_index",
                 [now, now, now - stuck_after, *[start, now] * 4, journey.key, now, *fp],
             )
         }
@@ -327,10 +350,10 @@ def stage_overview(
         bucket = "CAST(floor((extract(epoch FROM {}) - ?) / ?) AS BIGINT)"
         trend_rows = s.rows(
             f"WITH bounds AS (SELECT DISTINCT {bucket.format('entered_at')} AS b "
-            "FROM stage_entries WHERE journey_key = ? AND entered_at >= ? AND entered_at < ?), "
-            f"moves AS (SELECT {bucket.format('entered_at')} AS b, stage_index, 1 AS d FROM stage_entries "
+            f"FROM {table} WHERE journey_key = ? AND entered_at >= ? AND entered_at < ?), "
+            f"moves AS (SELECT {bucket.format('entered_at')} AS b, stage_index, 1 AS d FROM {table} "
             f"WHERE journey_key = ?{only} UNION ALL SELECT {bucket.format('left_at')} AS b, stage_index, -1 AS d "
-            f"FROM stage_entries WHERE journey_key = ? AND left_at IS NOT NULL{only}), "
+            f"FROM {table} WHERE journey_key = ? AND left_at IS NOT NULL{only}), "
             "net AS (SELECT b, stage_index, sum(d) AS d FROM moves GROUP BY b, stage_index) "
             "SELECT bounds.b, net.stage_index, sum(net.d) FROM bounds JOIN net ON net.b <= bounds.b "
             "GROUP BY bounds.b, net.stage_index HAVING sum(net.d) <> 0 ORDER BY 1, 2",
@@ -371,6 +394,7 @@ def stage_overview(
         over_time.setdefault(int(b), {key: 0 for key in keys.values()})[keys[int(k)]] = int(n)
     return {
         "journey": journey.key,
+        "subject": subj.kind,
         "progression": journey.progression,
         "period": {"start": start.isoformat(), "end": now.isoformat()},
         "stuck_after_seconds": int(stuck_after.total_seconds()),
@@ -384,8 +408,9 @@ def stage_overview(
             }
             for b, v in sorted(over_time.items())
         ],
-        "notes": "time in stage counts contacts who have left the stage; moved_on counts contacts whose next "
-        "stage entry (a higher stage in forward journeys) followed an entry in the period",
+        "notes": f"counts are {subj.noun}; time in stage counts {subj.noun} who have left the stage; moved_on "
+        f"counts {subj.noun} whose next stage entry (a higher stage in forward journeys) followed an entry in "
+        "the period",
     }
 
 
@@ -397,11 +422,23 @@ def stuck_contacts(
     limit: int = 1000,
     as_of: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Contacts whose current stage is ``stage`` and who entered it longer than ``stuck_after`` ago."""
+    """Contacts (accounts, in journeys that follow accounts: ``account_id`` instead of
+    ``contact_id`` and ``email``) whose current stage is ``stage`` and who entered it longer than
+    ``stuck_after`` ago."""
     if stage not in journey.stage_keys():
         raise StageError(
             "stage", f"{stage!r} is not a stage of {journey.key} ({', '.join(journey.stage_keys())})"
         )
+    cutoff = (as_of or datetime.now(UTC)) - stuck_after
+    if journey.subject == "account":
+        with store.session() as s:
+            return s.dicts(
+                "WITH cur AS (SELECT account_id, stage, entered_at, row_number() OVER (PARTITION BY account_id "
+                "ORDER BY seq DESC) AS rn FROM account_stage_entries WHERE journey_key = ?) "
+                "SELECT account_id, entered_at FROM cur WHERE rn = 1 AND stage = ? AND entered_at < ? "
+                "ORDER BY entered_at, account_id LIMIT ?",
+                [journey.key, stage, cutoff, limit],
+            )
     with store.session() as s:
         return s.dicts(
             "WITH cur AS (SELECT contact_id, stage, entered_at, row_number() OVER (PARTITION BY contact_id "
@@ -409,7 +446,7 @@ def stuck_contacts(
             "SELECT cur.contact_id, cur.entered_at, (SELECT min(value) FROM identities WHERE contact_id = cur.contact_id "
             "AND kind = 'email') AS email FROM cur WHERE rn = 1 AND stage = ? AND entered_at < ? "
             "ORDER BY cur.entered_at, cur.contact_id LIMIT ?",
-            [journey.key, stage, (as_of or datetime.now(UTC)) - stuck_after, limit],
+            [journey.key, stage, cutoff, limit],
         )
 
 

@@ -219,6 +219,18 @@ def reference_problems(store: Store, automation: Automation, source: str = "<aut
                 )
             )
             continue
+        if journey.subject == "account":
+            # automations act on people; an account's stage or persona is not a person's
+            problems.append(
+                Problem(
+                    source,
+                    None,
+                    f"{field}.journey",
+                    f"journey {journey_key} follows accounts, and automations act on contacts: "
+                    "name a journey that follows contacts",
+                )
+            )
+            continue
         known = journey.stage_keys() if kind == "stage" else [p.key for p in journey.personas]
         if key not in known:
             guess = get_close_matches(key, known, n=1)

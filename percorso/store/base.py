@@ -301,6 +301,7 @@ class Store(ABC):
                 "api_keys",
                 "journeys",
                 "stage_entries",
+                "account_stage_entries",
                 "stage_progress",
                 "automations",
                 "automation_versions",

@@ -313,6 +313,15 @@ def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
             "SELECT count(*) FROM events WHERE identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)",
             [live_id],
         )[0][0]
+        # Accounts' stage history may rest on this person's events: drop those entries and have
+        # the next update rebuild those journeys from the events that remain.
+        mine = "SELECT message_id FROM events WHERE identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)"
+        s.execute(
+            "DELETE FROM stage_progress WHERE journey_key IN "
+            f"(SELECT DISTINCT journey_key FROM account_stage_entries WHERE message_id IN ({mine}))",
+            [live_id],
+        )
+        s.execute(f"DELETE FROM account_stage_entries WHERE message_id IN ({mine})", [live_id])
         s.execute(
             "DELETE FROM events WHERE identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)",
             [live_id],

@@ -338,4 +338,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         --pg CREATE INDEX contacts_merged_into ON contacts (merged_into) WHERE merged_into IS NOT NULL
         """,
     ),
+    Migration(
+        7,
+        "stage history of accounts (journeys with subject: account)",
+        """
+        CREATE TABLE account_stage_entries (
+            journey_key TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            stage TEXT NOT NULL,
+            stage_index INTEGER NOT NULL,
+            entered_at TIMESTAMPTZ NOT NULL,
+            left_at TIMESTAMPTZ,
+            message_id TEXT NOT NULL,
+            channel TEXT,
+            PRIMARY KEY (journey_key, account_id, seq)
+        );
+        --pg CREATE INDEX account_stage_entries_message ON account_stage_entries (message_id)
+        """,
+    ),
 )
