@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from percorso.analytics.funnel import FunnelSpec, Step, funnel_in, materialized
+from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, materialized
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql
 from percorso.analytics.summaries import summaries
 from percorso.journey.definition import Condition, Journey, display, duration_seconds
@@ -61,6 +61,8 @@ class FunnelDef:
     name: str
     steps: list[Step]
     window_seconds: int
+    order: str = "ordered"
+    exclusions: tuple[Exclusion, ...] = ()
 
 
 def journey_funnels(journey: Journey, lang: str = "en") -> list[FunnelDef]:
@@ -73,6 +75,8 @@ def journey_funnels(journey: Journey, lang: str = "en") -> list[FunnelDef]:
                 display(f.name, lang),
                 [Step(lb, c) for lb, c in zip(labels, f.steps, strict=True)],
                 duration_seconds(f.window),
+                f.order,
+                tuple(Exclusion(Step(_label(x), x), x.after, x.before) for x in f.exclude),
             )
         )
     return out
@@ -127,6 +131,8 @@ def find_pain_points(
                         start=start,
                         end=end,
                         window_seconds=f.window_seconds,
+                        order=f.order,
+                        exclusions=f.exclusions,
                         as_of=as_of,
                         journey=journey,  # for the `persona` dimension
                     )
@@ -248,11 +254,12 @@ def _dropoff_and_slow(
 
 
 def _closed(groups: list[dict[str, Any]], k: int) -> tuple[int, int]:
-    """(contacts who reached step k and whose window closed, of those who reached step k+1)."""
+    """(contacts who reached step k and whose window closed, of those who reached step k+1);
+    contacts an exclusion step took out are in neither."""
     reached = moved = 0
     for g in groups:
         step = g["steps"][k - 1]
-        reached += step["contacts"] - step.get("in_progress", 0)
+        reached += step["contacts"] - step.get("in_progress", 0) - step.get("excluded", 0)
         moved += g["steps"][k]["contacts"]
     return reached, moved
 

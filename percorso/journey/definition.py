@@ -121,6 +121,17 @@ class Persona(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     description: str | None = None
 
 
+class FunnelExclusion(Condition, forbid_unknown_fields=True, omit_defaults=True):
+    """An event that takes a contact out of the funnel's conversion when done after step
+    ``after`` and before step ``before`` (default: the last step) — e.g. a failed payment."""
+
+    after: Annotated[int, msgspec.Meta(ge=1, le=19)] = 1
+    before: Annotated[int, msgspec.Meta(ge=2, le=20)] | None = None
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f) is None for f in Condition.__struct_fields__)
+
+
 class Funnel(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A named sequence of steps inside the journey (checkout, registration) — analysed for pain
     points and shown on the map."""
@@ -130,6 +141,8 @@ class Funnel(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     steps: Annotated[list[Condition], msgspec.Meta(min_length=2, max_length=20)]
     window: Duration = "7d"
     labels: list[str] = []  # step labels; default: the event names
+    order: Literal["ordered", "strict", "any"] = "ordered"  # how later steps count (docs/analytics.md)
+    exclude: list[FunnelExclusion] = []
 
 
 class Journey(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -258,6 +271,17 @@ def semantic_problems(journey: Journey, node: Any = None, source: str = "<journe
                 add(["funnels", i, "steps", j], "an empty step would match every event")
         if funnel.labels and len(funnel.labels) != len(funnel.steps):
             add(["funnels", i, "labels"], f"has {len(funnel.labels)} labels for {len(funnel.steps)} steps")
+        n = len(funnel.steps)
+        for j, excluded in enumerate(funnel.exclude):
+            if excluded.is_empty():
+                add(["funnels", i, "exclude", j], "an empty exclusion would match every event")
+            before = excluded.before if excluded.before is not None else n
+            if not excluded.after < before <= n:
+                add(
+                    ["funnels", i, "exclude", j, "before" if excluded.before is not None else "after"],
+                    f"between step {excluded.after} and step {before} is not a range of this {n}-step funnel "
+                    f"(1 <= after < before <= {n})",
+                )
     for i, touchpoint in enumerate(journey.touchpoints):
         if not touchpoint.match or any(c.is_empty() for c in touchpoint.match):
             add(["touchpoints", i, "match"], "needs at least one non-empty condition")
@@ -340,6 +364,8 @@ def _conditions(journey: Journey) -> Iterable[tuple[list[str | int], Condition]]
     for i, funnel in enumerate(journey.funnels):
         for j, condition in enumerate(funnel.steps):
             yield ["funnels", i, "steps", j], condition
+        for j, excluded in enumerate(funnel.exclude):
+            yield ["funnels", i, "exclude", j], excluded
 
 
 def _as_list(value: Patterns | None) -> list[str]:

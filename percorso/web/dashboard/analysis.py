@@ -17,8 +17,10 @@ from percorso.analytics.funnel import (
     Exclusion,
     FunnelError,
     FunnelSpec,
+    Step,
     dropped_contacts,
     funnel,
+    parse_exclusion,
     parse_step,
 )
 from percorso.analytics.paths import PathError, PathSpec, paths, transitions
@@ -52,9 +54,42 @@ def _journey_funnels(store: Store, lang: str) -> list[dict[str, Any]]:
                     "name": display(f.name, lang),
                     "steps": [_condition_text(c) for c in f.steps],
                     "window": f.window,
+                    "order": f.order,
+                    "exclude": [_exclusion_text(x, len(f.steps)) for x in f.exclude],
                 }
             )
     return out
+
+
+def _exclusion_text(x: Any, steps: int) -> str:
+    """An exclusion as the builder writes it: ``Event`` or ``2-3:Event`` (between steps 2 and 3)."""
+    text = _condition_text(x)
+    return text if x.after == 1 and x.before is None else f"{x.after}-{x.before or steps}:{text}"
+
+
+def _from_journey(
+    request: Request, form: dict[str, Any]
+) -> tuple[list[Step] | None, tuple[Exclusion, ...] | None]:
+    """The chosen journey funnel's own steps and exclusions, while the builder shows them
+    unedited: the text form of a step cannot say everything a journey condition can (lists of
+    events, properties)."""
+    if not form["funnel"]:
+        return None, None
+    for journey in stored_journeys(_store(request)):
+        if form["journey"] and journey.key != form["journey"]:
+            continue
+        for f in journey.funnels:
+            if f.key != form["funnel"]:
+                continue
+            steps = exclusions = None
+            if form["steps"] == [_condition_text(c) for c in f.steps]:
+                steps = [Step(text, c) for text, c in zip(form["steps"], f.steps, strict=True)]
+            if form["exclude"] == [_exclusion_text(x, len(f.steps)) for x in f.exclude]:
+                exclusions = tuple(
+                    Exclusion(Step(_condition_text(x), x), x.after, x.before) for x in f.exclude
+                )
+            return steps, exclusions
+    return None, None
 
 
 def _condition_text(condition: Any) -> str:
@@ -70,22 +105,25 @@ def funnel_form(request: Request, lang: str) -> dict[str, Any]:
     q = request.query_params
     steps = [s.strip() for s in q.getlist("step") if s.strip()]
     window = q.get("window") or ""
+    order = q.get("order") or "ordered"
+    exclude = [e.strip() for e in q.getlist("exclude") if e.strip()]
     chosen = q.get("funnel")
+    journey = q.get("journey") or ""
     known = _journey_funnels(_store(request), lang)
+    if not steps and not chosen and known:  # start from the first journey funnel
+        chosen, journey = known[0]["key"], known[0]["journey"]
     if chosen and not steps:
         match = next(
-            (f for f in known if f["key"] == chosen and f["journey"] == (q.get("journey") or f["journey"])),
-            None,
+            (f for f in known if f["key"] == chosen and f["journey"] == (journey or f["journey"])), None
         )
         if match is None:
             raise PageError(f"there is no funnel {chosen!r} in the stored journeys", "funnel")
-        steps, window = match["steps"], window or match["window"]
-    if not steps and known:
-        steps, window = known[0]["steps"], window or known[0]["window"]
+        steps, window, journey = match["steps"], window or match["window"], match["journey"]
+        order = q.get("order") or match["order"]
+        exclude = exclude or match["exclude"]
     window = window or "14d"
     if not re.fullmatch(DURATION_PATTERN, window):
         raise PageError(f"window: {window!r} is not a duration such as 30m, 12h, 14d or 2w", "window")
-    order = q.get("order") or "ordered"
     if order not in ORDERS:
         raise PageError(f"order: {order!r} is not one of {', '.join(ORDERS)}", "order")
     dropped = q.get("dropped")
@@ -97,10 +135,10 @@ def funnel_form(request: Request, lang: str) -> dict[str, Any]:
         "steps": steps,
         "window": window,
         "order": order,
-        "exclude": [e.strip() for e in q.getlist("exclude") if e.strip()],
+        "exclude": exclude,
         "breakdown": q.get("breakdown") or "",
         "funnel": chosen or "",
-        "journey": q.get("journey") or "",
+        "journey": journey,
         "dropped": int(dropped) if dropped else None,
         "period": period(request).as_dict(),
     }
@@ -112,15 +150,18 @@ def _spec(request: Request, form: dict[str, Any]) -> FunnelSpec:
     if form["breakdown"] == "persona":
         journeys = stored_journeys(_store(request))
         journey = next((j for j in journeys if j.key == form["journey"]), journeys[0] if journeys else None)
+    steps, exclusions = _from_journey(request, form)
     try:
         return FunnelSpec(
-            steps=[parse_step(s) for s in form["steps"]],
+            steps=steps or [parse_step(s) for s in form["steps"]],
             start=chosen.start,
             end=chosen.end,
             window_seconds=duration_seconds(form["window"]),
             breakdown=form["breakdown"] or None,
             order=form["order"],
-            exclusions=tuple(Exclusion(step=parse_step(e)) for e in form["exclude"]),
+            exclusions=exclusions
+            if exclusions is not None
+            else tuple(parse_exclusion(e) for e in form["exclude"]),
             journey=journey,
         )
     except (FunnelError, JourneyError, ValueError) as exc:
