@@ -203,10 +203,23 @@ def child(engine: str, target: str, label: str, repeat: int) -> None:
         from percorso.store.postgres import PostgresStore
 
         store = PostgresStore(target, pool_size=2)
+    store.migrate()  # a store left by an older version
     out = run_percorso(store, label, repeat)
     store.close()
-    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    out["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(out), flush=True)
+
+
+def peak_rss_mib() -> int:
+    """This process's peak resident memory. On Linux the high-water mark of its own address space
+    (``VmHWM``): ``ru_maxrss`` survives ``exec`` and would report the parent's peak in a child."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def run_clickhouse(parquet: Path, repeat: int) -> dict[str, Any]:
@@ -326,7 +339,7 @@ def main() -> None:
                 "generate_s": round(time.perf_counter() - started, 1),
             }
             print(f"{contacts:,} contacts, {events:,} events generated in {run['generate_s']} s", flush=True)
-            run["generate_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            run["generate_peak_rss_mib"] = peak_rss_mib()
             store.close()
             run["duckdb"] = in_child("duckdb", str(path), f"duckdb {events:,}", repeat)
             save(run)

@@ -66,6 +66,9 @@ class Settings:
     #: Seconds the dashboard keeps an analytics result (a journey map, a funnel) before computing it
     #: again; pages show when their numbers were computed and offer a refresh. 0 turns caching off.
     dashboard_cache_seconds: int = 60
+    #: Memory (MiB) the embedded DuckDB store may use for its buffers before larger sorts and joins
+    #: spill to disk beside the database file; 0 leaves DuckDB's default (80% of the machine's).
+    duckdb_memory_mb: int = 1536
 
     @property
     def base_url(self) -> str:

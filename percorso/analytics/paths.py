@@ -113,20 +113,26 @@ def _kept_sql(spec: PathSpec, source: str, flags: list[Sql]) -> Sql:
     Events at the same instant are ordered by node name, then by their flags: events alike in all
     of these are interchangeable, so every engine gives the same answer."""
     params: list[Any] = []
-    columns = []
+    carried = ""  # the flags a condition sets (constant ones are added after the sorts)
+    kept = []
     for name, flag in zip(("f", "t"), flags, strict=True):
-        columns.append(f"{flag.text} AS {name}")
+        if flag.text == "0":
+            kept.append(f"0 AS {name}")
+            continue
+        carried += f", {flag.text} AS {name}"
+        kept.append(name)
         params += flag.params
     params += [spec.start, spec.end]
+    names = "".join(f", {c}" for c in kept if " " not in c)
     text = (
         f"WITH d AS (SELECT * FROM {source}), "
-        f"ev AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, d.code, {', '.join(columns)} "
+        f"ev AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, d.code{carried} "
         f"FROM {RESOLVED_EVENTS} JOIN d ON d.kind = e.type AND d.value = {_VALUE} "
         "WHERE e.timestamp >= ? AND e.timestamp < ? AND e.type IN ('track', 'page', 'screen')), "
-        f"w1 AS (SELECT cid, ts, code, f, t, CASE WHEN lag(ts) OVER w IS NULL OR ts - lag(ts) OVER w > "
-        f"{int(spec.session_gap_seconds)} THEN 1 ELSE 0 END AS ns, lag(code) OVER w AS prev, row_number() OVER w AS pos FROM ev "
-        f"WINDOW w AS ({_order(spec)})), "
-        "kept AS (SELECT cid, pos, ts, code, f, t, ns FROM w1"
+        f"w1 AS (SELECT cid, ts, code{names}, CASE WHEN lag(ts) OVER w IS NULL OR ts - lag(ts) OVER w > "
+        f"{int(spec.session_gap_seconds)} THEN 1 ELSE 0 END AS ns, lag(code) OVER w AS prev, "
+        f"row_number() OVER w AS pos FROM ev WINDOW w AS ({_order(spec)})), "
+        f"kept AS (SELECT cid, pos, ts, code, {', '.join(kept)}, ns FROM w1"
         + (" WHERE ns = 1 OR prev <> code)" if spec.collapse_repeats else ")")
     )
     return Sql(text, params)

@@ -18,7 +18,7 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
 
         url = settings.database_url
         path = url.removeprefix("duckdb://") if url.startswith("duckdb://") else settings.duckdb_path
-        store = DuckDBStore(path)
+        store = DuckDBStore(path, memory_mb=settings.duckdb_memory_mb)
     if migrate:
         store.migrate()
     return store

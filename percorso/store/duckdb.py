@@ -124,10 +124,15 @@ class DuckDBSession(Session):
         return None
 
 
+#: Memory DuckDB may use for its buffers (MiB): the process stays under 2 GB analysing 10M events
+#: (docs/performance.md). ``PERCORSO_DUCKDB_MEMORY_MB``; 0 leaves DuckDB's default.
+DEFAULT_MEMORY_MB = 1536
+
+
 class DuckDBStore(Store):
     engine = "duckdb"
 
-    def __init__(self, path: Path | str, *, read_only: bool = False):
+    def __init__(self, path: Path | str, *, read_only: bool = False, memory_mb: int = DEFAULT_MEMORY_MB):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +149,10 @@ class DuckDBStore(Store):
             raise StoreError(f"cannot open {self.path}: {exc}") from None
         if not read_only:
             self._db.execute("SET GLOBAL TimeZone = 'UTC'")
+        if memory_mb > 0:
+            # DuckDB's own default is 80% of the machine's memory; larger sorts spill to disk
+            # (next to the database file) instead.
+            self._db.execute(f"SET GLOBAL memory_limit = '{int(memory_mb)}MiB'")
         self.write_lock = threading.Lock()
         self._local = threading.local()
 
