@@ -65,24 +65,10 @@ def account_rule_sql(session: Session, rule: PersonaRule, as_of: datetime | None
         values = expected if isinstance(expected, list) else [expected]
         where.append(f"t{j}.v IN ({', '.join('?' for _ in values)})")
         params += list(map(_text, values))
-    counts = []
-    count_params: list[Any] = []
-    for j, part in enumerate(rule.behaviour):
-        cond = condition_sql(session, part.did)
-        window = ""
-        if part.within:
-            window = " AND e.timestamp >= ?"
-            cond.params.append(datetime.fromtimestamp(as_of.timestamp() - duration_seconds(part.within), UTC))
-        counts.append(f"sum(CASE WHEN ({cond.text}){window} AND e.timestamp <= ? THEN 1 ELSE 0 END) AS b{j}")
-        count_params += [*cond.params, as_of]
-        where.append(f"coalesce(beh.b{j}, 0) >= ?")
-        params.append(part.at_least)
-        if part.at_most is not None:
-            where.append(f"coalesce(beh.b{j}, 0) <= ?")
-            params.append(part.at_most)
+    counts, count_params = _behaviour(session, rule, as_of, where, params)
     if counts:
         joins.append(
-            f" LEFT JOIN (SELECT {ACCOUNT.key} AS gid, {', '.join(counts)} FROM {ACCOUNT.events} "
+            f" LEFT JOIN (SELECT {ACCOUNT.key} AS gid, {counts} FROM {ACCOUNT.events} "
             "GROUP BY m.gid) beh ON beh.gid = a.gid"
         )
         join_params += count_params
@@ -132,34 +118,41 @@ def rule_sql(
         return Sql(
             f"SELECT c.contact_id FROM contacts c WHERE {' AND '.join(where)}{narrow}", params + narrow_params
         )
-    counts = []
-    count_params: list[Any] = []
-    for j, rule_part in enumerate(behaviour):
-        cond = condition_sql(session, rule_part.did)
-        window = ""
-        if rule_part.within:
-            window = " AND e.timestamp >= ?"
-            cond.params.append(
-                datetime.fromtimestamp(as_of.timestamp() - duration_seconds(rule_part.within), UTC)
-            )
-        counts.append(f"sum(CASE WHEN ({cond.text}){window} AND e.timestamp <= ? THEN 1 ELSE 0 END) AS b{j}")
-        count_params += [*cond.params, as_of]
-        where.append(f"coalesce(beh.b{j}, 0) >= ?")
-        params.append(rule_part.at_least)
-        if rule_part.at_most is not None:
-            where.append(f"coalesce(beh.b{j}, 0) <= ?")
-            params.append(rule_part.at_most)
+    counts, count_params = _behaviour(session, rule, as_of, where, params)
     inner_where = ""
     inner_params: list[Any] = []
     if contacts is not None:
         among, inner_params = session.member("i.contact_id", contacts)
         inner_where = f" WHERE {among}"
     return Sql(
-        f"SELECT c.contact_id FROM contacts c LEFT JOIN (SELECT i.contact_id AS cid, {', '.join(counts)} "
+        f"SELECT c.contact_id FROM contacts c LEFT JOIN (SELECT i.contact_id AS cid, {counts} "
         f"FROM {RESOLVED_EVENTS}{inner_where} GROUP BY i.contact_id) beh ON beh.cid = c.contact_id "
         f"WHERE {' AND '.join(where)}{narrow}",
         [*count_params, *inner_params, *params, *narrow_params],
     )
+
+
+def _behaviour(
+    session: Session, rule: PersonaRule, as_of: datetime, where: list[str], params: list[Any]
+) -> tuple[str, list[Any]]:
+    """The counts ``b0, b1, …`` of the events each behaviour rule names (for a ``beh`` subquery
+    over ``events e``), and its parameters; appends the tests on them to ``where`` and ``params``."""
+    counts = []
+    count_params: list[Any] = []
+    for j, part in enumerate(rule.behaviour):
+        cond = condition_sql(session, part.did)
+        window = ""
+        if part.within:
+            window = " AND e.timestamp >= ?"
+            cond.params.append(datetime.fromtimestamp(as_of.timestamp() - duration_seconds(part.within), UTC))
+        counts.append(f"sum(CASE WHEN ({cond.text}){window} AND e.timestamp <= ? THEN 1 ELSE 0 END) AS b{j}")
+        count_params += [*cond.params, as_of]
+        where.append(f"coalesce(beh.b{j}, 0) >= ?")
+        params.append(part.at_least)
+        if part.at_most is not None:
+            where.append(f"coalesce(beh.b{j}, 0) <= ?")
+            params.append(part.at_most)
+    return ", ".join(counts), count_params
 
 
 def persona_sizes(store: Store, journey: Journey, as_of: datetime | None = None) -> list[dict[str, Any]]:

@@ -277,7 +277,11 @@ class Engine:
             stamp = s.rows("SELECT count(*), max(updated_at), max(version) FROM automations")[0]
             if stamp == self._stamp:
                 return self._loaded
-            heads = s.rows("SELECT automation_key, version, status, created_at FROM automations")
+            # oldest first: when two automations reach one contact together, the older one acts first
+            # (and takes the frequency cap), the same on every run and engine
+            heads = s.rows(
+                "SELECT automation_key, version, status, created_at FROM automations ORDER BY created_at, automation_key"
+            )
             versions = s.rows("SELECT automation_key, version, definition FROM automation_versions")
         loaded: dict[str, Loaded] = {}
         for key, version, status, created_at in heads:
