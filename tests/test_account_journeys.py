@@ -4,10 +4,12 @@ count accounts, personas read account traits, and erasure leaves no trace of the
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pypdf import PdfReader
 
 from percorso.analytics.funnel import FunnelError, FunnelSpec, parse_step
 from percorso.analytics.journeymap import journey_map
@@ -29,6 +31,8 @@ from percorso.events import Limits
 from percorso.journey import load_journey, template_text
 from percorso.store import Store
 from percorso.store.contacts import erase_contact, find_contact
+from percorso.web.dashboard.export import map_pdf, map_svg
+from percorso.web.dashboard.i18n import Translator
 
 T = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 D = timedelta(days=1)
@@ -144,6 +148,12 @@ def test_overview_map_and_personas_count_accounts(b2b):
 
     stuck = stuck_contacts(store, journey, "interest", timedelta(days=7), as_of=end)
     assert [r["account_id"] for r in stuck] == ["acme"]
+
+    # the printable map says what it counts, in both languages
+    svg = map_svg(full, Translator("en"))
+    assert "Accounts: 1" in svg and "Contacts" not in svg
+    pdf = PdfReader(io.BytesIO(map_pdf(full, Translator("it"))))
+    assert "account entrati" in "".join(page.extract_text() for page in pdf.pages)
 
 
 def test_what_an_account_journey_refuses(b2b):

@@ -52,7 +52,17 @@ def _wrap(text: str, width: int = 34, lines: int = 4) -> list[str]:
     return out
 
 
-def _lane_lines(stage: dict[str, Any], lane: str, t: Translator) -> list[tuple[str, str]]:
+def _counted(jmap: dict[str, Any]) -> tuple[str, str]:
+    """The message keys for what the map counts: contacts, or accounts in a journey that follows
+    accounts (the KPI label, and "entered")."""
+    if jmap.get("subject") == "account":
+        return "kpi.accounts", "map.entered_accounts"
+    return "kpi.contacts", "map.entered"
+
+
+def _lane_lines(
+    stage: dict[str, Any], lane: str, t: Translator, counted: str = "kpi.contacts"
+) -> list[tuple[str, str]]:
     """The text lines of one cell as (css class, text)."""
     if lane == "actions":
         return [("", f"{a['action'][:26]}  {t.pct(a['share'], 0)}") for a in stage["top_actions"][:5]] or [
@@ -73,7 +83,7 @@ def _lane_lines(stage: dict[str, Any], lane: str, t: Translator) -> list[tuple[s
             lines += [("pain", wrapped[0]), *[("pain", w) for w in wrapped[1:]]]
         return lines or [("muted", t("map.no_pains"))]
     return [
-        ("", f"{t('kpi.contacts')}: {t.num(stage['contacts']['entered'])}"),
+        ("", f"{t(counted)}: {t.num(stage['contacts']['entered'])}"),
         ("", f"{t('kpi.conversion')}: {t.pct(stage['conversion_to_next'])}"),
         ("", f"{t('kpi.time')}: {t.duration(stage['time_in_stage']['median_seconds'])}"),
     ]
@@ -84,7 +94,8 @@ def map_svg(jmap: dict[str, Any], t: Translator) -> str:
     stages = jmap["stages"]
     width = LABEL_W + COL_W * max(len(stages), 1)
     heights = {
-        lane: PAD * 2 + LINE * max((len(_lane_lines(s, lane, t)) for s in stages), default=1)
+        lane: PAD * 2
+        + LINE * max((len(_lane_lines(s, lane, t, _counted(jmap)[0])) for s in stages), default=1)
         for lane in LANES
     }
     heights["emotion"] = 120
@@ -122,7 +133,7 @@ def map_svg(jmap: dict[str, Any], t: Translator) -> str:
             out.append(f'<rect x="{x}" y="{y}" width="{COL_W}" height="{h}" fill="none" stroke="#e4e7ec"/>')
             if lane == "emotion":
                 continue
-            for i, (cls, text) in enumerate(_lane_lines(s, lane, t)):
+            for i, (cls, text) in enumerate(_lane_lines(s, lane, t, _counted(jmap)[0])):
                 attr = f" class={quoteattr(cls)}" if cls else ""
                 out.append(f'<text x="{x + PAD}" y="{y + PAD + 12 + i * LINE}"{attr}>{escape(text)}</text>')
         if lane == "emotion":
@@ -257,13 +268,15 @@ def map_pdf(jmap: dict[str, Any], t: Translator) -> bytes:
         head.cell(_pdf_text(t("map.stage")))
         for s in stages:
             head.cell(
-                _pdf_text(f"{s['index']}. {s['name']}\n{t.num(s['contacts']['entered'])} {t('map.entered')}")
+                _pdf_text(
+                    f"{s['index']}. {s['name']}\n{t.num(s['contacts']['entered'])} {t(_counted(jmap)[1])}"
+                )
             )
         for lane in LANES:
             row = table.row()
             row.cell(_pdf_text(t("lane." + lane)))
             for s in stages:
-                row.cell(_pdf_text("\n".join(text for _, text in _lane_lines(s, lane, t))))
+                row.cell(_pdf_text("\n".join(text for _, text in _lane_lines(s, lane, t, _counted(jmap)[0]))))
     pains = [p for s in stages for p in s["pain_points"]] + jmap.get("unplaced_pain_points", [])
     if pains:
         pdf.ln(4)
