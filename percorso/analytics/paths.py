@@ -107,48 +107,39 @@ class _Dictionary:
         return self.names[int(code)]
 
 
-def _kept_sql(spec: PathSpec, source: str, flags: list[Sql]) -> Sql:
-    """CTEs ending in ``kept``: the events of the period as (cid, ts, code, f, t, ns) — ``ns`` = 1
-    where a session starts — with consecutive repeats of a node dropped (``collapse_repeats``).
-    Events at the same instant are ordered by node name, then by their flags: events alike in all
-    of these are interchangeable, so every engine gives the same answer."""
+def _kept_sql(session: Session, spec: PathSpec, source: str) -> Sql:
+    """CTEs ending in ``kept``: the events of the period as (cid, ts, code, f, t, ns) — ``f`` and
+    ``t`` mark events matching ``from_step`` and ``to_step``, ``ns`` = 1 where a session starts —
+    with consecutive repeats of a node dropped (``collapse_repeats``). Events at the same instant
+    are ordered by node name, then by their flags: events alike in all of these are
+    interchangeable, so every engine gives the same answer. A flag no condition sets is a
+    constant added after the sorts."""
     params: list[Any] = []
-    carried = ""  # the flags a condition sets (constant ones are added after the sorts)
-    kept = []
-    for name, flag in zip(("f", "t"), flags, strict=True):
-        if flag.text == "0":
+    carried: list[str] = []  # the flags a condition sets, sorted and carried through pass 1
+    kept: list[str] = []
+    for name, condition in (("f", spec.from_step), ("t", spec.to_step)):
+        if condition is None:
             kept.append(f"0 AS {name}")
             continue
-        carried += f", {flag.text} AS {name}"
+        c = condition_sql(session, condition)
+        carried.append(f"CASE WHEN {c.text} THEN 1 ELSE 0 END AS {name}")
+        params += c.params
         kept.append(name)
-        params += flag.params
     params += [spec.start, spec.end]
-    names = "".join(f", {c}" for c in kept if " " not in c)
+    flags = [name for name in ("f", "t") if name in kept]
+    order = "PARTITION BY cid ORDER BY " + ", ".join(["ts", "code", *flags])
     text = (
         f"WITH d AS (SELECT * FROM {source}), "
-        f"ev AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, d.code{carried} "
+        f"ev AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, {', '.join(['d.code', *carried])} "
         f"FROM {RESOLVED_EVENTS} JOIN d ON d.kind = e.type AND d.value = {_VALUE} "
         "WHERE e.timestamp >= ? AND e.timestamp < ? AND e.type IN ('track', 'page', 'screen')), "
-        f"w1 AS (SELECT cid, ts, code{names}, CASE WHEN lag(ts) OVER w IS NULL OR ts - lag(ts) OVER w > "
-        f"{int(spec.session_gap_seconds)} THEN 1 ELSE 0 END AS ns, lag(code) OVER w AS prev, "
-        f"row_number() OVER w AS pos FROM ev WINDOW w AS ({_order(spec)})), "
+        f"w1 AS (SELECT {', '.join(['cid', 'ts', 'code', *flags])}, CASE WHEN lag(ts) OVER w IS NULL "
+        f"OR ts - lag(ts) OVER w > {int(spec.session_gap_seconds)} THEN 1 ELSE 0 END AS ns, "
+        f"lag(code) OVER w AS prev, row_number() OVER w AS pos FROM ev WINDOW w AS ({order})), "
         f"kept AS (SELECT cid, pos, ts, code, {', '.join(kept)}, ns FROM w1"
         + (" WHERE ns = 1 OR prev <> code)" if spec.collapse_repeats else ")")
     )
     return Sql(text, params)
-
-
-def _order(spec: PathSpec) -> str:
-    """The order of a contact's events (flags that are constant here are left out of the sort)."""
-    flags = [name for name, c in (("f", spec.from_step), ("t", spec.to_step)) if c is not None]
-    return "PARTITION BY cid ORDER BY " + ", ".join(["ts", "code", *flags])
-
-
-def _flag(session: Session, condition: Condition | None) -> Sql:
-    if condition is None:
-        return Sql("0")
-    c = condition_sql(session, condition)
-    return Sql(f"CASE WHEN {c.text} THEN 1 ELSE 0 END", c.params)
 
 
 def _anchored_sql(spec: PathSpec, mode: str) -> str:
@@ -231,7 +222,7 @@ def paths(store: Store, spec: PathSpec) -> dict[str, Any]:
         for source, source_params in s.row_sources(
             [("kind", "TEXT"), ("value", "TEXT"), ("code", "INTEGER")], nodes.rows
         ):
-            base = _kept_sql(spec, source, [_flag(s, spec.from_step), _flag(s, spec.to_step)])
+            base = _kept_sql(s, spec, source)
             anchored = _anchored_sql(spec, mode)
             rows = s.rows(
                 base.text
@@ -313,7 +304,7 @@ def transitions(
         for source, source_params in s.row_sources(
             [("kind", "TEXT"), ("value", "TEXT"), ("code", "INTEGER")], nodes.rows
         ):
-            base = _kept_sql(spec, source, [Sql("0"), Sql("0")])
+            base = _kept_sql(s, spec, source)
             rows = s.dicts(
                 base.text
                 + ", pairs AS (SELECT cid, code, ts, lead(code) OVER w AS next_code, lead(ts) OVER w AS next_ts, "

@@ -23,6 +23,7 @@ from percorso.analytics.funnel import (
     parse_exclusion,
     parse_step,
 )
+from percorso.analytics.painpoints import journey_funnels
 from percorso.analytics.paths import PathError, PathSpec, paths, transitions
 from percorso.journey.definition import DURATION_PATTERN, JourneyError, display, duration_seconds
 from percorso.store import Store
@@ -78,17 +79,12 @@ def _from_journey(
     for journey in stored_journeys(_store(request)):
         if form["journey"] and journey.key != form["journey"]:
             continue
-        for f in journey.funnels:
+        for f, defined in zip(journey.funnels, journey_funnels(journey), strict=True):
             if f.key != form["funnel"]:
                 continue
-            steps = exclusions = None
-            if form["steps"] == [_condition_text(c) for c in f.steps]:
-                steps = [Step(text, c) for text, c in zip(form["steps"], f.steps, strict=True)]
-            if form["exclude"] == [_exclusion_text(x, len(f.steps)) for x in f.exclude]:
-                exclusions = tuple(
-                    Exclusion(Step(_condition_text(x), x), x.after, x.before) for x in f.exclude
-                )
-            return steps, exclusions
+            steps = defined.steps if form["steps"] == [_condition_text(c) for c in f.steps] else None
+            unedited = form["exclude"] == [_exclusion_text(x, len(f.steps)) for x in f.exclude]
+            return steps, defined.exclusions if unedited else None
     return None, None
 
 

@@ -297,32 +297,34 @@ def map_pdf(jmap: dict[str, Any], t: Translator) -> bytes:
     return bytes(pdf.output())
 
 
+def _current_map(request: Request) -> tuple[Translator, dict[str, Any]]:
+    """The reader's language and the map the page shows (the same cached result)."""
+    t = Translator(language(request))
+    return t, cached_map(request, journey_filters(request), t.lang)
+
+
 @router.get("/map/export.svg")
 def export_svg(request: Request, session: Viewer) -> Response:
-    t = Translator(language(request))
-    jmap = cached_map(request, journey_filters(request), t.lang)
+    t, jmap = _current_map(request)
     return _attachment(map_svg(jmap, t), "image/svg+xml", _filename(jmap, "svg"))
 
 
 @router.get("/map/export.csv")
 def export_csv(request: Request, session: Viewer) -> Response:
-    t = Translator(language(request))
-    jmap = cached_map(request, journey_filters(request), t.lang)
+    _, jmap = _current_map(request)
     return _attachment(map_csv(jmap), "text/csv; charset=utf-8", _filename(jmap, "csv"))
 
 
 @router.get("/map/export.pdf")
 def export_pdf(request: Request, session: Viewer) -> Response:
-    t = Translator(language(request))
-    jmap = cached_map(request, journey_filters(request), t.lang)
+    t, jmap = _current_map(request)
     return _attachment(map_pdf(jmap, t), "application/pdf", _filename(jmap, "pdf"))
 
 
 @router.get("/map/export.html")
 def export_html(request: Request, session: Viewer) -> Response:
     """One file that opens anywhere, offline: the drawing, the numbers and the pain points."""
-    t = Translator(language(request))
-    jmap = cached_map(request, journey_filters(request), t.lang)
+    t, jmap = _current_map(request)
     css = (Path(__file__).parent.parent / "static" / "app.css").read_text(encoding="utf-8")
     body = TEMPLATES.get_template("map_export.html").render(
         m=jmap, t=t, lang=t.lang, svg=map_svg(jmap, t), css=css, subtitle=_subtitle(jmap, t)
