@@ -162,7 +162,8 @@ class Processes:
                 self.running.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "percorso", *self.command],
-                        env=self.env,
+                        # a worker that crashes by itself (not our SIGKILL) prints its Python stacks
+                        env={**self.env, "PYTHONFAULTHANDLER": "1"},
                         stdout=out,
                         stderr=subprocess.STDOUT,
                     )
@@ -176,7 +177,7 @@ class Processes:
     def kill_all(self) -> int:
         count = len(self.running)
         for proc in self.running:
-            assert proc.poll() is None, f"a worker exited by itself:\n{self.tail()}"
+            assert proc.poll() is None, f"a worker exited by itself ({proc.returncode}):\n{self.tail()}"
             proc.send_signal(signal.SIGKILL)
         for proc in self.running:
             proc.wait(timeout=10)
