@@ -141,13 +141,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def baseline_tree(ref: str) -> Path:
+    """A checkout of ``ref`` (e.g. the commit before a change) whose code a server can run."""
+    tree = Path(tempfile.gettempdir()) / f"percorso-baseline-{ref}"
+    if not (tree / "percorso").is_dir():
+        repo = HERE.parent
+        subprocess.run(["git", "-C", str(repo), "worktree", "prune"], check=True)
+        subprocess.run(
+            ["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), ref],
+            check=True,
+            capture_output=True,
+        )
+    return tree
+
+
 def http_load(
-    engine: str, *, batch: int, connections: int, seconds: int, warmup: int, workers: int = 1
+    engine: str,
+    *,
+    batch: int,
+    connections: int,
+    seconds: int,
+    warmup: int,
+    workers: int = 1,
+    code: Path | None = None,
 ) -> dict[str, Any]:
-    """One server, one wrk process: warm up, then measure; verify the store holds exactly what was acked."""
+    """One server, one wrk process: warm up, then measure; verify the store holds exactly what was acked.
+
+    ``code`` runs the server from another checkout (``--baseline``), on the same machine and data."""
     wrk = ensure_wrk()
     workdir = Path(tempfile.mkdtemp(prefix="percorso-bench-"))
     env = {**os.environ, "PERCORSO_DATA_DIR": str(workdir)}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     pg = PgDatabase() if engine == "postgres" else None
     if pg:
         env["PERCORSO_DATABASE_URL"] = pg.url
@@ -311,6 +336,11 @@ def main() -> None:
         "--engines", nargs="*", default=["duckdb", "postgres"], choices=["duckdb", "postgres"]
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "collector.json")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run the HTTP ingest figures on the code of git REF, alternating with this tree",
+    )
     args = parser.parse_args()
     seconds, warmup = (5, 2) if args.quick else (20, 5)
     only = set(args.only or ["ingest_batch", "ingest_single", "identity_merges"])
@@ -333,27 +363,44 @@ def main() -> None:
         "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
         "results": {},
     }
+    trees: list[tuple[str, Path | None]] = [("", None)]
+    if args.baseline:
+        trees.insert(0, (f"baseline_{args.baseline}_", baseline_tree(args.baseline)))
+        results["baseline"] = args.baseline
     for engine in args.engines:
-        if "ingest_batch" in only:
-            r = http_load(
-                engine, batch=500, connections=8, seconds=seconds, warmup=warmup, workers=procs(engine)
-            )
-            results["results"][f"ingest_batch_{engine}"] = r
-            print(
-                f"{engine:8} batch ingest   {r['events_per_s']:>9,} events/s  p99 {r['latency_ms']['p99']} ms  "
-                f"every ack stored: {r['every_ack_stored']}",
-                flush=True,
-            )
-        if "ingest_single" in only:
-            r = http_load(
-                engine, batch=1, connections=64, seconds=seconds, warmup=warmup, workers=procs(engine)
-            )
-            results["results"][f"ingest_single_{engine}"] = r
-            print(
-                f"{engine:8} single events  {r['requests_per_s']:>9,} req/s     p99 {r['latency_ms']['p99']} ms  "
-                f"every ack stored: {r['every_ack_stored']}",
-                flush=True,
-            )
+        for label, code in trees:
+            if "ingest_batch" in only:
+                r = http_load(
+                    engine,
+                    batch=500,
+                    connections=8,
+                    seconds=seconds,
+                    warmup=warmup,
+                    workers=procs(engine),
+                    code=code,
+                )
+                results["results"][f"{label}ingest_batch_{engine}"] = r
+                print(
+                    f"{label}{engine:8} batch ingest   {r['events_per_s']:>9,} events/s  "
+                    f"p99 {r['latency_ms']['p99']} ms  every ack stored: {r['every_ack_stored']}",
+                    flush=True,
+                )
+            if "ingest_single" in only:
+                r = http_load(
+                    engine,
+                    batch=1,
+                    connections=64,
+                    seconds=seconds,
+                    warmup=warmup,
+                    workers=procs(engine),
+                    code=code,
+                )
+                results["results"][f"{label}ingest_single_{engine}"] = r
+                print(
+                    f"{label}{engine:8} single events  {r['requests_per_s']:>9,} req/s     "
+                    f"p99 {r['latency_ms']['p99']} ms  every ack stored: {r['every_ack_stored']}",
+                    flush=True,
+                )
         if "identity_merges" in only:
             r = identity_merges(engine, 20_000 if args.quick else 100_000)
             results["results"][f"identity_merges_{engine}"] = r

@@ -57,7 +57,8 @@ def require(role: str = "viewer") -> Callable[[Request], Coroutine[Any, Any, Web
                 form = await request.form()
                 value = form.get("csrf_token")
                 sent = value if isinstance(value, str) else None
-            if not sent or not hmac.compare_digest(sent, session.csrf_token):
+            # Bytes, not str: compare_digest refuses non-ASCII text, and a forged header may hold it.
+            if not sent or not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
                 raise CsrfRejected()
         if not session.user.can(role):
             raise Forbidden(role)
