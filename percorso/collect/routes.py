@@ -9,6 +9,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from percorso.collect.schema import Ack, BatchResult, batch_body, message_body
 from percorso.collect.writer import GroupCommitWriter, WriteOutcome
 from percorso.events import (
     CALL_TYPES,
@@ -22,6 +23,7 @@ from percorso.events import (
 from percorso.store import StoreUnavailable
 from percorso.web.auth import authenticate
 from percorso.web.errors import ApiError
+from percorso.web.openapi import COLLECT, COLLECT_SECURITY, responses
 
 router = APIRouter(tags=["collect"])
 
@@ -120,7 +122,14 @@ def _single(call: str) -> Any:
 
 
 for _call in CALL_TYPES:
-    router.add_api_route(f"/v1/{_call}", _single(_call), methods=["POST"], summary=f"Send a {_call} call")
+    router.add_api_route(
+        f"/v1/{_call}",
+        _single(_call),
+        methods=["POST"],
+        summary=f"Send a {_call} call",
+        responses=responses({200: {"model": Ack, "description": "Stored, or a retry of one stored"}}, COLLECT),
+        openapi_extra={**message_body(_call), "security": COLLECT_SECURITY},
+    )
 
 
 async def _ingest_many(request: Request, *, historical: bool) -> JSONResponse:
@@ -194,13 +203,30 @@ async def _ingest_many(request: Request, *, historical: bool) -> JSONResponse:
     return JSONResponse(result)
 
 
-@router.post("/v1/batch", summary="Send a batch of Segment calls")
+_BATCH_RESPONSES = responses(
+    {200: {"model": BatchResult, "description": "At least one message was stored or was a retry"}},
+    COLLECT,
+    {400: {**COLLECT[400], "description": "The body is invalid, or no message in it could be stored"}},
+)
+
+
+@router.post(
+    "/v1/batch",
+    summary="Send a batch of Segment calls",
+    responses=_BATCH_RESPONSES,
+    openapi_extra={**batch_body(historical=False), "security": COLLECT_SECURITY},
+)
 async def collect_batch(request: Request) -> JSONResponse:
     """Valid messages are stored even when others are rejected; each rejection names its index."""
     return await _ingest_many(request, historical=False)
 
 
-@router.post("/v1/import", summary="Import historical messages (JSON batch or NDJSON)")
+@router.post(
+    "/v1/import",
+    summary="Import historical messages (JSON batch or NDJSON)",
+    responses=_BATCH_RESPONSES,
+    openapi_extra={**batch_body(historical=True), "security": COLLECT_SECURITY},
+)
 async def collect_import(request: Request) -> JSONResponse:
     """Like /v1/batch with a larger body limit and timestamps taken as given (no clock-skew correction)."""
     return await _ingest_many(request, historical=True)

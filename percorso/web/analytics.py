@@ -40,27 +40,69 @@ from percorso.store import Store
 from percorso.web.auth import require_secret
 from percorso.web.documents import document_body
 from percorso.web.errors import ApiError
+from percorso.web.openapi import (
+    DOCUMENT_SECRET_KEY,
+    INVALID,
+    INVALID_DOCUMENT,
+    NOT_FOUND,
+    SECRET_KEY,
+    DateTime,
+    definition_body,
+    responses,
+)
 
-router = APIRouter(prefix="/v1", tags=["journeys and analytics"], dependencies=[Depends(require_secret)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["journeys and analytics"],
+    dependencies=[Depends(require_secret), *DOCUMENT_SECRET_KEY],
+    responses=SECRET_KEY,
+)
 
 JourneyKey = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="the journey's key")]
 Lang = Annotated[Literal["en", "it"], Query(description="names in English or Italian")]
 Since = Annotated[
-    datetime | None, Query(alias="from", description="period start; default 26 weeks before `to`")
+    DateTime | None, Query(alias="from", description="period start; default 26 weeks before `to`")
 ]
-Until = Annotated[datetime | None, Query(alias="to", description="period end; default now")]
+Until = Annotated[DateTime | None, Query(alias="to", description="period end; default now")]
 
 
 def _store(request: Request) -> Store:
     return request.app.state.store
 
 
+#: Periods end a year before the calendar does: windows and cohorts are computed past `to`.
+_LATEST_END = datetime(9998, 12, 31, tzinfo=UTC)
+
+
 def _period(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    end = _aware(until) if until else datetime.now(UTC)
-    start = _aware(since) if since else end - timedelta(weeks=26)
+    end = _latest_end(_aware(until) if until else datetime.now(UTC))
+    start = _aware(since) if since else _earlier(end, timedelta(weeks=26))
     if start >= end:
         raise ApiError(400, "invalid_request", "`from` must be before `to`", "from")
     return start, end
+
+
+def _latest_end(end: datetime) -> datetime:
+    if end > _LATEST_END:
+        raise ApiError(400, "invalid_request", "`to` must be before 9998-12-31", "to")
+    return end
+
+
+def _earlier(end: datetime, span: timedelta) -> datetime:
+    try:
+        return end - span
+    except OverflowError:  # `to` within `span` of year 1: the period starts with the calendar
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def _checked_duration(text: str, field: str, base: datetime, sign: int) -> int:
+    """The duration in seconds, refused with 400 if ``base`` moved by it leaves the calendar."""
+    seconds = duration_seconds(text)
+    try:
+        base + sign * timedelta(seconds=seconds)
+    except OverflowError:
+        raise ApiError(400, "invalid_request", f"{field}: {text} reaches past the calendar", field) from None
+    return seconds
 
 
 def _aware(value: datetime) -> datetime:
@@ -87,9 +129,8 @@ def schema() -> dict[str, Any]:
 @router.put(
     "/journeys/{key}",
     summary="Store or replace a journey (YAML or JSON body) and compute its stage history",
-    openapi_extra={
-        "requestBody": {"content": {"application/yaml": {}, "application/json": {}}, "required": True}
-    },
+    openapi_extra=definition_body("Journey"),
+    responses=responses(INVALID, INVALID_DOCUMENT),
 )
 async def put_journey(request: Request, key: JourneyKey) -> dict[str, Any]:
     journey = await document_body(request, key, load_journey, JourneyError, "invalid_journey")
@@ -99,14 +140,18 @@ async def put_journey(request: Request, key: JourneyKey) -> dict[str, Any]:
     return {**saved, "stages": report.as_dict()}
 
 
-@router.get("/journeys/{key}", summary="A journey's definition")
+@router.get("/journeys/{key}", summary="A journey's definition", responses=NOT_FOUND)
 def get_definition(request: Request, key: JourneyKey) -> dict[str, Any]:
     import msgspec
 
     return msgspec.to_builtins(_journey(_store(request), key))
 
 
-@router.get("/journeys/{key}/stages", summary="Stage overview: contacts per stage, conversion, time, stuck")
+@router.get(
+    "/journeys/{key}/stages",
+    summary="Stage overview: contacts per stage, conversion, time, stuck",
+    responses=NOT_FOUND,
+)
 def stages(
     request: Request,
     key: JourneyKey,
@@ -118,6 +163,7 @@ def stages(
     store = _store(request)
     journey = _journey(store, key)
     start, end = _period(since, until)
+    stuck_seconds = _checked_duration(stuck_after, "stuck_after", datetime.now(UTC), -1)
     update(store, journey)
     return stage_overview(
         store,
@@ -125,11 +171,11 @@ def stages(
         since=start,
         until=end,
         lang=lang,
-        stuck_after=timedelta(seconds=duration_seconds(stuck_after)),
+        stuck_after=timedelta(seconds=stuck_seconds),
     )
 
 
-@router.get("/journeys/{key}/map", summary="The journey map for a persona and a period")
+@router.get("/journeys/{key}/map", summary="The journey map for a persona and a period", responses=NOT_FOUND)
 def journey_map_endpoint(
     request: Request,
     key: JourneyKey,
@@ -150,7 +196,11 @@ def journey_map_endpoint(
         raise ApiError(400, "invalid_request", str(exc), exc.field) from None
 
 
-@router.get("/journeys/{key}/painpoints", summary="Pain points found automatically in the journey's funnels")
+@router.get(
+    "/journeys/{key}/painpoints",
+    summary="Pain points found automatically in the journey's funnels",
+    responses=NOT_FOUND,
+)
 def painpoints(
     request: Request,
     key: JourneyKey,
@@ -185,8 +235,8 @@ class FunnelRequest(BaseModel):
         max_length=20,
         description="event names or event:/page:/type:/channel:/name:/property.KEY: patterns",
     )
-    start: datetime | None = Field(None, alias="from")
-    end: datetime | None = Field(None, alias="to")
+    start: DateTime | None = Field(None, alias="from")
+    end: DateTime | None = Field(None, alias="to")
     window: str = Field("14d", pattern=DURATION_PATTERN)
     order: Literal["ordered", "strict", "any"] = Field(
         "ordered",
@@ -233,7 +283,7 @@ def funnel_endpoint(
             steps=[parse_step(s) for s in spec.steps],
             start=start,
             end=end,
-            window_seconds=duration_seconds(spec.window),
+            window_seconds=_checked_duration(spec.window, "window", end, 1),
             breakdown=spec.breakdown,
             top=spec.top,
             period=spec.period,
@@ -295,12 +345,15 @@ def transitions_endpoint(
     top: Annotated[int, Query(ge=1, le=500)] = 50,
     session_gap: Annotated[str, Query(pattern=DURATION_PATTERN)] = "30m",
 ) -> list[dict[str, Any]]:
-    from percorso.analytics.paths import transitions
+    from percorso.analytics.paths import PathError, transitions
 
     start, end = _period(since, until)
-    return transitions(
-        _store(request), start, end, top=top, session_gap_seconds=duration_seconds(session_gap)
-    )
+    try:
+        return transitions(
+            _store(request), start, end, top=top, session_gap_seconds=duration_seconds(session_gap)
+        )
+    except PathError as exc:
+        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
 
 
 @router.get(
@@ -309,7 +362,7 @@ def transitions_endpoint(
 def retention_endpoint(
     request: Request,
     since: Annotated[
-        datetime | None,
+        DateTime | None,
         Query(alias="from", description="first cohort; default 30 days, 12 weeks or 12 months before `to`"),
     ] = None,
     until: Until = None,
@@ -324,8 +377,11 @@ def retention_endpoint(
 ) -> dict[str, Any]:
     from percorso.analytics.retention import RetentionError, RetentionSpec, default_range, retention
 
-    end = _aware(until) if until else datetime.now(UTC)
-    start = _aware(since) if since else default_range(period, end)[0]
+    end = _latest_end(_aware(until) if until else datetime.now(UTC))
+    try:
+        start = _aware(since) if since else default_range(period, end)[0]
+    except OverflowError:  # `to` early in year 1: the cohorts start with the calendar
+        start = datetime.min.replace(tzinfo=UTC)
     if start >= end:
         raise ApiError(400, "invalid_request", "`from` must be before `to`", "from")
     try:

@@ -26,6 +26,7 @@ from percorso.web.automations import router as automations_router
 from percorso.web.contacts import router as contacts_router
 from percorso.web.errors import install_error_handlers
 from percorso.web.keys import router as keys_router
+from percorso.web.openapi import UNAVAILABLE, describe
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -86,8 +87,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(onsite_router)
     app.include_router(links_router)
     dashboard.install(app, cache_seconds=settings.dashboard_cache_seconds)
+    describe(app)
 
-    @app.get("/health", tags=["health"], summary="Liveness and store status")
+    @app.get("/health", tags=["health"], summary="Liveness and store status", responses=UNAVAILABLE)
     def health(request: Request) -> dict[str, Any]:
         active: Store = request.app.state.store
         return {

@@ -11,6 +11,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 
 from percorso.automation.definition import AutomationError, json_schema, load_automation
 from percorso.automation.engine import Engine
@@ -26,12 +27,50 @@ from percorso.store import Store
 from percorso.web.auth import require_secret, require_write
 from percorso.web.documents import document_body, problems_error
 from percorso.web.errors import ApiError
+from percorso.web.openapi import (
+    CONFLICT,
+    DOCUMENT_SECRET_KEY,
+    DOCUMENT_WRITE_KEY,
+    INVALID,
+    INVALID_DOCUMENT,
+    NOT_FOUND,
+    SECRET_KEY,
+    WRITE_KEY,
+    definition_body,
+    responses,
+)
 
-router = APIRouter(prefix="/v1", tags=["automations"], dependencies=[Depends(require_secret)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["automations"],
+    dependencies=[Depends(require_secret), *DOCUMENT_SECRET_KEY],
+    responses=SECRET_KEY,
+)
 public = APIRouter(tags=["email links"])
-onsite = APIRouter(prefix="/v1", tags=["collector"], dependencies=[Depends(require_write)])
+onsite = APIRouter(
+    prefix="/v1",
+    tags=["collector"],
+    dependencies=[Depends(require_write), *DOCUMENT_WRITE_KEY],
+    responses=WRITE_KEY,
+)
 
 AutomationKey = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="the automation's key")]
+
+
+class _DocumentKey(Convertor[str]):
+    """Any path segment but ``schema``: /v1/automations/schema is the JSON Schema, so PUT there
+    is a 405 rather than an automation that GET could never return."""
+
+    regex = "(?!schema$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("automation_key", _DocumentKey())
 
 
 def _store(request: Request) -> Store:
@@ -61,11 +100,10 @@ def get_schema() -> dict[str, Any]:
 
 
 @router.put(
-    "/automations/{key}",
+    "/automations/{key:automation_key}",
     summary="Store an automation (YAML or JSON body); a changed definition becomes a new version",
-    openapi_extra={
-        "requestBody": {"content": {"application/yaml": {}, "application/json": {}}, "required": True}
-    },
+    openapi_extra=definition_body("Automation"),
+    responses=responses(INVALID, INVALID_DOCUMENT),
 )
 async def put_automation(request: Request, key: AutomationKey) -> dict[str, Any]:
     automation = await document_body(request, key, load_automation, AutomationError, "invalid_automation")
@@ -77,7 +115,11 @@ async def put_automation(request: Request, key: AutomationKey) -> dict[str, Any]
     return save_automation(_store(request), automation, "api")
 
 
-@router.get("/automations/{key}", summary="An automation's definition (newest version, or ?version=N)")
+@router.get(
+    "/automations/{key:automation_key}",
+    summary="An automation's definition (newest version, or ?version=N)",
+    responses=NOT_FOUND,
+)
 def get_definition(
     request: Request, key: AutomationKey, version: Annotated[int | None, Query(ge=1)] = None
 ) -> dict[str, Any]:
@@ -89,7 +131,9 @@ def get_definition(
 
 
 @router.get(
-    "/automations/{key}/stats", summary="Per-step counts, goal conversion and uplift against the holdout"
+    "/automations/{key}/stats",
+    summary="Per-step counts, goal conversion and uplift against the holdout",
+    responses=NOT_FOUND,
 )
 def get_stats(request: Request, key: AutomationKey) -> dict[str, Any]:
     try:
@@ -98,7 +142,11 @@ def get_stats(request: Request, key: AutomationKey) -> dict[str, Any]:
         raise _not_found(exc) from None
 
 
-@router.post("/automations/{key}/pause", summary="Pause: nobody enters, nobody inside moves, nothing is sent")
+@router.post(
+    "/automations/{key}/pause",
+    summary="Pause: nobody enters, nobody inside moves, nothing is sent",
+    responses=NOT_FOUND,
+)
 def pause(request: Request, key: AutomationKey) -> dict[str, Any]:
     try:
         return set_status(_store(request), key, "paused")
@@ -106,7 +154,11 @@ def pause(request: Request, key: AutomationKey) -> dict[str, Any]:
         raise _not_found(exc) from None
 
 
-@router.post("/automations/{key}/resume", summary="Resume: overdue waits and held messages run at once")
+@router.post(
+    "/automations/{key}/resume",
+    summary="Resume: overdue waits and held messages run at once",
+    responses=NOT_FOUND,
+)
 def resume(request: Request, key: AutomationKey) -> dict[str, Any]:
     try:
         result = set_status(_store(request), key, "active")
@@ -120,7 +172,11 @@ class EnrollBody(BaseModel):
     contactId: int = Field(ge=1, description="the contact to enroll")
 
 
-@router.post("/automations/{key}/enroll", summary="Enroll a contact now (API-triggered automations)")
+@router.post(
+    "/automations/{key}/enroll",
+    summary="Enroll a contact now (API-triggered automations)",
+    responses=responses(NOT_FOUND, CONFLICT),
+)
 def enroll(request: Request, key: AutomationKey, body: EnrollBody) -> dict[str, Any]:
     try:
         result = _engine(request).enroll(key, body.contactId)
@@ -134,7 +190,11 @@ def enroll(request: Request, key: AutomationKey, body: EnrollBody) -> dict[str, 
     return result
 
 
-@router.get("/contacts/{contact_id}/automations", summary="Which automations touched a contact, and why")
+@router.get(
+    "/contacts/{contact_id}/automations",
+    summary="Which automations touched a contact, and why",
+    responses=NOT_FOUND,
+)
 def get_contact_automations(request: Request, contact_id: Annotated[int, Path(ge=1)]) -> dict[str, Any]:
     try:
         return {"contact": contact_id, "steps": contact_automations(_store(request), contact_id)}
@@ -179,7 +239,10 @@ def _contact_from(request: Request, token: str) -> int:
 
 
 @public.get(
-    "/u/{token}", response_class=HTMLResponse, summary="Unsubscribe page (linked from every marketing email)"
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe page (linked from every marketing email)",
+    responses=NOT_FOUND,
 )
 def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     _contact_from(request, token)
@@ -192,6 +255,7 @@ def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     "/u/{token}",
     response_class=HTMLResponse,
     summary="Unsubscribe (the page's button and RFC 8058 one-click)",
+    responses=NOT_FOUND,
 )
 def unsubscribe(request: Request, token: str) -> HTMLResponse:
     contact = _contact_from(request, token)
@@ -232,7 +296,12 @@ async def _record(
         return
 
 
-@public.get("/t/o/{token}", summary="Email open pixel: records an 'Email Opened' touchpoint")
+@public.get(
+    "/t/o/{token}",
+    summary="Email open pixel: records an 'Email Opened' touchpoint",
+    response_class=Response,
+    responses={200: {"description": "A 1×1 GIF, whatever the token", "content": {"image/gif": {}}}},
+)
 async def opened(request: Request, token: str) -> Response:
     key = _engine(request).verify(token)
     if key is not None:
@@ -240,7 +309,21 @@ async def opened(request: Request, token: str) -> Response:
     return Response(_PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
 
 
-@public.get("/t/c/{token}", summary="Tracked link: records an 'Email Link Clicked' touchpoint and redirects")
+@public.get(
+    "/t/c/{token}",
+    summary="Tracked link: records an 'Email Link Clicked' touchpoint and redirects",
+    response_class=RedirectResponse,
+    status_code=302,
+    responses=responses(
+        {
+            302: {
+                "description": "To the link's target",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+            }
+        },
+        NOT_FOUND,
+    ),
+)
 async def clicked(request: Request, token: str, u: str, s: str) -> Response:
     engine = _engine(request)
     key = engine.verify(token)

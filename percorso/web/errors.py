@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from percorso.store import StoreError, StoreUnavailable
 from percorso.store.contacts import BadQuery, ContactNotFound
@@ -41,7 +42,23 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
     first = errors[0] if errors else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "header")]
     field = ".".join(loc) or "request"
-    return field, f"{field}: {first.get('msg', 'invalid value')}"
+    # pydantic prefixes the messages of our own validators (see web/openapi.py) with "Value error, ".
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return field, f"{field}: {message}"
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at this request's path."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        probe = {**request.scope, "method": method, "fastapi": {}}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -67,9 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("not_found", f"no contact {exc.args[0]}"), status_code=404)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; RFC 9110 wants them all.
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:

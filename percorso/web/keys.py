@@ -10,8 +10,14 @@ from pydantic import BaseModel, Field
 from percorso.events import iso_utc
 from percorso.web.auth import require_secret
 from percorso.web.errors import ApiError
+from percorso.web.openapi import DOCUMENT_SECRET_KEY, NOT_FOUND, SECRET_KEY
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require_secret)])
+router = APIRouter(
+    prefix="/v1/keys",
+    tags=["keys"],
+    dependencies=[Depends(require_secret), *DOCUMENT_SECRET_KEY],
+    responses=SECRET_KEY,
+)
 
 
 class NewKey(BaseModel):
@@ -41,7 +47,7 @@ def create_key(request: Request, body: NewKey) -> dict[str, Any]:
     return {"id": key.key_id, "kind": key.kind, "name": key.name, "key": secret}
 
 
-@router.delete("/{key_id}", summary="Revoke an API key")
+@router.delete("/{key_id}", summary="Revoke an API key", responses=NOT_FOUND)
 def revoke_key(request: Request, key_id: Annotated[str, Path(max_length=40)]) -> dict[str, Any]:
     if not request.app.state.store.revoke_api_key(key_id):
         raise ApiError(404, "not_found", f"no active key {key_id!r}")
