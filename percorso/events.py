@@ -74,6 +74,7 @@ class RawMessage(msgspec.Struct, gc=False):
     sentAt: str | None = None
     event: str | None = None
     name: str | None = None
+    category: msgspec.Raw = msgspec.Raw()
     groupId: str | int | None = None
     previousId: str | int | None = None
     channel: str | None = None
@@ -265,6 +266,7 @@ class Limits:
 
 _decode_message = msgspec.json.Decoder(RawMessage).decode
 _decode_any = msgspec.json.Decoder().decode
+_decode_envelope = msgspec.json.Decoder(BatchEnvelope).decode
 _EMPTY = b"{}"
 
 
@@ -314,7 +316,40 @@ def parse_time(value: str, field: str) -> datetime:
         raise MessageError(field, f"{value[:64]!r} is not an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+        raise MessageError(field, f"{value[:64]!r} is outside the years 1 to 9999 in UTC") from None
+
+
+#: What a body or message nested deeper than the JSON decoder goes (about 1,000 levels) hears.
+TOO_DEEP = "is nested too deeply to read; objects may nest at most {} levels"
+
+
+# JSON escapes, with surrogate pairs matched as one; used only to repair a body that failed.
+_ESCAPE = re.compile(
+    rb"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u[dD][89a-fA-F][0-9a-fA-F]{2}|.)"
+)
+REPLACED_SURROGATE = b"\\ufffd"
+SURROGATE_WARNING = ("message", "a lone UTF-16 surrogate (half an emoji) was replaced by U+FFFD")
+
+
+def _replace_surrogate(match: re.Match[bytes]) -> bytes:
+    escape = match.group()
+    return REPLACED_SURROGATE if len(escape) == 6 and escape[2:3] in b"dD" else escape
+
+
+def repair_surrogates(data: bytes) -> bytes | None:
+    """``data`` with every lone UTF-16 surrogate escape (``"\\ud83d"``, half an emoji, as
+    JavaScript leaves a string cut in the middle of one) replaced by U+FFFD; None if it has none.
+
+    JSON allows such escapes but they are not Unicode text: no store can keep them, and msgspec
+    refuses them. Replacing them keeps the event, as browsers do when they render such a string.
+    """
+    if b"\\u" not in data:
+        return None
+    repaired = _ESCAPE.sub(_replace_surrogate, data)
+    return repaired if repaired != data else None
 
 
 def _depth(value: Any) -> int:
@@ -339,16 +374,39 @@ def _object(raw: msgspec.Raw, field: str, limits: Limits, need: bool) -> tuple[s
         raise MessageError(field, "must be a JSON object")
     if b"\\u0000" in data:
         raise MessageError(field, "contains a NUL character (\\u0000), which cannot be stored")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageError(field, f"is not valid UTF-8 (byte {exc.start})") from None
     decoded: dict[str, Any] | None = None
-    # Counting brackets is cheap; only objects that could be too deep are walked.
-    if data.count(b"{") + data.count(b"[") > limits.max_json_depth:
-        decoded = _decode_any(data)
-        depth = _depth(decoded)
-        if depth > limits.max_json_depth:
-            raise MessageError(field, f"is nested {depth} levels deep; the limit is {limits.max_json_depth}")
-    if need and decoded is None:
-        decoded = _decode_any(data)
-    return data.decode("utf-8"), decoded
+    try:
+        # Counting brackets is cheap; only objects that could be too deep are walked.
+        if data.count(b"{") + data.count(b"[") > limits.max_json_depth:
+            decoded = _decode_any(data)
+            depth = _depth(decoded)
+            if depth > limits.max_json_depth:
+                raise MessageError(
+                    field, f"is nested {depth} levels deep; the limit is {limits.max_json_depth}"
+                )
+        if need and decoded is None:
+            decoded = _decode_any(data)
+    except RecursionError:
+        raise MessageError(field, TOO_DEEP.format(limits.max_json_depth)) from None
+    return text, decoded
+
+
+def _category(raw: msgspec.Raw, warnings: list[tuple[str, str]]) -> str | None:
+    """A page or screen call's category; other calls' and non-string values are not read."""
+    data = bytes(raw)
+    if not data or data == b"null":
+        return None
+    if data[:1] != b'"':
+        warnings.append(("category", "is not a string; it was not kept"))
+        return None
+    try:
+        return _text(_decode_any(data), "category")
+    except msgspec.DecodeError:  # skipped as raw JSON, so its bytes were not read as UTF-8 yet
+        raise MessageError("category", "is not valid UTF-8") from None
 
 
 def normalise_email(value: Any) -> str | None:
@@ -407,6 +465,20 @@ def _utm_from_url(url: str | None, search: str | None) -> dict[str, str]:
     return {k[4:]: v[0][:512] for k, v in parsed.items() if k.startswith("utm_") and v}
 
 
+def _read_message(data: bytes, limits: Limits, repaired: bool = False) -> tuple[RawMessage, bool]:
+    try:
+        return _decode_message(data), repaired
+    except msgspec.ValidationError as exc:
+        raise _type_error(exc) from None
+    except RecursionError:
+        raise MessageError("message", TOO_DEEP.format(limits.max_json_depth)) from None
+    except msgspec.DecodeError as exc:
+        fixed = None if repaired else repair_surrogates(data)
+        if fixed is None:
+            raise MessageError("message", f"invalid JSON: {exc}") from None
+        return _read_message(fixed, limits, repaired=True)
+
+
 def parse_message(
     payload: bytes | msgspec.Raw,
     *,
@@ -429,12 +501,10 @@ def parse_message(
         raise MessageError("message", f"is {len(data):,} bytes; the limit is {limits.max_message_bytes:,}")
     if data[:1] != b"{":
         raise MessageError("message", "must be a JSON object")
-    try:
-        raw = _decode_message(data)
-    except msgspec.ValidationError as exc:
-        raise _type_error(exc) from None
-    except msgspec.DecodeError as exc:
-        raise MessageError("message", f"invalid JSON: {exc}") from None
+    warnings: list[tuple[str, str]] = []
+    raw, repaired = _read_message(data, limits)
+    if repaired:
+        warnings.append(SURROGATE_WARNING)
 
     kind = raw.type if raw.type is not None else call_type
     if kind is None:
@@ -445,7 +515,6 @@ def parse_message(
     if call_type is not None and kind != call_type:
         raise MessageError("type", f"{raw.type!r} was sent to the /v1/{call_type} endpoint")
 
-    warnings: list[tuple[str, str]] = []
     anonymous_id = _identifier(raw.anonymousId, "anonymousId", warnings)
     user_id = _identifier(raw.userId, "userId", warnings)
     group_id = _identifier(raw.groupId, "groupId", warnings)
@@ -460,11 +529,22 @@ def parse_message(
     if kind == "alias" and (previous_id is None or user_id is None):
         raise MessageError("previousId" if previous_id is None else "userId", "is required for an alias call")
 
-    properties, props = _object(raw.properties, "properties", limits, need=kind == "page")
+    category = _category(raw.category, warnings) if kind in ("page", "screen") else None
+    properties, props = _object(raw.properties, "properties", limits, need=kind == "page" or bool(category))
+    if category and props is not None and "category" not in props:
+        # analytics.js keeps page(category, name) in the properties too; so does percorso.
+        props = {**props, "category": category}
+        properties = msgspec.json.encode(props).decode()
     traits, trait_values = _object(raw.traits, "traits", limits, need=kind in ("identify", "group"))
-    context, _ = _object(raw.context, "context", limits, need=False)
+    context, context_values = _object(
+        raw.context, "context", limits, need=kind == "identify" and not trait_values
+    )
     integrations, _ = _object(raw.integrations, "integrations", limits, need=False)
     ctx = context_view(context)
+    if context_values and isinstance(context_values.get("traits"), dict) and not trait_values:
+        # RudderStack's and some Segment libraries send identify traits only in context.traits.
+        trait_values = context_values["traits"]
+        traits = msgspec.json.encode(trait_values).decode()
 
     email = normalise_email(trait_values.get("email")) if kind == "identify" and trait_values else None
     if email is None and ctx.traits is not None:
@@ -486,7 +566,12 @@ def parse_message(
     if original is None:
         timestamp = received_at
     elif sent_at is not None and not historical:
-        timestamp = received_at - (sent_at - original)
+        try:
+            timestamp = received_at - (sent_at - original)
+        except OverflowError:
+            raise MessageError(
+                "sentAt", f"{sent_raw!r} is too far from the timestamp to correct the clock by"
+            ) from None
     else:
         timestamp = original
     if timestamp.year < limits.min_year:
@@ -592,17 +677,26 @@ def _explicit_channel(context_value: Any, top_level: str | None) -> str | None:
     return None
 
 
-def decode_batch(body: bytes) -> BatchEnvelope:
-    """The envelope of a /v1/batch or /v1/import body; messages stay raw for per-message errors."""
+def decode_batch(body: bytes, limits: Limits = Limits()) -> tuple[BatchEnvelope, bool]:
+    """The envelope of a /v1/batch or /v1/import body; messages stay raw for per-message errors.
+    The flag says lone surrogates were replaced (see :func:`repair_surrogates`)."""
     try:
-        envelope = msgspec.json.decode(body, type=BatchEnvelope)
+        envelope = _decode_envelope(body)
     except msgspec.ValidationError as exc:
         raise _type_error(exc) from None
+    except RecursionError:
+        raise MessageError("body", TOO_DEEP.format(limits.max_json_depth)) from None
     except msgspec.DecodeError as exc:
-        raise MessageError("body", f"invalid JSON: {exc}") from None
+        repaired = repair_surrogates(body)
+        if repaired is None:
+            raise MessageError("body", f"invalid JSON: {exc}") from None
+        try:
+            return decode_batch(repaired, limits)[0], True
+        except MessageError:  # not only the surrogates were wrong: name the first problem
+            raise MessageError("body", f"invalid JSON: {exc}") from None
     if not envelope.batch:
         raise MessageError("batch", "must contain at least one message")
-    return envelope
+    return envelope, False
 
 
 def check_json_body(body: bytes) -> None:

@@ -116,10 +116,18 @@ class LiveServer:
 def server(store: Store, settings: Settings) -> Iterator[LiveServer]:
     """The real application under uvicorn on a loopback port, sharing the test's store."""
     from percorso.web.app import create_app
+    from percorso.web.throttle import proxy_options
 
     port = free_port()
     app = create_app(settings, store)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        **proxy_options(settings.trusted_proxies),  # as `percorso serve` runs it
+    )
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -136,3 +144,12 @@ def server(store: Store, settings: Settings) -> Iterator[LiveServer]:
 
 
 __all__ = ["DuckDBStore", "LiveServer", "create_pg_database", "drop_pg_database", "free_port"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests import fuzz_tally
+
+    if fuzz_tally.CASES:
+        terminalreporter.section("fuzzing")
+        for line in fuzz_tally.lines():
+            terminalreporter.write_line(line)

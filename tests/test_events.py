@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from percorso.channels import ChannelClassifier, ChannelRulesError, load_rules, parse_rules
-from percorso.events import Limits, MessageError, parse_message
+from percorso.events import Limits, MessageError, parse_message, repair_surrogates
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -127,13 +127,75 @@ def test_deep_nesting_and_size_limits(classifier):
     assert parse(big, classifier, limits=Limits(max_message_bytes=100_000)).event == "X"
 
 
-def test_lone_surrogate_is_refused_but_pairs_pass(classifier):
-    raw = b'{"type":"track","event":"X","userId":"u","properties":{"a":"\\ud800"}}'
-    with pytest.raises(MessageError, match="invalid JSON"):
-        parse_message(raw, received_at=NOW, classifier=classifier)
+def test_lone_surrogate_is_replaced_and_pairs_pass(classifier):
+    raw = b'{"type":"track","event":"X","userId":"u","properties":{"a":"\\ud800 \\\\ud800"}}'
+    e = parse_message(raw, received_at=NOW, classifier=classifier)
+    assert msgspec.json.decode(e.properties) == {"a": "\ufffd \\ud800"}
+    assert e.warnings and e.warnings[0][1].startswith("a lone UTF-16 surrogate")
     pair = b'{"type":"track","event":"X","userId":"u","properties":{"a":"\\ud83d\\ude00"}}'
     e = parse_message(pair, received_at=NOW, classifier=classifier)
-    assert msgspec.json.decode(e.properties) == {"a": "\U0001f600"}
+    assert msgspec.json.decode(e.properties) == {"a": "\U0001f600"} and not e.warnings
+
+
+@pytest.mark.parametrize(
+    ("data", "repaired"),
+    [
+        (b'"\\ud83d"', b'"\\ufffd"'),
+        (b'"\\ude00x"', b'"\\ufffdx"'),
+        (b'"\\ud83d\\ude00"', None),
+        (b'"\\ude00\\ud83d"', b'"\\ufffd\\ufffd"'),
+        (b'"\\\\ud83d"', None),
+        (b'"\\u00e8"', None),
+        (b'"plain"', None),
+    ],
+)
+def test_repair_surrogates(data, repaired):
+    assert repair_surrogates(data) == repaired
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"timestamp": "0001-01-01T00:00:00+05:00"}, "timestamp"),
+        ({"originalTimestamp": "9999-12-31T23:59:59-05:00"}, "originalTimestamp"),
+        ({"timestamp": "2026-06-01T10:00:00Z", "sentAt": "0001-01-01T00:00:00+05:00"}, "sentAt"),
+        ({"timestamp": "0002-01-01T00:00:00Z", "sentAt": "9999-01-01T00:00:00Z"}, "sentAt"),
+    ],
+)
+def test_timestamps_off_the_calendar_name_the_field(classifier, message, field):
+    with pytest.raises(MessageError) as info:
+        parse({"type": "track", "event": "X", "userId": "u", **message}, classifier)
+    assert info.value.field == field
+
+
+def test_a_message_nested_past_the_decoder_is_a_message_error(classifier):
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    raw = b'{"type":"track","event":"X","userId":"u","properties":' + deep + b"}"
+    with pytest.raises(MessageError, match="nested too deeply"):
+        parse_message(raw, received_at=NOW, classifier=classifier, limits=Limits(max_message_bytes=10**6))
+
+
+def test_identify_traits_from_context_and_page_category(classifier):
+    context_only = {
+        "type": "identify",
+        "userId": "u",
+        "context": {"traits": {"plan": "a", "email": "A@x.it"}},
+    }
+    e = parse(context_only, classifier)
+    assert e.trait_values == {"plan": "a", "email": "A@x.it"} and e.email == "a@x.it"
+    both = {**context_only, "traits": {"plan": "b"}}
+    assert parse(both, classifier).trait_values == {"plan": "b"}
+    page = parse({"type": "page", "anonymousId": "a", "name": "Shoes", "category": "Shop"}, classifier)
+    assert (page.name, msgspec.json.decode(page.properties)) == ("Shoes", {"category": "Shop"})
+    kept = parse(
+        {"type": "page", "anonymousId": "a", "category": "Shop", "properties": {"category": "Own"}},
+        classifier,
+    )
+    assert msgspec.json.decode(kept.properties) == {"category": "Own"}
+    # Only page and screen calls read a category; elsewhere any value passes untouched.
+    assert (
+        parse({"type": "track", "event": "X", "userId": "u", "category": {"a": 1}}, classifier).event == "X"
+    )
 
 
 @pytest.mark.parametrize("junk", ["", "  ", "null", "undefined", "anonymous", "0", "None", "[object Object]"])

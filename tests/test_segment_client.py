@@ -1,10 +1,12 @@
-"""The real segment-analytics-python client, unmodified, against percorso over HTTP."""
+"""The real segment-analytics-python and rudder-sdk-python clients, unmodified, against percorso
+over HTTP."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rudderstack.analytics import Client as RudderClient
 from segment.analytics import Client
 
 
@@ -65,3 +67,23 @@ def test_segment_library_sees_a_client_error(server):
     client.flush()
     client.shutdown()
     assert len(errors) == 1 and errors[0].status == 400 and "event" in errors[0].message
+
+
+def test_rudder_library_identify_traits_and_page_category_are_kept(server):
+    # rudder-sdk-python puts identify traits only in context.traits, and sends page(category=...).
+    failures: list = []
+    client = RudderClient(server.write_key, host=server.url, on_error=lambda e, batch: failures.append(e))
+    client.page(anonymous_id="anon-7", category="Shop", name="Shoes", properties={"path": "/shoes"})
+    client.identify(
+        user_id="user-7", anonymous_id="anon-7", traits={"email": "Luca@Example.it", "plan": "member"}
+    )
+    client.flush()
+    client.shutdown()
+    assert failures == []
+
+    with server.client() as api:
+        profile = api.get("/v1/contacts/lookup", params={"email": "luca@example.it"}).json()
+        timeline = api.get(f"/v1/contacts/{profile['id']}/timeline").json()["events"]
+    assert profile["traits"] == {"email": "Luca@Example.it", "plan": "member"}
+    page = next(e for e in timeline if e["type"] == "page")
+    assert page["name"] == "Shoes" and page["properties"] == {"path": "/shoes", "category": "Shop"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import time
 
 from percorso.store import ApiKey, Store
@@ -48,7 +47,7 @@ def credential_from_header(header: str | None) -> str | None:
     if scheme == "basic":
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # not base64 (binascii.Error), or non-ASCII text
             return None
         username, _, password = decoded.partition(":")
         return username or password or None

@@ -13,15 +13,20 @@ from percorso.collect.schema import Ack, BatchResult, batch_body, message_body
 from percorso.collect.writer import GroupCommitWriter, WriteOutcome
 from percorso.events import (
     CALL_TYPES,
+    REPLACED_SURROGATE,
+    SURROGATE_WARNING,
+    TOO_DEEP,
     Event,
+    Limits,
     MessageError,
     check_json_body,
     decode_batch,
     new_received_at,
     parse_message,
+    repair_surrogates,
 )
 from percorso.store import StoreUnavailable
-from percorso.web.auth import authenticate
+from percorso.web.auth import collector_key
 from percorso.web.errors import ApiError
 from percorso.web.openapi import COLLECT, COLLECT_SECURITY, responses
 
@@ -30,6 +35,28 @@ router = APIRouter(tags=["collect"])
 
 class _KeyOnly(msgspec.Struct):
     writeKey: str | None = None
+
+
+_decode_key = msgspec.json.Decoder(_KeyOnly).decode
+
+
+def _body_key(body: bytes, limits: Limits) -> tuple[bytes, str | None]:
+    """The body, with lone surrogates replaced, and the writeKey in it. Reading the key also
+    proves the body is well-formed JSON before authentication."""
+    try:
+        return body, _decode_key(body).writeKey
+    except RecursionError:  # msgspec stops at its own depth limit; the stack is never at risk
+        raise MessageError("body", TOO_DEEP.format(limits.max_json_depth)) from None
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_json", f"body: {exc}", "body") from None
+    except msgspec.DecodeError as exc:
+        repaired = repair_surrogates(body)
+        if repaired is None:
+            raise ApiError(400, "invalid_json", f"body: invalid JSON: {exc}", "body") from None
+        try:
+            return repaired, _decode_key(repaired).writeKey
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            raise ApiError(400, "invalid_json", f"body: invalid JSON: {exc}", "body") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -46,18 +73,33 @@ async def read_body(request: Request, limit: int) -> bytes:
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "").lower()
     if encoding in ("gzip", "deflate"):
-        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
-        try:
-            body = inflater.decompress(body, limit + 1)
-        except zlib.error as exc:
-            raise ApiError(400, "invalid_body", f"body is not valid {encoding} data: {exc}", "body") from None
-        if len(body) > limit or inflater.unconsumed_tail:
-            raise _too_large(len(body), limit)
-    elif encoding not in ("", "identity"):
+        return _inflate(body, encoding, limit)
+    if encoding not in ("", "identity"):
         raise ApiError(
             415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip"
         )
     return body
+
+
+def _inflate(data: bytes, encoding: str, limit: int) -> bytes:
+    """Decompresses every member of a gzip body (or one zlib stream), at most ``limit`` bytes.
+    A stream cut short is refused: what it held up to the cut may end mid-message."""
+    parts: list[bytes] = []
+    size = 0
+    while data:
+        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+        try:
+            part = inflater.decompress(data, limit + 1 - size)
+        except zlib.error as exc:
+            raise ApiError(400, "invalid_body", f"body is not valid {encoding} data: {exc}", "body") from None
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise _too_large(size, limit)
+        if not inflater.eof:
+            raise ApiError(400, "invalid_body", f"body is not valid {encoding} data: it is cut short", "body")
+        parts.append(part)
+        data = inflater.unused_data
+    return b"".join(parts)
 
 
 def _too_large(size: int, limit: int) -> ApiError:
@@ -88,16 +130,13 @@ def _single(call: str) -> Any:
         body = await read_body(request, state.settings.max_body_bytes)
         try:
             check_json_body(body)
-            # Also proves the body is well-formed JSON before authentication.
-            body_key = msgspec.json.decode(body, type=_KeyOnly).writeKey
+            message, body_key = _body_key(body, state.limits)
         except MessageError as exc:
             raise _bad(exc) from None
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ApiError(400, "invalid_json", f"body: invalid JSON: {exc}", "body") from None
-        key = authenticate(request, body_key)
+        key = collector_key(request, body_key)
         try:
             event = parse_message(
-                body,
+                message,
                 received_at=new_received_at(),
                 classifier=state.classifier,
                 limits=state.limits,
@@ -112,8 +151,9 @@ def _single(call: str) -> Any:
         result: dict[str, Any] = {"success": True, "stored": event.message_id in outcome.stored}
         if not result["stored"]:
             result["duplicate"] = True
-        if event.warnings:
-            result["warnings"] = [{"field": f, "reason": r} for f, r in event.warnings]
+        warnings = [*(event.warnings or ()), *([SURROGATE_WARNING] if message is not body else [])]
+        if warnings:
+            result["warnings"] = [{"field": f, "reason": r} for f, r in warnings]
         return JSONResponse(result)
 
     endpoint.__name__ = f"collect_{call}"
@@ -127,7 +167,9 @@ for _call in CALL_TYPES:
         _single(_call),
         methods=["POST"],
         summary=f"Send a {_call} call",
-        responses=responses({200: {"model": Ack, "description": "Stored, or a retry of one stored"}}, COLLECT),
+        responses=responses(
+            {200: {"model": Ack, "description": "Stored, or a retry of one stored"}}, COLLECT
+        ),
         openapi_extra={**message_body(_call), "security": COLLECT_SECURITY},
     )
 
@@ -138,21 +180,18 @@ async def _ingest_many(request: Request, *, historical: bool) -> JSONResponse:
     body = await read_body(request, limit)
     ndjson = historical and "ndjson" in request.headers.get("content-type", "")
     try:
-        if ndjson:
-            body.decode("utf-8")
+        if ndjson:  # each line stands alone: a bad one (not UTF-8, too deep) is rejected by itself
             messages: list[Any] = [line for line in body.split(b"\n") if line.strip()]
             if not messages:
                 raise MessageError("body", "contains no messages")
-            batch_sent_at, body_key = None, None
+            batch_sent_at, body_key, repaired = None, None, False
         else:
             check_json_body(body)
-            envelope = decode_batch(body)
+            envelope, repaired = decode_batch(body, state.limits)
             messages, batch_sent_at, body_key = envelope.batch, envelope.sentAt, envelope.writeKey
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, "invalid_body", f"body is not valid UTF-8 (byte {exc.start})", "body") from None
     except MessageError as exc:
         raise _bad(exc) from None
-    key = authenticate(request, body_key)
+    key = collector_key(request, body_key)
 
     received_at = new_received_at()
     events: list[Event] = []
@@ -175,6 +214,8 @@ async def _ingest_many(request: Request, *, historical: bool) -> JSONResponse:
             continue
         events.append(event)
         index_of.setdefault(event.message_id, index)
+        if repaired and REPLACED_SURROGATE in bytes(raw):
+            warnings.append({"index": index, "field": SURROGATE_WARNING[0], "reason": SURROGATE_WARNING[1]})
         if event.warnings:
             warnings.extend({"index": index, "field": f, "reason": r} for f, r in event.warnings)
 

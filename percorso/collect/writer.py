@@ -105,9 +105,12 @@ class GroupCommitWriter:
             for pending in group:
                 pending.loop.call_soon_threadsafe(_resolve, pending.future, exc)
             return
+        # A message id sent by two requests of one group is stored once: the first one is told.
+        credited: set[str] = set()
         for pending in group:
-            outcome = WriteOutcome(stored={e.message_id for e in pending.events if e.message_id in stored})
-            pending.loop.call_soon_threadsafe(_resolve, pending.future, outcome)
+            mine = {e.message_id for e in pending.events if e.message_id in stored} - credited
+            credited |= mine
+            pending.loop.call_soon_threadsafe(_resolve, pending.future, WriteOutcome(stored=mine))
 
     def _isolate(self, pending: _Pending, first_error: str) -> None:
         """Writes a request's events one by one, reporting those the database refuses."""
