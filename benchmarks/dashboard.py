@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -80,7 +81,9 @@ def serve(data_dir: Path, port: int, cache_seconds: int) -> Server:
 
 def time_pages(port: int, contact: int, repeat: int, warm_first: bool) -> dict[str, Any]:
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-    r = client.post("/login", data={"email": USER[0], "password": USER[1]})
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+    assert token, "the sign-in form has no csrf_token"
+    r = client.post("/login", data={"email": USER[0], "password": USER[1], "csrf_token": token.group(1)})
     assert r.status_code == 303, r.text
     out: dict[str, Any] = {}
     for template in PAGES:

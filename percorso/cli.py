@@ -34,6 +34,23 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        console.print(f"percorso {version('percorso')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")
+    ] = False,
+) -> None:
+    """Customer journey platform: collect touchpoints, recognise people, map and act on the journey."""
+
+
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
@@ -79,10 +96,12 @@ def emit(rows: list[dict[str, Any]], fmt: OutputFormat, title: str | None = None
     if fmt is OutputFormat.csv:
         import csv
 
-        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
-        writer.writeheader()
+        from percorso.spreadsheet import safe_row
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(safe_row(columns))
         for row in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+            writer.writerow(safe_row(_csv_value(row.get(c, "")) for c in columns))
         return
     table = Table(title=title)
     for column in columns:
@@ -90,6 +109,10 @@ def emit(rows: list[dict[str, Any]], fmt: OutputFormat, title: str | None = None
     for row in rows:
         table.add_row(*[_cell(row.get(c)) for c in columns])
     console.print(table)
+
+
+def _csv_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
 def _cell(value: Any) -> str:
@@ -144,12 +167,23 @@ def serve(
             workers=workers,
             log_level="warning",
             access_log=False,
+            **proxy_options(settings),
         )
         return
     with opened(settings) as store:
         console.print(f"percorso on http://{settings.host}:{settings.port}  (store: {store.describe()})")
         console.print(f"API docs: http://{settings.host}:{settings.port}/docs")
         serve_store(settings, store)
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's X-Forwarded-For options: believed only from PERCORSO_TRUSTED_PROXIES."""
+    from percorso.web.throttle import proxy_options as options
+
+    try:
+        return options(settings.trusted_proxies)
+    except ValueError as exc:
+        raise fail(f"PERCORSO_TRUSTED_PROXIES: {exc}") from None
 
 
 def serve_store(settings: Settings, store: Store) -> None:
@@ -164,6 +198,7 @@ def serve_store(settings: Settings, store: Store) -> None:
         port=settings.port,
         log_level="warning",
         access_log=False,
+        **proxy_options(settings),
     )
 
 

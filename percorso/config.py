@@ -69,6 +69,21 @@ class Settings:
     #: Memory (MiB) the embedded DuckDB store may use for its buffers before larger sorts and joins
     #: spill to disk beside the database file; 0 leaves DuckDB's default (80% of the machine's).
     duckdb_memory_mb: int = 1536
+    #: Comma-separated networks (CIDR or addresses) webhooks may reach although they are not
+    #: public, e.g. ``10.20.0.0/16,127.0.0.1``; loopback, private and link-local are refused otherwise.
+    webhook_allow_networks: str = ""
+    #: Failed sign-ins an account may have before lockouts start.
+    signin_free_failures: int = 5
+    #: Seconds the first lockout lasts; each further failure doubles it. 0 turns lockouts off.
+    signin_lockout_seconds: int = 30
+    #: Longest lockout, in seconds.
+    signin_lockout_max_seconds: int = 900
+    #: Failed sign-ins one client address may make per minute (as a burst, then evenly); 0 is no limit.
+    signin_address_per_minute: int = 30
+    #: Requests per second one API key may send to the collector; 0 is no limit.
+    collect_key_per_second: int = 5000
+    #: Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
 
     @property
     def base_url(self) -> str:
@@ -96,10 +111,12 @@ class Settings:
         values: dict[str, object] = {}
         if env.get("PERCORSO_DATA_DIR"):
             values["data_dir"] = Path(env["PERCORSO_DATA_DIR"]).expanduser()
-        for name in ("database_url", "host", "channels_file", "public_url"):
+        for name in ("database_url", "host", "channels_file", "public_url", "webhook_allow_networks"):
             key = f"PERCORSO_{name.upper()}"
             if key in env:
                 values[name] = env[key]
+        if "PERCORSO_TRUSTED_PROXIES" in env:
+            values["trusted_proxies"] = env["PERCORSO_TRUSTED_PROXIES"]
         defaults = cls()
         for f in fields(cls):
             if f.type in ("int", int):

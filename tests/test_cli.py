@@ -104,3 +104,10 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
         app, ["migrate"], env={"PERCORSO_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"}
     )
     assert unreachable.exit_code == 1 and "cannot connect to PostgreSQL" in unreachable.output
+
+
+def test_version_is_the_installed_packages() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"percorso {version('percorso')}"

@@ -35,9 +35,17 @@ def site(server: LiveServer) -> LiveServer:
     return server
 
 
+def login_token(client: httpx.Client) -> str:
+    """The sign-in form's token (GET /login also sets the pre-session cookie it must match)."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+    assert match
+    return match.group(1)
+
+
 def signed_in(site: LiveServer, who: tuple[str, str] = ADMIN) -> httpx.Client:
     client = httpx.Client(base_url=site.url, timeout=60)
-    r = client.post("/login", data={"email": who[0], "password": who[1], "next": "/"})
+    form = {"email": who[0], "password": who[1], "next": "/", "csrf_token": login_token(client)}
+    r = client.post("/login", data=form)
     assert r.status_code == 303 and r.headers["location"] == "/"
     return client
 
@@ -92,10 +100,16 @@ def test_sign_in_sessions_and_csrf(site: LiveServer) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/login?next=/map%3Fpersona%3Dloyal-customer"
     assert anonymous.get("/map.json").status_code == 401
     assert anonymous.post("/map/notes", data={"journey": "x", "stage": "y", "text": "z"}).status_code == 401
-    bad = anonymous.post("/login", data={"email": ADMIN[0], "password": "nope nope nope"})
+    token = login_token(anonymous)
+    bad = anonymous.post(
+        "/login", data={"email": ADMIN[0], "password": "nope nope nope", "csrf_token": token}
+    )
     assert bad.status_code == 401 and "Wrong e-mail or password." in bad.text
     # No open redirect after sign-in.
-    r = anonymous.post("/login", data={"email": ADMIN[0], "password": ADMIN[1], "next": "//evil.example/x"})
+    r = anonymous.post(
+        "/login",
+        data={"email": ADMIN[0], "password": ADMIN[1], "next": "//evil.example/x", "csrf_token": token},
+    )
     assert r.status_code == 303 and r.headers["location"] == "/"
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie

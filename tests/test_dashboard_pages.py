@@ -130,7 +130,10 @@ def signed_in(site: LiveServer, who: tuple[str, str, str], *, create: bool = Tru
     if create:
         add_user(site.store, who[0], who[1], role=who[2])
     client = httpx.Client(base_url=site.url, timeout=30)
-    r = client.post("/login", data={"email": who[0], "password": who[1], "next": "/contacts"})
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+    assert token  # the sign-in form's token, bound to the pre-session cookie GET /login sets
+    form = {"email": who[0], "password": who[1], "next": "/contacts", "csrf_token": token.group(1)}
+    r = client.post("/login", data=form)
     assert r.status_code == 303, r.text
     return client
 

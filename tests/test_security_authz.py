@@ -24,7 +24,7 @@ from percorso.web.dashboard.users import add_user
 from tests.conftest import LiveServer
 
 # Routes a stranger may call: health, the email links (signed tokens), the sign-in page and assets.
-PUBLIC_API = {"/health", "/u/{token}", "/t/o/{token}", "/t/c/{token}"}
+PUBLIC_API = {"/health", "/u/{token}", "/t/o/{token:path}", "/t/c/{token:path}"}
 PUBLIC_PAGES = {"/login", "/logout", "/lang"}  # sign in, sign out, the language switch
 # Routes that take the write key: the collector and what the browser tracker reads.
 WRITE_KEY_ROUTES = re.compile(r"^/v1/(track|identify|page|screen|group|alias|batch|import|messages)\b")

@@ -7,6 +7,7 @@ from fastapi import Request
 from percorso.collect.keys import KeyRing, credential_from_header
 from percorso.store import ApiKey
 from percorso.web.errors import ApiError
+from percorso.web.throttle import RateLimiter, retry_after
 
 
 def authenticate(request: Request, body_key: str | None = None, *, secret: bool = False) -> ApiKey:
@@ -35,3 +36,30 @@ def require_secret(request: Request) -> ApiKey:
 def require_write(request: Request) -> ApiKey:
     """FastAPI dependency for what the browser tracker may call with its write key."""
     return authenticate(request)
+
+
+def _collect_limiter(request: Request) -> RateLimiter:
+    state = request.app.state
+    limiter: RateLimiter | None = getattr(state, "collect_limiter", None)
+    if limiter is None:
+        rate = state.settings.collect_key_per_second
+        limiter = state.collect_limiter = RateLimiter(capacity=rate, rate=rate)
+    return limiter
+
+
+def collector_key(request: Request, body_key: str | None = None) -> ApiKey:
+    """The key a collector request carries, refused with 429 when it sends faster than allowed."""
+    key = authenticate(request, body_key)
+    limiter = _collect_limiter(request)
+    wait = limiter.take(key.key_id)
+    if wait:
+        seconds = retry_after(wait)
+        error = ApiError(
+            429,
+            "rate_limited",
+            f"this key sent more than {limiter.rate:,.0f} requests per second: retry in {seconds} s",
+            retry_after=seconds,
+        )
+        error.headers["Retry-After"] = str(seconds)
+        raise error
+    return key

@@ -24,11 +24,11 @@ STATIC = Path(__file__).parent.parent / "static"
 
 def install(app: FastAPI, cache_seconds: float = 60.0) -> None:
     """Adds the dashboard's pages, assets and error pages to ``app``."""
-    from percorso.web.dashboard import analysis, automations, contacts, export, pages, settings
+    from percorso.web.dashboard import analysis, automations, contacts, export, pages, settings, signin
 
     app.state.dashboard_cache = ResultCache(ttl=cache_seconds)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (pages, export, analysis, contacts, automations, settings):
+    for module in (signin, pages, export, analysis, contacts, automations, settings):
         app.include_router(module.router)
 
     def _json_or_page(request: Request, status: int, code: str, message: str, field: str | None) -> Response:
@@ -42,7 +42,11 @@ def install(app: FastAPI, cache_seconds: float = 60.0) -> None:
     async def sign_in_required(request: Request, _: SignInRequired) -> Response:
         if wants_json(request) or request.method != "GET":
             return JSONResponse(
-                error_body("unauthorized", "sign in first: POST /login with email and password"),
+                error_body(
+                    "unauthorized",
+                    "sign in first: GET /login, then POST /login with email, password and the form's "
+                    "csrf_token (its pre-session cookie too)",
+                ),
                 status_code=401,
             )
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -1,4 +1,4 @@
-"""Sign-in, the overview and the journey map: the pages a newcomer sees first.
+"""The overview and the journey map: the pages a newcomer sees first (sign-in is in signin.py).
 
 Each page has a JSON twin at the same path plus ``.json`` that returns the very dict the
 template renders (principle 7 of docs/architecture.md).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -19,12 +19,9 @@ from percorso.analytics.sql import Sql
 from percorso.journey.definition import display
 from percorso.store import Store
 from percorso.web.dashboard.filters import Filters, PageError, journey_filters
-from percorso.web.dashboard.i18n import COOKIE as LANG_COOKIE
-from percorso.web.dashboard.i18n import LANGS
-from percorso.web.dashboard.render import html, language, page
-from percorso.web.dashboard.security import COOKIE, current_session
+from percorso.web.dashboard.render import language, page
+from percorso.web.dashboard.signin import safe_next
 from percorso.web.dashboard.twins import Editor, Viewer, both_on
-from percorso.web.dashboard.users import set_locale, sign_in, sign_out, user_count
 
 router = APIRouter(include_in_schema=False)
 both = both_on(router)
@@ -35,84 +32,6 @@ NOTE_MAX = 500
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
-
-
-def _safe_next(target: str | None) -> str:
-    # Only same-site paths: an attacker's link must not bounce a fresh sign-in to their site.
-    if not target or not target.startswith("/") or target.startswith("//") or urlsplit(target).netloc:
-        return "/"
-    return target
-
-
-def _cookie_secure(request: Request) -> bool:
-    return request.url.scheme == "https" or request.app.state.settings.base_url.startswith("https://")
-
-
-# -- sign-in --------------------------------------------------------------------------------------
-@router.get("/login")
-def login_form(request: Request, next: str = "/", lang: str | None = None) -> Response:
-    if current_session(request) is not None:
-        return RedirectResponse(_safe_next(next), status_code=303)
-    chosen = lang if lang in LANGS else None
-    response = html(
-        request,
-        "login.html",
-        {"next": _safe_next(next), "error": None, "no_users": user_count(_store(request)) == 0},
-        lang=chosen,
-    )
-    if chosen:
-        response.set_cookie(LANG_COOKIE, chosen, max_age=365 * 86400, samesite="lax")
-    return response
-
-
-@router.post("/login")
-def login(
-    request: Request,
-    email: Annotated[str, Form(max_length=320)] = "",
-    password: Annotated[str, Form(max_length=1024)] = "",
-    next: Annotated[str, Form(max_length=2000)] = "/",
-) -> Response:
-    found = sign_in(_store(request), email, password) if email and password else None
-    if found is None:
-        return html(
-            request,
-            "login.html",
-            {"next": _safe_next(next), "error": "login.failed", "email": email, "no_users": False},
-            status=401,
-        )
-    token, session = found
-    response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(
-        COOKIE,
-        token,
-        max_age=int((session.expires_at - datetime.now(UTC)).total_seconds()),
-        httponly=True,
-        samesite="lax",
-        secure=_cookie_secure(request),
-    )
-    return response
-
-
-@router.post("/logout")
-def logout(request: Request, session: Viewer) -> Response:
-    token = request.cookies.get(COOKIE)
-    if token:
-        sign_out(_store(request), token)
-    response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE)
-    return response
-
-
-@router.post("/lang")
-def switch_language(
-    request: Request, session: Viewer, lang: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
-) -> Response:
-    if lang not in LANGS:
-        raise PageError(f"language must be one of {', '.join(LANGS)}, not {lang!r}", "lang")
-    set_locale(_store(request), session.user.email, lang)
-    response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax")
-    return response
 
 
 # -- shared analytics, cached ---------------------------------------------------------------------
@@ -387,4 +306,4 @@ def add_note(
             [secrets.token_hex(8), journey, stage, text, session.user.email, datetime.now(UTC)],
         )
     request.app.state.dashboard_cache.clear()
-    return RedirectResponse(_safe_next(next), status_code=303)
+    return RedirectResponse(safe_next(next), status_code=303)
