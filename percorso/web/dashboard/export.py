@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
+from percorso.spreadsheet import safe_row
 from percorso.web.dashboard.filters import journey_filters
 from percorso.web.dashboard.i18n import Translator
 from percorso.web.dashboard.pages import cached_map
@@ -180,6 +181,7 @@ def _subtitle(jmap: dict[str, Any], t: Translator) -> str:
 
 
 def map_csv(jmap: dict[str, Any]) -> str:
+    """The map's numbers, a row per stage; no text cell can run as a spreadsheet formula."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
@@ -206,25 +208,27 @@ def map_csv(jmap: dict[str, Any]) -> str:
     for s in jmap["stages"]:
         e = s["emotion"]
         writer.writerow(
-            [
-                s["stage"],
-                s["name"],
-                s["contacts"]["entered"],
-                s["contacts"]["now"],
-                s["contacts"]["stuck"],
-                s["conversion_to_next"],
-                s["time_in_stage"]["median_seconds"],
-                s["time_in_stage"]["p90_seconds"],
-                e["score"],
-                e["evidence"],
-                e.get("nps"),
-                e.get("nps_responses"),
-                e.get("csat"),
-                e.get("csat_responses"),
-                len(s["pain_points"]),
-                s["top_actions"][0]["action"] if s["top_actions"] else "",
-                s["touchpoints"][0]["name"] if s["touchpoints"] else "",
-            ]
+            safe_row(
+                [
+                    s["stage"],
+                    s["name"],
+                    s["contacts"]["entered"],
+                    s["contacts"]["now"],
+                    s["contacts"]["stuck"],
+                    s["conversion_to_next"],
+                    s["time_in_stage"]["median_seconds"],
+                    s["time_in_stage"]["p90_seconds"],
+                    e["score"],
+                    e["evidence"],
+                    e.get("nps"),
+                    e.get("nps_responses"),
+                    e.get("csat"),
+                    e.get("csat_responses"),
+                    len(s["pain_points"]),
+                    s["top_actions"][0]["action"] if s["top_actions"] else "",
+                    s["touchpoints"][0]["name"] if s["touchpoints"] else "",
+                ]
+            )
         )
     return buffer.getvalue()
 
