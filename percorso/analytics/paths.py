@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import re2
+
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
 from percorso.journey.definition import Condition
 from percorso.store import Store
@@ -56,11 +58,58 @@ class PathSpec:
             raise PathError("session_gap", "between 1 minute and 7 days")
         if not 1 <= self.top_edges <= 500:
             raise PathError("top", "between 1 and 500")
-        for pattern, _ in self.url_rules:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise PathError("url_rules", f"{pattern!r} is not a regular expression: {exc}") from None
+        for pattern, replacement in self.url_rules:
+            url_rule(pattern, replacement)
+
+
+#: Longest URL rule pattern; a rule cleans paths, it does not need to be a program.
+MAX_RULE_CHARS = 1000
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is the client's error, reported in the answer
+_RE2_OPTIONS.max_mem = 8 << 20  # bytes for the compiled pattern; past it the pattern is refused
+_GROUP_REFERENCE = re.compile(r"\\(?:(\d{1,2})|g<([^>]*)>|(\\)|(.?))", re.DOTALL)
+
+
+def url_rule(pattern: str, replacement: str) -> Any:
+    """A URL rule's pattern compiled by RE2, which runs in time linear in the path, so no rule
+    can stall the server (no backtracking, hence no backreferences or look-arounds); raises
+    :class:`PathError` naming what is wrong with the pattern or the replacement.
+
+    Example::
+
+        >>> url_rule(r"/product/\\d+", "/product/:id").sub("/product/:id", "/product/42")
+        '/product/:id'
+        >>> url_rule(r"/p/(\\d+)", r"\\2")  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        PathError: url_rules: the replacement refers to group 2, but '/p/(\\d+)' has 1 group
+    """
+    if len(pattern) > MAX_RULE_CHARS:
+        raise PathError("url_rules", f"a pattern has at most {MAX_RULE_CHARS} characters, not {len(pattern)}")
+    try:
+        compiled = re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise PathError(
+            "url_rules",
+            f"{pattern!r} is not a regular expression percorso can run ({reason}); RE2 syntax, without "
+            "backreferences or look-arounds",
+        ) from None
+    groups = compiled.groups
+    for number, name, _, other in _GROUP_REFERENCE.findall(replacement):
+        if number and int(number) > groups:
+            raise PathError(
+                "url_rules",
+                f"the replacement refers to group {number}, but {pattern!r} has {groups} "
+                f"group{'' if groups == 1 else 's'}",
+            )
+        if name and not (name.isdigit() and int(name) <= groups) and name not in compiled.groupindex:
+            raise PathError("url_rules", f"the replacement refers to group {name!r}, which {pattern!r} lacks")
+        if other or (not number and not name and not _):
+            raise PathError(
+                "url_rules",
+                f"the replacement {replacement!r} has a backslash that is not \\1 to \\99, \\g<name> or \\\\",
+            )
+    return compiled
 
 
 # What names a node, before cleaning: the event of a track call, the path of a page view, the
@@ -72,7 +121,7 @@ _VALUE = (
 _QUERY_OR_FRAGMENT = re.compile(r"[?#]")
 
 
-def _node(kind: str, value: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
+def _node(kind: str, value: str, rules: list[tuple[Any, str]]) -> str:
     if kind == "track":
         return value
     if kind == "screen":
@@ -97,7 +146,7 @@ class _Dictionary:
             "AND e.type IN ('track', 'page', 'screen')",
             [spec.start, spec.end],
         )
-        rules = [(re.compile(pattern), replacement) for pattern, replacement in spec.url_rules]
+        rules = [(url_rule(pattern, replacement), replacement) for pattern, replacement in spec.url_rules]
         raw = [(kind, value, _node(kind, value, rules)) for kind, value in distinct if value is not None]
         self.names = [END, *sorted({node for _, _, node in raw})]
         code = {name: i for i, name in enumerate(self.names)}

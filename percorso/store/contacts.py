@@ -62,7 +62,12 @@ def encode_cursor(*parts: Any) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
+_MAX_ID = 2**63 - 1
+
+
 def decode_cursor(cursor: str, count: int) -> list[str]:
+    """The parts of a cursor :func:`encode_cursor` made; the first is a time. Anything else
+    raises :class:`BadQuery` naming the cursor."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         parts = text.split("|", count - 1)
@@ -70,8 +75,24 @@ def decode_cursor(cursor: str, count: int) -> list[str]:
             raise ValueError
         datetime.fromisoformat(parts[0])
         return parts
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
         raise BadQuery("cursor", "is not a cursor this API returned") from None
+
+
+def cursor_time(text: str) -> datetime:
+    """A cursor's time, in UTC when it carries no offset."""
+    stamp = datetime.fromisoformat(text)
+    try:
+        return stamp.astimezone(UTC) if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    except OverflowError:  # an offset that takes the time outside the years 1 to 9999
+        raise BadQuery("cursor", "is not a cursor this API returned") from None
+
+
+def cursor_id(text: str) -> int:
+    """A cursor's contact id; a cursor this API did not return raises :class:`BadQuery`."""
+    if not text.isascii() or not text.isdigit() or int(text) > _MAX_ID:
+        raise BadQuery("cursor", "is not a cursor this API returned")
+    return int(text)
 
 
 def _traits(value: Any) -> dict[str, Any]:
@@ -127,8 +148,8 @@ def search_contacts(store: Store, query: ContactQuery) -> dict[str, Any]:
         if query.cursor:
             last_seen, contact_id = decode_cursor(query.cursor, 2)
             where.append("(st.last_seen < ? OR (st.last_seen = ? AND c.contact_id < ?))")
-            stamp = datetime.fromisoformat(last_seen)
-            params += [stamp, stamp, int(contact_id)]
+            stamp = cursor_time(last_seen)
+            params += [stamp, stamp, cursor_id(contact_id)]
         sql = f"""
             WITH st AS (
                 SELECT i.contact_id, min(e.timestamp) AS first_seen, max(e.timestamp) AS last_seen,
@@ -244,7 +265,7 @@ def contact_timeline(
             params.append(channel)
         if cursor:
             stamp_text, message_id = decode_cursor(cursor, 2)
-            stamp = datetime.fromisoformat(stamp_text)
+            stamp = cursor_time(stamp_text)
             where.append("(e.timestamp < ? OR (e.timestamp = ? AND e.message_id < ?))")
             params += [stamp, stamp, message_id]
         rows = s.dicts(

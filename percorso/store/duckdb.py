@@ -41,6 +41,12 @@ _INSERT = (
 )
 
 
+def json_pointer(key: str) -> str:
+    """The JSON pointer (RFC 6901) to a top-level key: any key, backslashes and quotes included,
+    names exactly itself. Example: ``json_pointer("a/b")`` → ``"/a~1b"``."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")
+
+
 class DuckDBSession(Session):
     json_type = "JSON"
 
@@ -60,7 +66,7 @@ class DuckDBSession(Session):
         return self._columns
 
     def json_number(self, column: str, key: str) -> tuple[str, list[Any]]:
-        path = '$."' + key.replace('"', '\\"') + '"'
+        path = json_pointer(key)
         return (
             f"(CASE WHEN json_type({column}, ?) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
             f"THEN CAST(json_extract({column}, ?) AS DOUBLE) END)",
@@ -68,7 +74,7 @@ class DuckDBSession(Session):
         )
 
     def json_text(self, column: str, key: str) -> tuple[str, Any]:
-        return f"json_extract_string({column}, ?)", '$."' + key.replace('"', '\\"') + '"'
+        return f"json_extract_string({column}, ?)", json_pointer(key)
 
     def json_may_have(self, column: str, key: str) -> tuple[str, Any]:
         # A substring search on the stored text costs a fraction of parsing the JSON.

@@ -26,6 +26,7 @@ from percorso.store.contacts import (
     ContactQuery,
     contact_profile,
     contact_timeline,
+    cursor_time,
     decode_cursor,
     erase_contact,
     export_contact,
@@ -287,7 +288,7 @@ def contact_page(request: Request, session: Viewer, contact_id: str) -> Response
         raise _not_found(wanted) from None
     events = timeline["events"]
     newer_than = _stamp(events[-1]["timestamp"]) if timeline["next_cursor"] and events else None
-    before = _stamp(decode_cursor(cursor, 2)[0]) if cursor else None
+    before = cursor_time(decode_cursor(cursor, 2)[0]) if cursor else None
     names = {a["key"]: automation_name(a["name"], lang) for a in list_automations(store)} if steps else {}
     touched = sorted({s["automation"] for s in steps})
     data = {
