@@ -144,7 +144,9 @@ NO_WAIT = REMINDER.replace("  - {id: pause, wait: 4h}\n", "")
 
 
 def make_engine(store: Store, smtp: SmtpSettings, clock: ManualClock) -> Engine:
-    return Engine(store, clock=clock, smtp=smtp, settings=EngineSettings(base_url="http://percorso.test"))
+    # The webhook receiver listens on this machine: an admin's allow-list lets webhooks reach it.
+    settings = EngineSettings(base_url="http://percorso.test", webhook_allow_networks=("127.0.0.1",))
+    return Engine(store, clock=clock, smtp=smtp, settings=settings)
 
 
 def test_registration_reminder_end_to_end(store: Store, classifier: Any, smtp: Any) -> None:
@@ -265,7 +267,7 @@ steps:
   - id: onsite
     onsite: {title: The Club, body: Free delivery, cta_url: /membership}
   - id: crm
-    webhook: {url: "RECEIVER/crm", secret_env: PERCORSO_TEST_CRM_SECRET, data: {reason: terms}}
+    webhook: {url: "RECEIVER/crm", secret_env: PERCORSO_WEBHOOK_TEST_CRM_SECRET, data: {reason: terms}}
   - {id: tag, tag: membership-curious}
   - {id: mark, set_traits: {membership_explained: true}}
 """
@@ -275,7 +277,7 @@ def test_condition_webhook_onsite_tag_and_caps(
     store: Store, classifier: Any, smtp: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inbox, smtp_settings = smtp
-    monkeypatch.setenv("PERCORSO_TEST_CRM_SECRET", "s3cret")
+    monkeypatch.setenv("PERCORSO_WEBHOOK_TEST_CRM_SECRET", "s3cret")
     clock = ManualClock(datetime.now(UTC).replace(microsecond=0) - timedelta(days=40))
     save_automation(store, load_automation(MEMBERSHIP.replace("RECEIVER", receiver.url)), "test")
     engine = make_engine(store, smtp_settings, clock)

@@ -331,7 +331,11 @@ def load_automation(text: str, source: str = "<automation>") -> Automation:
     return automation_from_data(data, node, source)
 
 
-def automation_from_data(data: Any, node: Any = None, source: str = "<automation>") -> Automation:
+def automation_from_data(
+    data: Any, node: Any = None, source: str = "<automation>", *, stored: bool = False
+) -> Automation:
+    """Validates a parsed document. ``stored``: a definition saved earlier, checked as when it
+    was saved; what later versions refuse at save time is refused when it runs instead."""
     if not isinstance(data, dict):
         raise AutomationError(
             [Problem(source, 1, "", "an automation is a mapping with key, name, trigger and steps")]
@@ -350,7 +354,7 @@ def automation_from_data(data: Any, node: Any = None, source: str = "<automation
         if message.startswith("Invalid enum value") and path[-1:] == ["every"]:
             message += " (expected one of: day, week, month)"
         raise AutomationError([Problem(source, line, _dotted(path), message)]) from None
-    problems = semantic_problems(automation, node, source)
+    problems = semantic_problems(automation, node, source, stored=stored)
     if problems:
         raise AutomationError(problems)
     return automation
@@ -405,11 +409,13 @@ def _kind_problems(data: dict[str, Any], node: Any, source: str) -> list[Problem
 
 
 def semantic_problems(
-    automation: Automation, node: Any = None, source: str = "<automation>"
+    automation: Automation, node: Any = None, source: str = "<automation>", *, stored: bool = False
 ) -> list[Problem]:
     """What the types cannot say: unique ids, known targets, reachable steps, no cycle without a
-    wait, split percentages, valid templates and time zones."""
-    from percorso.automation.actions.email import check_templates
+    wait, split percentages, valid templates (tried within the render budget unless ``stored``),
+    webhook secrets from allowed variables, and time zones."""
+    from percorso.automation.actions.email import template_problems
+    from percorso.automation.actions.webhook import secret_env_problem
 
     problems: list[Problem] = []
 
@@ -458,8 +464,13 @@ def semantic_problems(
         if step.holdout is not None and step.holdout >= 100:
             add(["steps", i, "holdout"], "a holdout of 100% leaves nobody to receive the automation")
         if step.email is not None:
-            for message in check_templates(step.email.subject, step.email.text, step.email.html):
-                add(["steps", i, "email"], message)
+            email = step.email
+            for part, message in template_problems(email.subject, email.text, email.html, trial=not stored):
+                add(["steps", i, "email", part], f"{part}: {message}")
+        if step.webhook is not None and step.webhook.secret_env is not None and not stored:
+            problem = secret_env_problem(step.webhook.secret_env)
+            if problem:
+                add(["steps", i, "webhook", "secret_env"], problem)
         if step.wait_until is not None and step.wait_until.before and step.wait_until.after:
             add(["steps", i, "wait_until"], "give before or after, not both")
         if (step.then or step.otherwise) and step.kind != "condition":

@@ -22,7 +22,6 @@ Time comes from an injectable :class:`Clock`, so tests run "24 hours later" in m
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import threading
 import time
@@ -31,7 +30,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -105,14 +103,23 @@ class EngineSettings:
     #: messages can reach their receiver twice per crash (with the same Message-ID /
     #: Idempotency-Key). 1 marks each message alone; ``PERCORSO_AUTOMATION_SENT_GROUP``.
     sent_group: int = 10
+    #: Networks webhooks may reach although they are not public (``10.0.0.0/8``, ``127.0.0.1``);
+    #: ``PERCORSO_WEBHOOK_ALLOW_NETWORKS``. Loopback, private and link-local are refused otherwise.
+    webhook_allow_networks: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> EngineSettings:
-        """The engine's settings from the process's :class:`percorso.config.Settings`."""
+        """The engine's settings from the process's :class:`percorso.config.Settings`; a bad
+        ``PERCORSO_WEBHOOK_ALLOW_NETWORKS`` raises ValueError naming it."""
+        from percorso.automation.actions.egress import parse_networks
+
+        allowed = tuple(n.strip() for n in settings.webhook_allow_networks.split(",") if n.strip())
+        parse_networks(allowed)
         values: dict[str, Any] = {
             "base_url": settings.base_url,
             "claim_timeout": float(settings.automation_claim_timeout),
             "sent_group": max(1, int(settings.automation_sent_group)),
+            "webhook_allow_networks": allowed,
         }
         return cls(**{**values, **overrides})
 
@@ -1146,19 +1153,6 @@ class Engine:
         if lost:
             log.warning("%d claimed messages were taken over by another worker; not sending them", lost)
         return renewed, {str(r[0]) for r in kept}
-
-    # -- links -----------------------------------------------------------------------------
-    def sign(self, value: str) -> str:
-        mac = hmac.new(self.secret.encode(), value.encode(), hashlib.sha256).hexdigest()[:32]
-        return f"{quote(value, safe='')}.{mac}"
-
-    def verify(self, token: str) -> str | None:
-        from urllib.parse import unquote
-
-        value, _, mac = token.rpartition(".")
-        plain = unquote(value)
-        expected = hmac.new(self.secret.encode(), plain.encode(), hashlib.sha256).hexdigest()[:32]
-        return plain if value and hmac.compare_digest(mac, expected) else None
 
     # -- running ---------------------------------------------------------------------------
     def decide(self) -> int:

@@ -2,7 +2,7 @@
 print every message as it arrives and keep it (``percorso automation inbox``).
 
 The SMTP side is aiosmtpd, the server the test suite uses too; the webhook side checks the
-``X-Percorso-Signature`` with the secret in ``PERCORSO_CRM_WEBHOOK_SECRET`` (the example
+``X-Percorso-Signature`` with the secret in ``PERCORSO_WEBHOOK_CRM_SECRET`` (the example
 membership automation's), or the demo's secret when that is not set.
 
 Example::
@@ -29,7 +29,7 @@ from typing import Any
 
 SMTP_PORT = 1025
 WEBHOOK_PORT = 8765  # the example membership automation posts to http://127.0.0.1:8765/crm/...
-WEBHOOK_SECRET_ENV = "PERCORSO_CRM_WEBHOOK_SECRET"
+WEBHOOK_SECRET_ENV = "PERCORSO_WEBHOOK_CRM_SECRET"
 DEMO_WEBHOOK_SECRET = "casa-aurora-demo"  # what `percorso demo --automations` signs with by default
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from percorso.automation.definition import successors
@@ -103,7 +104,10 @@ def automation_stats(store: Store, key: str) -> dict[str, Any]:
         "steps": steps,
         "groups": by_group,
         "uplift": uplift(by_group),
-        "failures": [{"step": f["step"], "error": f["last_error"], "count": int(f["n"])} for f in failures],
+        "failures": [
+            {"step": f["step"], "error": _without_reply(f["last_error"]), "count": int(f["n"])}
+            for f in failures
+        ],
     }
 
 
@@ -163,3 +167,12 @@ def contact_automations(store: Store, contact_id: int) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+# Webhook errors recorded by earlier versions ended with the first 200 characters of the reply,
+# which may hold the receiver's internals: the stats keep the status only.
+_REPLY_BODY = re.compile(r"^(webhook \S+ answered \d{3}): .*", re.DOTALL)
+
+
+def _without_reply(error: str | None) -> str | None:
+    return _REPLY_BODY.sub(r"\1", error) if error else error

@@ -125,7 +125,7 @@ def get_automation(store: Store, key: str, version: int | None = None) -> tuple[
 
 def decode_definition(text: str, key: str) -> Automation:
     try:
-        return automation_from_data(msgspec.json.decode(text), None, f"stored automation {key}")
+        return automation_from_data(msgspec.json.decode(text), None, f"stored automation {key}", stored=True)
     except AutomationError:
         raise
     except msgspec.DecodeError as exc:

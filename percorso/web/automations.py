@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from starlette.convertors import Convertor, register_url_convertor
 
+from percorso.automation import links
 from percorso.automation.definition import AutomationError, json_schema, load_automation
 from percorso.automation.engine import Engine
 from percorso.automation.stats import automation_stats, contact_automations
@@ -231,10 +232,14 @@ def _lang(request: Request) -> str:
     return "it" if request.headers.get("accept-language", "").lower().startswith("it") else "en"
 
 
+def _invalid_link() -> ApiError:
+    return ApiError(404, "not_found", "this link is not valid (it may have been changed)")
+
+
 def _contact_from(request: Request, token: str) -> int:
-    value = _engine(request).verify(token)
-    if value is None or not value.endswith(":email"):
-        raise ApiError(404, "not_found", "this link is not valid (it may have been changed)")
+    value = links.read(_engine(request).secret, links.UNSUBSCRIBE, token)
+    if value is None:
+        raise _invalid_link()
     return int(value.split(":", 1)[0])
 
 
@@ -297,20 +302,20 @@ async def _record(
 
 
 @public.get(
-    "/t/o/{token}",
+    "/t/o/{token:path}",
     summary="Email open pixel: records an 'Email Opened' touchpoint",
     response_class=Response,
     responses={200: {"description": "A 1×1 GIF, whatever the token", "content": {"image/gif": {}}}},
 )
 async def opened(request: Request, token: str) -> Response:
-    key = _engine(request).verify(token)
+    key = links.read(_engine(request).secret, links.MESSAGE, token)
     if key is not None:
         await _record(request, key, f"{key}:opened", "Email Opened", {})
     return Response(_PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
 
 
 @public.get(
-    "/t/c/{token}",
+    "/t/c/{token:path}",
     summary="Tracked link: records an 'Email Link Clicked' touchpoint and redirects",
     response_class=RedirectResponse,
     status_code=302,
@@ -325,21 +330,15 @@ async def opened(request: Request, token: str) -> Response:
     ),
 )
 async def clicked(request: Request, token: str, u: str, s: str) -> Response:
-    engine = _engine(request)
-    key = engine.verify(token)
-    if key is None or engine.verify(f"{_quote(u)}.{s}") != u:
-        raise ApiError(404, "not_found", "this link is not valid (it may have been changed)")
+    secret = _engine(request).secret
+    key = links.read(secret, links.MESSAGE, token)
+    if key is None or not links.verify_signature(secret, links.LINK, u, s):
+        raise _invalid_link()
     import hashlib
 
     link = hashlib.sha256(u.encode()).hexdigest()[:12]
     await _record(request, key, f"{key}:click:{link}", "Email Link Clicked", {"url": u})
     return RedirectResponse(u, status_code=302)
-
-
-def _quote(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")
 
 
 @onsite.get("/messages", summary="On-site messages waiting for a visitor (the browser tracker calls this)")

@@ -19,23 +19,31 @@ from __future__ import annotations
 import difflib
 import hashlib
 import html as html_lib
+import operator
 import os
 import re
 import smtplib
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from functools import lru_cache
 from typing import Any
 
 from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, meta, nodes
-from jinja2.runtime import Undefined
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
 from percorso.automation.actions.errors import DeliveryError
+from percorso.automation.actions.sandbox import (
+    MAX_SOURCE_CHARS,
+    EmailSandbox,
+    RenderLimit,
+    check_binop,
+    check_size,
+    rendering,
+)
 
 #: The root names a template may use; in this order in messages.
 VARIABLE_ORDER = ("contact", "traits", "events", "automation", "unsubscribe_url", "now")
@@ -50,25 +58,13 @@ class TemplateProblem(ValueError):
         self.problems = problems
 
 
-class _Sandbox(SandboxedEnvironment):
-    """A sandbox where reaching for internals fails loudly.
-
-    Jinja's sandbox turns ``''.__class__`` into an undefined value; with a chainable undefined
-    that would render as an empty string and hide the attempt. Raising makes it a permanent
-    delivery error that shows up in the automation's log.
-    """
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
-        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
-
-
 def _blank_none(value: Any) -> Any:
     # A trait stored as null should read as nothing, not as the word "None".
     return "" if value is None else value
 
 
-def _environment(*, autoescape: bool) -> SandboxedEnvironment:
-    return _Sandbox(
+def _environment(*, autoescape: bool) -> EmailSandbox:
+    return EmailSandbox(
         autoescape=autoescape,
         undefined=ChainableUndefined,
         finalize=_blank_none,
@@ -80,7 +76,7 @@ _TEXT_ENV = _environment(autoescape=False)
 _HTML_ENV = _environment(autoescape=True)
 
 
-def _env_for(part: str) -> SandboxedEnvironment:
+def _env_for(part: str) -> EmailSandbox:
     return _HTML_ENV if part == "html" else _TEXT_ENV
 
 
@@ -102,11 +98,26 @@ def check_templates(subject: str, text: str, html: str | None) -> list[str]:
         >>> check_templates("Hi {{ frist_name }}", "Hello", None)  # doctest: +ELLIPSIS
         ["subject: unknown variable 'frist_name' (available: contact, traits, ...), line 1 — ..."]
     """
-    problems: list[str] = []
+    return [f"{part}: {message}" for part, message in template_problems(subject, text, html)]
+
+
+def template_problems(
+    subject: str, text: str, html: str | None, *, trial: bool = True
+) -> list[tuple[str, str]]:
+    """Every problem with an email's templates as ``(part, message)``; ``[]`` when fine.
+
+    ``trial`` also renders each part once for a sample contact, within the render budget, so a
+    template that loops or grows without end, or reaches for internals, is refused when saved."""
+    problems: list[tuple[str, str]] = []
     parts = [("subject", subject), ("text", text)]
     if html is not None:
         parts.append(("html", html))
     for part, source in parts:
+        if len(source) > MAX_SOURCE_CHARS:
+            problems.append(
+                (part, f"the template is {len(source):,} characters long; the most is {MAX_SOURCE_CHARS:,}")
+            )
+            continue
         env = _env_for(part)
         try:
             tree = env.parse(source)
@@ -114,16 +125,89 @@ def check_templates(subject: str, text: str, html: str | None) -> list[str]:
         except TemplateSyntaxError as exc:
             # A TemplateAssertionError (unknown filter or test) is a subclass but not about syntax.
             kind = "syntax error" if type(exc) is TemplateSyntaxError else "error"
-            problems.append(f"{part}: {kind} on line {exc.lineno}: {exc.message}")
+            problems.append((part, f"{kind} on line {exc.lineno}: {exc.message}"))
             continue
-        if any(True for _ in meta.find_referenced_templates(tree)):
-            problems.append(
-                f"{part}: include, import and extends are not available in email templates; "
-                "write the content inline"
-            )
-        for name in sorted(meta.find_undeclared_variables(tree) - ALLOWED_VARIABLES):
-            problems.append(f"{part}: {_unknown_variable(tree, name)}")
+        found = _tree_problems(tree)
+        if not found and trial:
+            found = _trial_problems(part, source)
+        problems += [(part, message) for message in found]
     return problems
+
+
+def _tree_problems(tree: nodes.Template) -> list[str]:
+    problems: list[str] = []
+    if any(True for _ in meta.find_referenced_templates(tree)):
+        problems.append(
+            "include, import and extends are not available in email templates; write the content inline"
+        )
+    for name in sorted(meta.find_undeclared_variables(tree) - ALLOWED_VARIABLES):
+        problems.append(_unknown_variable(tree, name))
+    lines = [n.lineno for n in tree.find_all(nodes.Name) if n.name == "self" and n.ctx == "load"]
+    if lines:
+        # The template's own reference: blocks and the render context, which no email needs.
+        problems.append(f"'self' is not available in email templates, line {min(lines)}")
+    for expression in tree.find_all(nodes.BinExpr):
+        try:
+            _constant(expression)
+        except RenderLimit as exc:
+            problems.append(f"line {expression.lineno}: {exc}; {_TOO_COSTLY}")
+            break
+        except Exception:  # not a constant, or one that fails at render time as it would here
+            continue
+    return problems
+
+
+_TOO_COSTLY = "an email template may not build values that large"
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "*": operator.mul,
+    "**": operator.pow,
+    "%": operator.mod,
+    "+": operator.add,
+    "-": operator.sub,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+}
+
+
+def _constant(node: nodes.Node) -> Any:
+    """The value of a constant expression, computed under the render limits."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, nodes.BinExpr) and node.operator in _OPERATORS:
+        left, right = _constant(node.left), _constant(node.right)
+        check_binop(node.operator, left, right)
+        return check_size(_OPERATORS[node.operator](left, right))
+    if isinstance(node, nodes.Neg):
+        return -_constant(node.node)
+    if isinstance(node, nodes.List | nodes.Tuple):
+        return [_constant(item) for item in node.items]
+    raise ValueError("not a constant")
+
+
+#: What a template sees when it is tried at save time: a contact with no traits and no events.
+_SAMPLE: dict[str, Any] = {
+    "contact": {"id": 1, "email": "someone@example.com"},
+    "traits": {},
+    "events": [],
+    "automation": {"key": "sample", "name": "Sample"},
+    "unsubscribe_url": "https://percorso.invalid/u/sample",
+    "now": datetime(2026, 1, 1, tzinfo=UTC),
+}
+
+
+def _trial_problems(part: str, source: str) -> list[str]:
+    try:
+        _render(part, source, _SAMPLE)
+    except DeliveryError as exc:
+        if isinstance(exc.__cause__, RenderLimit | SecurityError):
+            return [str(exc.__cause__) + _fix(exc.__cause__)]
+    return []
+
+
+def _fix(exc: Exception) -> str:
+    if isinstance(exc, RenderLimit):
+        return "; an email template must render within the limits (see docs/automations.md)"
+    return "; remove it from the template"
 
 
 def _unknown_variable(tree: nodes.Template, name: str) -> str:
@@ -162,8 +246,16 @@ def render_email(subject: str, text: str, html: str | None, variables: Mapping[s
 
 
 def _render(part: str, source: str, variables: Mapping[str, Any]) -> str:
+    if len(source) > MAX_SOURCE_CHARS:
+        raise DeliveryError(
+            f"the {part} template is {len(source):,} characters long; the most is {MAX_SOURCE_CHARS:,}",
+            transient=False,
+        )
     try:
-        return _compiled(part, source).render(variables)
+        with rendering():
+            return _compiled(part, source).render(variables)
+    except RenderLimit as exc:
+        raise DeliveryError(f"the {part} template was stopped: {exc}{_fix(exc)}", transient=False) from exc
     except SecurityError as exc:
         raise DeliveryError(
             f"the {part} template tried something the sandbox forbids ({exc}); remove it from the template",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 
+from percorso.automation import links
 from percorso.automation.actions.errors import DeliveryError
 from percorso.journey.definition import display, duration_seconds
 
@@ -198,7 +199,7 @@ def _email(
             sent = engine.marketing_emails(s, batch, profile.contact_id, since)
             if int(sent) + batch.queued[(profile.contact_id, "email")] >= cap.max:
                 return "capped", f"{cap.max} marketing emails per {cap.per} reached"
-    unsubscribe = f"{engine.settings.base_url}/u/{engine.sign(f'{profile.contact_id}:email')}"
+    unsubscribe = links.unsubscribe_url(engine.settings.base_url, engine.secret, profile.contact_id)
     events: list[dict[str, Any]] = []
     if "events" in spec.text or (spec.html and "events" in spec.html) or "events" in spec.subject:
         events = s.dicts(
@@ -223,15 +224,12 @@ def _email(
         return "failed", str(exc)
     html = rendered.html
     if html is not None and spec.track:
-        base = engine.settings.base_url
-        token = engine.sign(key)
+        base, secret = engine.settings.base_url, engine.secret
         html = add_tracking(
             html,
-            open_url=f"{base}/t/o/{token}",
+            open_url=links.open_url(base, secret, key),
             unsubscribe_url=unsubscribe,
-            click_url=lambda url: (
-                f"{base}/t/c/{token}?u={_quote(url)}&s={engine.sign(url).rpartition('.')[2]}"
-            ),
+            click_url=lambda url: links.click_url(base, secret, key, url),
         )
     payload = {
         "to": profile.email,
@@ -242,12 +240,6 @@ def _email(
     }
     _queue(batch, key, enrollment, step, profile.contact_id, "email", spec.category, payload)
     return "queued", None
-
-
-def _quote(url: str) -> str:
-    from urllib.parse import quote
-
-    return quote(url, safe="")
 
 
 # -- delivery ------------------------------------------------------------------------------
@@ -275,7 +267,7 @@ def send(engine: Engine, row: dict[str, Any], smtp: SmtpSession | None = None) -
         if row["channel"] == "email":
             _send_email(engine, key, payload, smtp)
         elif row["channel"] == "webhook":
-            _send_webhook(key, payload)
+            _send_webhook(engine, key, payload)
         elif row["channel"] == "event":
             record = _event(
                 engine, key, row["contact_id"], payload["event"], payload.get("properties") or {}, "internal"
@@ -402,25 +394,32 @@ def _send_email(engine: Engine, key: str, payload: dict[str, Any], smtp: SmtpSes
         send_email(message, engine.smtp)
 
 
-@lru_cache(maxsize=1)
-def _http() -> httpx.Client:
-    # One client per process, reusing connections: creating a client loads the CA bundle, which
-    # takes longer than a delivery.
-    return httpx.Client(follow_redirects=False)
+@lru_cache(maxsize=4)
+def _http(allowed: tuple[str, ...]) -> httpx.Client:
+    # One client per process (and allowed networks), reusing connections: creating a client loads
+    # the CA bundle, which takes longer than a delivery.
+    from percorso.automation.actions.egress import webhook_client
+
+    return webhook_client(allowed)
 
 
-def _send_webhook(key: str, body: dict[str, Any]) -> None:
-    from percorso.automation.actions.webhook import deliver_webhook
+def _send_webhook(engine: Engine, key: str, body: dict[str, Any]) -> None:
+    from percorso.automation.actions.webhook import deliver_webhook, secret_env_problem
 
     secret = None
-    if body.get("secret_env"):
-        secret = os.environ.get(body["secret_env"])
+    name = body.get("secret_env")
+    if name:
+        problem = secret_env_problem(name)
+        if problem:
+            raise DeliveryError(f"the webhook was not sent: {problem}", transient=False)
+        secret = os.environ.get(name)
         if not secret:
             raise DeliveryError(
-                f"the webhook secret variable {body['secret_env']} is not set in this worker's environment",
+                f"the webhook secret variable {name} is not set in this worker's environment",
                 transient=True,
             )
-    deliver_webhook(body["url"], body["payload"], secret=secret, idempotency_key=key, client=_http())
+    client = _http(engine.settings.webhook_allow_networks)
+    deliver_webhook(body["url"], body["payload"], secret=secret, idempotency_key=key, client=client)
 
 
 def _emit(

@@ -12,19 +12,44 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
+from percorso.automation.actions.egress import DestinationRefused, webhook_client
 from percorso.automation.actions.errors import DeliveryError
 
 USER_AGENT = "percorso-webhooks/1"
 SIGNATURE_HEADER = "X-Percorso-Signature"
 #: Statuses that mean "not now" rather than "never": timeouts, too early, too many requests.
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
-_PREVIEW_BYTES = 1024  # enough for 200 characters of an error body, without reading a huge one
+#: A webhook's ``secret_env`` names a variable with this prefix, so an automation cannot sign
+#: with (and so expose to its receiver) any other secret of the worker's environment.
+SECRET_ENV_PREFIX = "PERCORSO_WEBHOOK_"
+_SECRET_ENV = re.compile(r"PERCORSO_WEBHOOK_[A-Z0-9_]+")
+
+
+def secret_env_problem(name: str) -> str | None:
+    """Why ``name`` may not hold a webhook secret (None when it may).
+
+    Example::
+
+        >>> secret_env_problem("PERCORSO_WEBHOOK_CRM_SECRET") is None
+        True
+        >>> secret_env_problem("AWS_SECRET_ACCESS_KEY")  # doctest: +ELLIPSIS
+        "secret_env must name a variable starting with PERCORSO_WEBHOOK_ ..."
+    """
+    from percorso.config import SETTING_NAMES
+
+    if not _SECRET_ENV.fullmatch(name) or name in SETTING_NAMES:
+        return (
+            f"secret_env must name a variable starting with {SECRET_ENV_PREFIX} (upper-case letters, "
+            f"digits, _), not {name!r}: put the secret in, e.g., {SECRET_ENV_PREFIX}CRM_SECRET"
+        )
+    return None
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -92,7 +117,9 @@ def deliver_webhook(
 
     408, 425, 429, 5xx, timeouts and network errors raise a transient :class:`DeliveryError`
     (with ``retry_after`` when the receiver sent a ``Retry-After`` in seconds); other 4xx and
-    redirects raise a permanent one. Pass ``client`` to reuse connections across deliveries.
+    redirects raise a permanent one. The error says the status and what it means, never the
+    reply's body: stats show it to every viewer. Pass ``client`` to reuse connections across
+    deliveries; without one, only public addresses are reached (see egress.py).
 
     Example::
 
@@ -111,19 +138,15 @@ def deliver_webhook(
     if secret is not None:
         headers[SIGNATURE_HEADER] = sign(secret, int(now()), body)
     owned = client is None
-    http = httpx.Client(follow_redirects=False) if client is None else client
+    http = webhook_client() if client is None else client
     try:
         with http.stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
             status = response.status_code
             if 200 <= status < 300:
                 return status
-            preview = b""
-            for chunk in response.iter_bytes():
-                preview += chunk
-                if len(preview) >= _PREVIEW_BYTES:
-                    break
-            detail = preview.decode("utf-8", "replace")[:200].strip()
-            raise _status_error(url, status, detail, response.headers)
+            raise _status_error(url, status, response.headers)
+    except DestinationRefused as exc:
+        raise DestinationRefused(f"webhook {url} was not sent: {exc}") from None
     except httpx.TimeoutException as exc:
         raise DeliveryError(f"webhook {url} did not answer within {timeout:g}s", transient=True) from exc
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
@@ -137,11 +160,13 @@ def deliver_webhook(
             http.close()
 
 
-def _status_error(url: str, status: int, detail: str, headers: httpx.Headers) -> DeliveryError:
-    said = f": {detail}" if detail else ""
+def _status_error(url: str, status: int, headers: httpx.Headers) -> DeliveryError:
     if status in TRANSIENT_STATUSES or 500 <= status < 600:
+        what = "a server error" if status >= 500 else "busy or too early"
         return DeliveryError(
-            f"webhook {url} answered {status}{said}", transient=True, retry_after=_retry_after(headers)
+            f"webhook {url} answered {status} ({what}; will retry)",
+            transient=True,
+            retry_after=_retry_after(headers),
         )
     if 300 <= status < 400:
         location = headers.get("location", "elsewhere")
@@ -150,7 +175,7 @@ def _status_error(url: str, status: int, detail: str, headers: httpx.Headers) ->
             "so update the automation's URL",
             transient=False,
         )
-    return DeliveryError(f"webhook {url} answered {status}{said}", transient=False)
+    return DeliveryError(f"webhook {url} answered {status} (refused; not retried)", transient=False)
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
