@@ -385,8 +385,10 @@ def contacts_erase(
         if not yes and not typer.confirm(f"Erase contact {cid} and all their events?"):
             raise typer.Exit(1)
         result = erase_contact(store, cid)
+        compacted = store.compact()  # this command has the embedded file to itself
     console.print(
         f"erased contact {result['erased']}: {result['events']} events, {result['identities']} identifiers"
+        + (f"; the database file was rewritten without them ({compacted['seconds']} s)" if compacted else "")
     )
 
 

@@ -279,6 +279,7 @@ def test_kill_dash_nine_workers_on_postgres(sink: tuple[Sink, int, str], tmp_pat
             "PERCORSO_POOL_SIZE": "3",
             "PERCORSO_SMTP_HOST": "127.0.0.1",
             "PERCORSO_SMTP_PORT": str(smtp_port),
+            "PERCORSO_WEBHOOK_ALLOW_NETWORKS": "127.0.0.1",  # the test's receiver
             "PERCORSO_AUTOMATION_CLAIM_TIMEOUT": str(CLAIM_TIMEOUT),
         }
         workers = Processes(env, ["worker", "--interval", "0.2"])
@@ -325,6 +326,7 @@ def test_kill_dash_nine_embedded_server(sink: tuple[Sink, int, str], tmp_path: P
         "PERCORSO_STAGE_INTERVAL": "0",
         "PERCORSO_SMTP_HOST": "127.0.0.1",
         "PERCORSO_SMTP_PORT": str(smtp_port),
+        "PERCORSO_WEBHOOK_ALLOW_NETWORKS": "127.0.0.1",  # the test's receiver
         # No short claim timeout: the restarted server owns the file, so it releases the claims
         # of the killed one at once.
         "PERCORSO_AUTOMATION_SENT_GROUP": "1",  # each message marked sent alone

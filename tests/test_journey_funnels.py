@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
 from percorso.analytics.painpoints import _closed, journey_funnels
@@ -18,6 +17,7 @@ from percorso.events import Limits
 from percorso.journey import JourneyError, load_journey
 from percorso.web.dashboard.users import add_user
 from tests.conftest import LiveServer
+from tests.test_dashboard import signed_in
 
 SHOP = """\
 version: 1
@@ -106,11 +106,7 @@ def test_the_builder_starts_from_the_journey_funnel(server: LiveServer):
                 }
             )
     _send(server, messages)
-    client = httpx.Client(base_url=server.url, timeout=60)
-    r = client.post(
-        "/login", data={"email": "ada@example.it", "password": "a long enough secret", "next": "/"}
-    )
-    assert r.status_code == 303
+    client = signed_in(server, ("ada@example.it", "a long enough secret"))
     twin = client.get("/funnels.json").json()  # no funnel named: the first journey funnel
     form, total = twin["form"], twin["result"]["total"]
     assert (form["funnel"], form["journey"], form["order"]) == ("pay", "shop", "strict")

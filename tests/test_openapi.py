@@ -28,8 +28,8 @@ from percorso.web.app import create_app
 from tests import fuzz_tally
 from tests.conftest import ENGINES, LiveServer, create_pg_database, drop_pg_database, free_port
 
-#: Examples per operation and generation phase; the whole file runs in about a minute per engine.
-MAX_EXAMPLES = 12
+#: Examples per operation and generation phase; the whole file runs in about 50 s per engine.
+MAX_EXAMPLES = 6
 
 #: Statuses a request the document calls valid may still get, besides 2xx/404/409: the rules
 #: JSON Schema cannot state. Every other check still runs on these operations.
@@ -150,13 +150,22 @@ PER_MEMBER_REJECTION = ("/v1/batch", "/v1/import")
 
 
 def negative_data_rejected_per_member(ctx: CheckContext, response: Response, case: Case) -> bool | None:
-    """schemathesis' negative_data_rejection, where a batch's `rejected` list also counts."""
+    """schemathesis' negative_data_rejection, where a batch's `rejected` list also counts, judged
+    on the key as sent: a case that drops Authorization and also turns a query string into a
+    one-item array (``?start_event=false`` either way) sends a valid request, since the test always
+    sends the key."""
+    original = case.headers
+    sent = response.request.headers.get("Authorization")
+    if sent is not None:
+        case.headers = {**(original or {}), "Authorization": sent}
     try:
         return negative_data_rejection(ctx, response, case)
     except AcceptedNegativeData:
         if case.path in PER_MEMBER_REJECTION and response.status_code == 200 and response.json()["rejected"]:
             return None
         raise
+    finally:
+        case.headers = original
 
 
 def _key_for(case: Case, live: LiveServer) -> str:

@@ -56,10 +56,16 @@ def automation_stats(store: Store, key: str) -> dict[str, Any]:
             "FROM enrollments WHERE automation_key = ? GROUP BY coalesce(variant, 'all') ORDER BY 1",
             [key],
         )
+        # What failed when sent, and what failed before anything could be queued (an email
+        # template the render budget stopped, for one): both with the reason.
         failures = s.dicts(
+            "SELECT step, last_error, n FROM ("
             "SELECT step, last_error, count(*) AS n FROM outbox WHERE automation_key = ? AND status = 'failed' "
-            "GROUP BY step, last_error ORDER BY n DESC LIMIT 10",
-            [key],
+            "GROUP BY step, last_error UNION ALL "
+            "SELECT step, detail AS last_error, count(*) AS n FROM enrollment_log "
+            "WHERE automation_key = ? AND outcome = 'failed' GROUP BY step, detail"
+            ") f ORDER BY n DESC, step, last_error LIMIT 10",
+            [key, key],
         )
     outcomes: dict[str, dict[str, int]] = {}
     for step, outcome, _n, distinct in log_rows:

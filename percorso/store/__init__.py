@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from percorso.config import Settings
 from percorso.store.base import ApiKey, DataRejected, Store, StoreError, StoreUnavailable
 
@@ -21,6 +23,16 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Store:
         store = DuckDBStore(path, memory_mb=settings.duckdb_memory_mb)
     if migrate:
         store.migrate()
+        if store.erasures_pending():
+            # A contact erased while the file was shared (a running server): its bytes leave now.
+            try:
+                store.compact()
+            except Exception as exc:  # the store stays usable on the uncompacted file
+                logging.getLogger("percorso.store").warning(
+                    "could not compact %s after an erasure (tried again at the next start): %s",
+                    store.describe(),
+                    exc,
+                )
     return store
 
 

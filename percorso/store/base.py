@@ -154,6 +154,21 @@ class Store(ABC):
     def describe(self) -> str:
         return self.engine
 
+    # -- erasure on disk ----------------------------------------------------------------------
+    def after_erasure(self, tables: Sequence[str]) -> None:
+        """Called once an erasure has committed, with the tables it deleted from: each engine
+        removes what it can of the deleted rows' bytes from its files (see docs/contacts.md)."""
+        return None
+
+    def erasures_pending(self) -> bool:
+        """Whether an erasure awaits :meth:`compact` (engines where it is a separate step)."""
+        return False
+
+    def compact(self) -> dict[str, Any]:
+        """Rewrites the store so nothing deleted stays in its files; ``{}`` where the engine
+        needs no separate step."""
+        return {}
+
     # -- schema -------------------------------------------------------------------------------
     def _migration_sql(self, sql: str) -> str:
         return (

@@ -323,6 +323,25 @@ def export_contact(store: Store, contact_id: int) -> dict[str, Any]:
     }
 
 
+#: Every table an erasure deletes rows from.
+ERASED_FROM = (
+    "stage_progress",
+    "account_stage_entries",
+    "events",
+    "identity_conflicts",
+    "stage_entries",
+    "enrollment_log",
+    "outbox",
+    "onsite_messages",
+    "unsubscribes",
+    "enrollments",
+    "segment_members",
+    "trigger_occurrences",
+    "identities",
+    "contacts",
+)
+
+
 def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
     """Deletes a contact's events, identifiers, traits and merged profiles; keeps a count-only record."""
     now = datetime.now(UTC)
@@ -373,6 +392,7 @@ def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
             "INSERT INTO erasures (erased_at, contact_id, identities, events) VALUES (?, ?, ?, ?)",
             [now, live_id, len(identities), int(events)],
         )
+    store.after_erasure(ERASED_FROM)
     return {"erased": live_id, "identities": len(identities), "events": int(events), "erasedAt": iso_utc(now)}
 
 

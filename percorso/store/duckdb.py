@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,8 @@ import pyarrow as pa
 
 from percorso.events import EVENT_COLUMNS, Event
 from percorso.store.base import DataRejected, Session, Store, StoreError, StoreUnavailable
+
+log = logging.getLogger("percorso.store")
 
 _TS = pa.timestamp("us", tz="UTC")
 _TIME_COLUMNS = {"timestamp", "original_timestamp", "sent_at", "received_at"}
@@ -153,14 +159,18 @@ class DuckDBStore(Store):
                     "Stop it, or send data to the running server over HTTP instead (see `percorso import --url`)."
                 ) from None
             raise StoreError(f"cannot open {self.path}: {exc}") from None
-        if not read_only:
-            self._db.execute("SET GLOBAL TimeZone = 'UTC'")
-        if memory_mb > 0:
-            # DuckDB's own default is 80% of the machine's memory; larger sorts spill to disk
-            # (next to the database file) instead.
-            self._db.execute(f"SET GLOBAL memory_limit = '{int(memory_mb)}MiB'")
+        self._read_only, self._memory_mb = read_only, int(memory_mb)
+        self._configure()
         self.write_lock = threading.Lock()
         self._local = threading.local()
+
+    def _configure(self) -> None:
+        if not self._read_only:
+            self._db.execute("SET GLOBAL TimeZone = 'UTC'")
+        if self._memory_mb > 0:
+            # DuckDB's own default is 80% of the machine's memory; larger sorts spill to disk
+            # (next to the database file) instead.
+            self._db.execute(f"SET GLOBAL memory_limit = '{self._memory_mb}MiB'")
 
     def describe(self) -> str:
         return f"duckdb:{self.path}"
@@ -191,6 +201,76 @@ class DuckDBStore(Store):
 
     def checkpoint(self) -> None:
         self._cursor().execute("CHECKPOINT")
+
+    def after_erasure(self, tables: Sequence[str]) -> None:
+        """CHECKPOINT: the write-ahead log, which holds the rows as they were inserted, is folded
+        into the file and emptied. DuckDB keeps deleted rows' bytes in the file's row groups and
+        free blocks until :meth:`compact` writes a new file: at the next start, or at once where
+        the command owns the file (`percorso contacts erase`)."""
+        try:
+            self.checkpoint()
+        except duckdb.Error as exc:  # another thread's transaction: DuckDB checkpoints on its own later
+            log.warning("after an erasure, CHECKPOINT could not run yet: %s", exc)
+
+    def erasures_pending(self) -> bool:
+        """Whether a contact was erased since the file was last compacted."""
+        with self.session() as s:
+            erased = s.rows("SELECT max(erased_at) FROM erasures")[0][0]
+            done = s.rows("SELECT value FROM instance_settings WHERE name = 'compacted_at'")
+        if erased is None:
+            return False
+        return not done or datetime.fromisoformat(str(done[0][0])) < erased
+
+    def compact(self) -> dict[str, Any]:
+        """Copies every table, sequence, index and macro into a new file and puts it in place of
+        the old one, so no deleted row's bytes remain in the database file. Needs the file to
+        itself (no other thread using this store); takes about as long as reading it."""
+        started = time.monotonic()
+        before = self.path.stat().st_size
+        with self.session() as s:
+            s.execute("DELETE FROM instance_settings WHERE name = 'compacted_at'")
+            s.execute(
+                "INSERT INTO instance_settings (name, value) VALUES ('compacted_at', ?)",
+                [datetime.now(UTC).isoformat()],
+            )
+        self.checkpoint()
+        self._db.close()
+        fresh = self.path.with_name(self.path.name + ".compacting")
+        for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
+            leftover.unlink(missing_ok=True)
+        try:
+            con = duckdb.connect(str(fresh))
+            try:
+                con.execute(
+                    f"SET memory_limit = '{self._memory_mb}MiB'" if self._memory_mb > 0 else "SELECT 1"
+                )
+                [[name]] = con.execute("SELECT current_database()").fetchall()
+                con.execute("ATTACH ? AS erased_from (READ_ONLY)", [str(self.path)])
+                con.execute(f'COPY FROM DATABASE erased_from TO "{name}"')
+                con.execute("DETACH erased_from")
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            with open(fresh, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(fresh, self.path)
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        finally:
+            fresh.unlink(missing_ok=True)
+            self._db = duckdb.connect(str(self.path))
+            self._configure()
+            self._local = threading.local()
+        result = {
+            "bytes_before": before,
+            "bytes_after": self.path.stat().st_size,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        log.info("compacted %s: %s", self.path, result)
+        return result
 
     def close(self) -> None:
         self._db.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from percorso.events import EVENT_COLUMNS, Event
 from percorso.store.base import DataRejected, Session, Store, StoreError, StoreUnavailable
+
+log = logging.getLogger("percorso.store")
 
 #: One lock id for identity-graph changes, shared by every process on the database.
 IDENTITY_LOCK = 0x7065_7263  # "perc"
@@ -196,6 +199,22 @@ class PostgresStore(Store):
             raise DataRejected(str(exc).strip()) from None
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(str(exc).strip()) from None
+
+    def after_erasure(self, tables: Sequence[str]) -> None:
+        """VACUUM each table the erasure deleted from: pruning rewrites the heap pages that held
+        the rows (and their TOAST), so the bytes leave the table files at once. Only pages with
+        dead rows are visited, and VACUUM does not block reads or writes."""
+        try:
+            with self.pool.connection() as conn:
+                conn.autocommit = True  # VACUUM cannot run inside a transaction
+                try:
+                    for table in tables:
+                        conn.execute(f"VACUUM {table}")
+                finally:
+                    conn.autocommit = False
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            # The erasure itself has committed; autovacuum reaches the pages later.
+            log.warning("after an erasure, VACUUM could not run (autovacuum will): %s", exc)
 
     def close(self) -> None:
         self.pool.close()

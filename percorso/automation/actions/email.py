@@ -107,7 +107,8 @@ def template_problems(
     """Every problem with an email's templates as ``(part, message)``; ``[]`` when fine.
 
     ``trial`` also renders each part once for a sample contact, within the render budget, so a
-    template that loops or grows without end, or reaches for internals, is refused when saved."""
+    template that loops or grows without end, or reaches for internals, is refused when saved;
+    without it (a stored definition) only what was always refused is: syntax and variables."""
     problems: list[tuple[str, str]] = []
     parts = [("subject", subject), ("text", text)]
     if html is not None:
@@ -127,14 +128,16 @@ def template_problems(
             kind = "syntax error" if type(exc) is TemplateSyntaxError else "error"
             problems.append((part, f"{kind} on line {exc.lineno}: {exc.message}"))
             continue
-        found = _tree_problems(tree)
+        found = _tree_problems(tree, costs=trial)
         if not found and trial:
             found = _trial_problems(part, source)
         problems += [(part, message) for message in found]
     return problems
 
 
-def _tree_problems(tree: nodes.Template) -> list[str]:
+def _tree_problems(tree: nodes.Template, *, costs: bool = True) -> list[str]:
+    """What the parsed template shows; ``costs``: also ``self`` and constants too large to build
+    (a definition stored before those were refused loads, and the render refuses them at send)."""
     problems: list[str] = []
     if any(True for _ in meta.find_referenced_templates(tree)):
         problems.append(
@@ -142,6 +145,8 @@ def _tree_problems(tree: nodes.Template) -> list[str]:
         )
     for name in sorted(meta.find_undeclared_variables(tree) - ALLOWED_VARIABLES):
         problems.append(_unknown_variable(tree, name))
+    if not costs:
+        return problems
     lines = [n.lineno for n in tree.find_all(nodes.Name) if n.name == "self" and n.ctx == "load"]
     if lines:
         # The template's own reference: blocks and the render context, which no email needs.
@@ -201,6 +206,12 @@ def _trial_problems(part: str, source: str) -> list[str]:
     except DeliveryError as exc:
         if isinstance(exc.__cause__, RenderLimit | SecurityError):
             return [str(exc.__cause__) + _fix(exc.__cause__)]
+        if isinstance(exc.__cause__, RecursionError | MemoryError):
+            # Whatever the contact, a macro that calls itself without end fails the same way.
+            return [
+                f"it does not finish rendering ({type(exc.__cause__).__name__}: a macro that calls "
+                "itself without end?); an email template must render within the limits (see docs/automations.md)"
+            ]
     return []
 
 

@@ -11,7 +11,9 @@ while compiling), a ``'%0999999999d'`` format, or loops inside loops. Here:
   :data:`MAX_RENDER_SECONDS`, every piece of output (also what a macro, ``set`` block or
   ``filter`` block collects) against :data:`MAX_OUTPUT_CHARS`;
 * calls and filters that pad or repeat (``center``, ``ljust``, ``join``, ``replace``, formats
-  with huge widths) are checked before they run; lists and dicts cannot be changed in place.
+  with huge widths) are checked before they run; lists and dicts cannot be changed in place;
+* a list or dict counts by the text it holds (:func:`text_size`), so ``[x, x, x]`` or
+  ``[x] * n`` of a long ``x`` is as large as its ``str()`` or ``tojson`` would be.
 
 A render that goes over raises :class:`RenderLimit`. Use :func:`rendering` around a render.
 """
@@ -95,16 +97,50 @@ def _too_large(what: str) -> RenderLimit:
     return RenderLimit(f"{what} would be larger than {MAX_VALUE_CHARS:,} characters")
 
 
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def text_size(value: Any, limit: int = MAX_VALUE_CHARS) -> int:
+    """About how many characters ``value`` takes as text (``str()``, ``tojson``), counting what
+    nested lists and dicts hold; the count stops once past ``limit``. A list that holds one long
+    string a million times is a million times that string's length, not a million."""
+    total = 0
+    pending = [value]
+    while pending and total <= limit:
+        item = pending.pop()
+        if isinstance(item, str | bytes):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            total += 2 + 2 * len(item)
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, _CONTAINERS):
+            total += 2 + 2 * len(item)
+            pending.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3 + 2
+        else:
+            total += 24
+    return total
+
+
 def check_size(value: Any) -> Any:
-    """``value``, unless it is a string, sequence or number larger than a template may build."""
-    if isinstance(value, str | bytes | list | tuple | dict) and len(value) > MAX_VALUE_CHARS:
-        raise _too_large("a value")
-    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+    """``value``, unless it is a string, collection or number larger than a template may build."""
+    if isinstance(value, str | bytes):
+        if len(value) > MAX_VALUE_CHARS:
+            raise _too_large("a value")
+    elif isinstance(value, _CONTAINERS):
+        if text_size(value) > MAX_VALUE_CHARS:
+            raise _too_large("a value")
+    elif isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
         raise _too_large("a number")
     return value
 
 
 def _length(value: Any) -> int:
+    """What a repeated value adds per repetition: its characters, or its contents' as text."""
+    if isinstance(value, _CONTAINERS):
+        return text_size(value)
     return len(value) if isinstance(value, Sized) else 0
 
 
@@ -124,7 +160,7 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
             raise _too_large(f"{type(sequence).__name__} * {count:,}")
     elif operator == "**" and _is_count(left) and _is_count(right):
         if abs(left) > 1 and right > 0 and left.bit_length() * right > _MAX_INT_BITS:
-            raise _too_large(f"{left} ** {right}")
+            raise _too_large(f"{left:,} ** {right:,}")
     elif operator == "%" and isinstance(left, str):
         check_format(left, "%")
 
@@ -151,7 +187,13 @@ def _check_count_arguments(what: str, arguments: Iterable[Any]) -> None:
 
 
 def _check_join(separator: Any, items: Any) -> None:
-    if _length(separator) * _length(items) > MAX_VALUE_CHARS:
+    """Refuses a join whose text would be too large: the separators and every item counted, so a
+    list holding one long string many times (``['a' * 10**6] * 10**6``) is refused unjoined."""
+    count = len(items) if isinstance(items, Sized) else 0
+    if (
+        _length(separator) * count + (text_size(items) if isinstance(items, _CONTAINERS) else 0)
+        > MAX_VALUE_CHARS
+    ):
         raise _too_large("the joined text")
 
 
@@ -244,7 +286,7 @@ def _stepping(iterable: Iterable[Any]) -> Iterator[Any]:
 def _count_output(context: Context, value: Any) -> Any:
     budget = _budget.get()
     if budget is not None:
-        budget.produce(len(value) if isinstance(value, str) else 16)
+        budget.produce(len(value) if isinstance(value, str) else text_size(value, MAX_OUTPUT_CHARS))
     return value
 
 
@@ -279,6 +321,19 @@ class _Budgeted(NodeTransformer):
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         self.generic_visit(node)
         return _wrap(node, _VALUE)
+
+    # A literal list may name one long string many times: [x, x, x, ...].
+    def visit_List(self, node: nodes.List) -> nodes.Node:
+        self.generic_visit(node)
+        return _wrap(node, _VALUE)
+
+    def visit_Dict(self, node: nodes.Dict) -> nodes.Node:
+        self.generic_visit(node)
+        return _wrap(node, _VALUE)
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:
+        self.generic_visit(node)
+        return node if node.ctx != "load" else _wrap(node, _VALUE)
 
 
 class EmailSandbox(ImmutableSandboxedEnvironment):
@@ -327,4 +382,5 @@ __all__ = [
     "RenderLimit",
     "check_binop",
     "rendering",
+    "text_size",
 ]
