@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi import Request
 
 from percorso.collect.keys import KeyRing, credential_from_header
@@ -30,12 +35,45 @@ def authenticate(request: Request, body_key: str | None = None, *, secret: bool 
 
 def require_secret(request: Request) -> ApiKey:
     """FastAPI dependency for read and admin endpoints."""
-    return authenticate(request, secret=True)
+    key = authenticate(request, secret=True)
+    single_query_values(request)
+    return key
 
 
 def require_write(request: Request) -> ApiKey:
     """FastAPI dependency for what the browser tracker may call with its write key."""
-    return authenticate(request)
+    key = authenticate(request)
+    single_query_values(request)
+    return key
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list(arg) for arg in typing.get_args(annotation))
+    return isinstance(origin, type) and issubclass(origin, Sequence) and origin not in (str, bytes)
+
+
+def single_query_values(request: Request) -> None:
+    """A 400 when a query parameter that takes one value is given several times
+    (``?userId=a&userId=b``): which one counts would otherwise be a guess."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    pending, params = [dependant], []
+    while pending:
+        current = pending.pop()
+        params.extend(current.query_params)
+        pending.extend(current.dependencies)
+    for param in params:
+        given = len(request.query_params.getlist(param.alias))
+        if given > 1 and not _is_list(param.field_info.annotation):
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"the query parameter {param.alias} is given {given} times; it takes one value",
+                param.alias,
+            )
 
 
 def _collect_limiter(request: Request) -> RateLimiter:
