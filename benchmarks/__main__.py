@@ -119,7 +119,8 @@ class Server:
             self.proc.kill()
 
 
-def stored_events(env: dict[str, str]) -> int:
+def stored_message_ids(env: dict[str, str]) -> tuple[int, list[str]]:
+    """How many events the store holds, and every messageId among them (one row each)."""
     from percorso.config import Settings
     from percorso.store import open_store
 
@@ -128,9 +129,65 @@ def stored_events(env: dict[str, str]) -> int:
     )
     store = open_store(settings)
     try:
-        return store.counts()["events"]
+        with store.session() as s:
+            ids = [str(r[0]) for r in s.rows("SELECT message_id FROM events")]
+        return store.counts()["events"], ids
     finally:
         store.close()
+
+
+def check_acknowledged(
+    ids: list[str], phase: str, run: dict[str, Any], batch: int, connections: int
+) -> dict[str, Any]:
+    """Whether every request wrk saw acknowledged is in the store, each message exactly once.
+
+    wrk (one thread) generates requests in order and each connection waits for its answer before
+    it sends the next, so the requests still unanswered when wrk stops are among the last
+    ``connections`` generated: every earlier request (but the first, which wrk never sends) must
+    be stored wholly, and of those last ones at least as many as were answered. With no errors,
+    answered means acknowledged."""
+    assert run["threads"] == 1
+    generated = run["generated_messages"] // batch
+    answered = run["requests"]
+    prefix = f"{phase}-1-"
+    per_request: dict[int, int] = {}
+    phantom = 0
+    for message_id in ids:
+        if not message_id.startswith(prefix):
+            continue
+        n = int(message_id[len(prefix) :])
+        counter, rest = divmod(n - 1, 7)
+        if rest or not 1 <= counter <= run["generated_messages"]:
+            phantom += 1
+            continue
+        index = (counter - 1) // batch + 1
+        per_request[index] = per_request.get(index, 0) + 1
+    mine = sum(1 for i in ids if i.startswith(prefix))
+    partial = sum(1 for n in per_request.values() if n != batch)
+    # Request 1 is the one wrk builds at start to see whether the script varies its requests,
+    # and never sends; then each connection has at most one request unanswered at the end.
+    tail = max(generated - connections, 1)
+    missing_before_tail = sum(1 for i in range(2, tail + 1) if i not in per_request)
+    stored_in_tail = sum(1 for i in range(tail + 1, generated + 1) if i in per_request)
+    answered_in_tail = answered - (tail - 1)
+    clean = run["non_2xx"] == 0 and run["socket_errors"] == 0
+    return {
+        "requests_sent": generated - 1,
+        "requests_acknowledged": answered - run["non_2xx"],
+        "requests_stored": len(per_request),
+        "probe_request_stored": 1 in per_request,  # must be False: wrk never sends it
+        "requests_stored_partly": partial,
+        "acknowledged_missing": missing_before_tail + max(answered_in_tail - stored_in_tail, 0),
+        "unknown_ids": phantom,
+        "ids_stored_twice": mine - len(set(i for i in ids if i.startswith(prefix))),
+        "ok": clean
+        and 1 not in per_request
+        and phantom == 0
+        and partial == 0
+        and missing_before_tail == 0
+        and stored_in_tail >= answered_in_tail
+        and mine == len(set(i for i in ids if i.startswith(prefix))),
+    }
 
 
 def free_port() -> int:
@@ -211,7 +268,8 @@ def http_load(
         finally:
             server.stop()
         total_ok = sum(r["requests"] - r["non_2xx"] for _, r in runs)
-        stored = stored_events(env)
+        stored, ids = stored_message_ids(env)
+        checks = {phase: check_acknowledged(ids, phase, r, batch, connections) for phase, r in runs}
         result = dict(runs)["measure"]
         ok = result["requests"] - result["non_2xx"]
         seconds_measured = result["duration_us"] / 1e6
@@ -228,8 +286,10 @@ def http_load(
             "socket_errors": result["socket_errors"],
             "acked_events_total": total_ok * batch,
             "stored_events_total": stored,
-            # Requests still in flight when wrk stops can be stored without being counted as acked.
-            "every_ack_stored": stored >= total_ok * batch,
+            # Every acknowledged request's messageIds found in the store, each once (see
+            # check_acknowledged); requests in flight when wrk stops may be stored unacknowledged.
+            "every_ack_stored": all(c["ok"] for c in checks.values()) and stored >= total_ok * batch,
+            "acknowledged_check": checks,
         }
     finally:
         if pg:

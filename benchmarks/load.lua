@@ -5,13 +5,13 @@ local batch = tonumber(os.getenv("BATCH") or "100")
 local auth = os.getenv("AUTH")
 local visitors = tonumber(os.getenv("VISITORS") or "50000")
 local run = os.getenv("RUN") or "r"
-local threads = 0
-local counter = 0
-local tid = 0
+local threads = {}
+counter = 0  -- global: done() reads it from each thread
+tid = 0  -- global: setup() gives each thread its own
 
 function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
 end
 
 local function message(n)
@@ -40,11 +40,17 @@ request = function()
   return wrk.format("POST", path, {["Content-Type"] = "application/json", ["Authorization"] = "Basic " .. auth}, body)
 end
 
+-- messageIds are RUN-<thread>-<counter * 7 + thread>; a request holds BATCH consecutive counters,
+-- so the benchmark can tell from the store which requests were stored, and whether wholly.
 done = function(summary, latency, requests)
   local non2xx = summary.errors.status
+  local generated = 0
+  for _, thread in ipairs(threads) do
+    generated = generated + thread:get("counter")
+  end
   io.write(string.format(
-    'WRKJSON {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f}\n',
-    summary.requests, summary.duration, non2xx,
+    'WRKJSON {"requests":%d,"generated_messages":%d,"threads":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f}\n',
+    summary.requests, generated, #threads, summary.duration, non2xx,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
     latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
 end
