@@ -12,18 +12,14 @@ Nothing is computed at load: compiling a template that asks for 400 MB allocates
 from __future__ import annotations
 
 import json
-import threading
 import time
 import tracemalloc
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import Any
 
 import jinja2.sandbox
 import pytest
-from aiosmtpd.controller import Controller
 
 from percorso.automation.actions import sandbox as sandbox_module
 from percorso.automation.actions.email import SmtpSettings, render_email, template_problems
@@ -43,7 +39,8 @@ from percorso.automation.stats import automation_stats
 from percorso.automation.store import get_automation, save_automation
 from percorso.events import parse_message
 from percorso.store import Store
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer
+from tests.test_email_links import Inbox, smtp  # noqa: F401 (the fixture)
 
 BIG = "'a' * 1000000"  # a string at the value limit, built by the template itself
 
@@ -222,31 +219,6 @@ def test_an_ordinary_template_renders_as_with_plain_jinja() -> None:
 # -- a definition stored before the bounds: refused at send, alone --------------------------------
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        import email
-        import email.policy
-
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        with self.lock:
-            self.messages.append(message)
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, SmtpSettings]]:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield inbox, SmtpSettings(host="127.0.0.1", port=controller.port, sender="Shop <news@shop.example>")
-    controller.stop()
-
-
 STORED_EARLIER = {
     "folded": "{{ 'a' * (4 * 10**8) }}",
     "loops": "{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}",
@@ -255,7 +227,9 @@ STORED_EARLIER = {
 
 
 def test_a_definition_stored_earlier_fails_at_send_and_the_others_still_send(
-    server: LiveServer, classifier: Any, smtp: tuple[Inbox, SmtpSettings]
+    server: LiveServer,
+    classifier: Any,
+    smtp: tuple[Inbox, SmtpSettings],  # noqa: F811
 ) -> None:
     inbox, smtp_settings = smtp
     store = server.store
