@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from percorso.channels import SEGMENT_TRANSPORT_VALUES, ChannelClassifier, valid_channel_name
+from percorso.values import clean_json, may_be_outside, read_json
 
 CALL_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
@@ -365,8 +366,11 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _object(raw: msgspec.Raw, field: str, limits: Limits, need: bool) -> tuple[str, dict[str, Any] | None]:
-    """Validates a nested JSON object; returns its JSON text and, if ``need``, its decoded value."""
+def _object(
+    raw: msgspec.Raw, field: str, limits: Limits, need: bool, warnings: list[tuple[str, str]]
+) -> tuple[str, dict[str, Any] | None]:
+    """Validates a nested JSON object; returns its JSON text and, if ``need``, its decoded value.
+    Numbers outside the value domain (see percorso/values.py) become strings, with a warning."""
     data = bytes(raw) if len(raw) else _EMPTY
     if data == b"null":
         return "{}", {} if need else None
@@ -380,9 +384,16 @@ def _object(raw: msgspec.Raw, field: str, limits: Limits, need: bool) -> tuple[s
         raise MessageError(field, f"is not valid UTF-8 (byte {exc.start})") from None
     decoded: dict[str, Any] | None = None
     try:
+        if may_be_outside(data):
+            cleaned = clean_json(text, field)
+            if cleaned is not None:
+                text, decoded, found = cleaned
+                warnings.extend(found)
+                data = text.encode("utf-8")
         # Counting brackets is cheap; only objects that could be too deep are walked.
         if data.count(b"{") + data.count(b"[") > limits.max_json_depth:
-            decoded = _decode_any(data)
+            if decoded is None:
+                decoded = _decode_any(data)
             depth = _depth(decoded)
             if depth > limits.max_json_depth:
                 raise MessageError(
@@ -392,6 +403,8 @@ def _object(raw: msgspec.Raw, field: str, limits: Limits, need: bool) -> tuple[s
             decoded = _decode_any(data)
     except RecursionError:
         raise MessageError(field, TOO_DEEP.format(limits.max_json_depth)) from None
+    except (msgspec.DecodeError, ValueError) as exc:  # what the domain check could not foresee
+        raise MessageError(field, f"cannot be read: {exc}") from None
     return text, decoded
 
 
@@ -530,16 +543,18 @@ def parse_message(
         raise MessageError("previousId" if previous_id is None else "userId", "is required for an alias call")
 
     category = _category(raw.category, warnings) if kind in ("page", "screen") else None
-    properties, props = _object(raw.properties, "properties", limits, need=kind == "page" or bool(category))
+    properties, props = _object(
+        raw.properties, "properties", limits, kind == "page" or bool(category), warnings
+    )
     if category and props is not None and "category" not in props:
         # analytics.js keeps page(category, name) in the properties too; so does percorso.
         props = {**props, "category": category}
         properties = msgspec.json.encode(props).decode()
-    traits, trait_values = _object(raw.traits, "traits", limits, need=kind in ("identify", "group"))
+    traits, trait_values = _object(raw.traits, "traits", limits, kind in ("identify", "group"), warnings)
     context, context_values = _object(
-        raw.context, "context", limits, need=kind == "identify" and not trait_values
+        raw.context, "context", limits, kind == "identify" and not trait_values, warnings
     )
-    integrations, _ = _object(raw.integrations, "integrations", limits, need=False)
+    integrations, _ = _object(raw.integrations, "integrations", limits, False, warnings)
     ctx = context_view(context)
     if context_values and isinstance(context_values.get("traits"), dict) and not trait_values:
         # RudderStack's and some Segment libraries send identify traits only in context.traits.
@@ -734,7 +749,7 @@ def event_to_json(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("properties", "traits", "context"):
         value = row.get(key)
         if isinstance(value, str):
-            value = _decode_any(value.encode("utf-8")) if value else {}
+            value = read_json(value)
         if value:
             out[key] = value
     return out

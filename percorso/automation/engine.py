@@ -47,6 +47,7 @@ from percorso.automation.store import (
 from percorso.journey.definition import Condition, duration_seconds
 from percorso.store import Store
 from percorso.store.base import Session, StoreError
+from percorso.values import read_json
 
 log = logging.getLogger("percorso.automation")
 
@@ -1013,7 +1014,7 @@ class Engine:
             unsubscribed[int(c)].add(channel)
         profiles: dict[int, Profile] = {}
         for live_id, (_, raw, consent) in rows.items():
-            decoded = msgspec.json.decode(raw) if raw else {}
+            decoded = read_json(raw)
             traits = decoded if isinstance(decoded, dict) else {}
             email = traits.get("email") if isinstance(traits.get("email"), str) else None
             ids = identifiers[live_id]

@@ -9,7 +9,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from percorso.collect.schema import Ack, BatchResult, batch_body, message_body
+from percorso.collect.schema import LISTED, Ack, BatchResult, batch_body, message_body
 from percorso.collect.writer import GroupCommitWriter, WriteOutcome
 from percorso.events import (
     CALL_TYPES,
@@ -229,10 +229,16 @@ async def _ingest_many(request: Request, *, historical: bool) -> JSONResponse:
         "received": len(messages),
         "stored": len(outcome.stored),
         "duplicates": accepted - len(outcome.stored),
-        "rejected": rejected,
+        "rejected": rejected[:LISTED],
     }
+    # The answer stays small whatever the batch holds: a client learns the first problems
+    # and how many more there were, never a list longer than what it sent.
+    if len(rejected) > LISTED:
+        result["rejected_more"] = len(rejected) - LISTED
     if warnings:
-        result["warnings"] = warnings
+        result["warnings"] = warnings[:LISTED]
+        if len(warnings) > LISTED:
+            result["warnings_more"] = len(warnings) - LISTED
     if accepted == 0:
         first = rejected[0]
         result.update(

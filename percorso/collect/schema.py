@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 
 from percorso.events import CALL_TYPES, MAX_ID_LENGTH, MAX_NAME_LENGTH
 
+#: How many rejections and warnings a batch answer lists; the rest are counted.
+LISTED = 100
+
 _NO_NUL = "^[^\\x00]*$"
 
 _IDENTIFIER = {
@@ -223,5 +226,7 @@ class BatchResult(BaseModel):
     received: int
     stored: int
     duplicates: int
-    rejected: list[Rejection]
-    warnings: list[MemberWarning] | None = None
+    rejected: list[Rejection] = Field(description=f"The first {LISTED:,} rejections, by index")
+    rejected_more: int | None = Field(None, description="How many rejections were not listed")
+    warnings: list[MemberWarning] | None = Field(None, description=f"The first {LISTED:,} warnings")
+    warnings_more: int | None = Field(None, description="How many warnings were not listed")

@@ -76,6 +76,11 @@ class Session(ABC):
         has it), to skip extracting values from most rows; and its parameter. Here: always."""
         return "(CAST(? AS TEXT) IS NOT NULL)", key
 
+    def text_matches(self, expression: str) -> str:
+        """SQL true when the text ``expression`` matches the regular expression in one ``?``
+        parameter (POSIX classes, which both engines read alike)."""
+        return f"regexp_matches({expression}, ?)"
+
     def tune_for_analytics(self) -> None:
         """Prepares this transaction for large set-oriented queries (a no-op where not needed)."""
         return None
@@ -206,6 +211,8 @@ class Store(ABC):
                     continue
                 for statement in _statements(self._migration_sql(migration.sql)):
                     s.execute(statement)
+                if migration.repair is not None:
+                    migration.repair(s)
                 s.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     [migration.version, migration.name, datetime.now(UTC)],

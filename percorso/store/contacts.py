@@ -8,13 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-
 from percorso.events import EVENT_COLUMNS, event_to_json, iso_utc, normalise_email
 from percorso.identity import EMAIL, KINDS, USER_ID
 from percorso.store.base import Session, Store
+from percorso.values import read_json
 
-_decode = msgspec.json.Decoder().decode
 _TRAIT_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\- ]{0,63}$")
 
 
@@ -97,7 +95,8 @@ def cursor_id(text: str) -> int:
 
 def _traits(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
-        return _decode(value) if value else {}
+        decoded = read_json(value)
+        return decoded if isinstance(decoded, dict) else {}
     return value or {}
 
 

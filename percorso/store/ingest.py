@@ -15,8 +15,8 @@ import msgspec
 from percorso.events import Event
 from percorso.identity import USER_ID, GraphSlice, IdentityPlan, Observation, plan_batch
 from percorso.store.base import Session
+from percorso.values import read_json
 
-_decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
 
 
@@ -198,7 +198,7 @@ def apply_profile_updates(
     profiles = {
         int(row["contact_id"]): {
             **row,
-            "traits": _decode(row["traits"]) if isinstance(row["traits"], str) else (row["traits"] or {}),
+            "traits": read_json(row["traits"]) if isinstance(row["traits"], str) else (row["traits"] or {}),
         }
         for row in s.dicts(
             "SELECT contact_id, traits, traits_updated_at, consent, consent_updated_at FROM contacts "

@@ -9,7 +9,14 @@ Applied in order by ``percorso migrate`` and on start; applied versions are reco
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from percorso.values import SUSPECT_SQL, clean_json
+
+if TYPE_CHECKING:
+    from percorso.store.base import Session
 
 
 @dataclass(frozen=True)
@@ -17,6 +24,34 @@ class Migration:
     version: int
     name: str
     sql: str
+    #: Runs after ``sql`` in the same transaction, for changes SQL alone cannot make.
+    repair: Callable[[Session], None] | None = None
+
+
+#: The JSON columns the value domain covers (see percorso/values.py), by table and row key.
+JSON_COLUMNS = (
+    ("events", "message_id", ("properties", "traits", "context", "integrations")),
+    ("contacts", "contact_id", ("traits",)),
+)
+
+
+def repair_outside_numbers(s: Session) -> None:
+    """Rewrites stored numbers outside the value domain as their strings, as the collector
+    now does at the door; rows stored before it read back everywhere afterwards."""
+    for table, key, columns in JSON_COLUMNS:
+        texts = [f"CAST({c} AS TEXT)" for c in columns]
+        where = " OR ".join(s.text_matches(t) for t in texts)
+        rows = s.rows(
+            f"SELECT {key}, {', '.join(texts)} FROM {table} WHERE {where}", [SUSPECT_SQL] * len(texts)
+        )
+        for row in rows:
+            for column, text in zip(columns, row[1:], strict=True):
+                cleaned = clean_json(text, column) if text else None
+                if cleaned is not None:
+                    s.execute(
+                        f"UPDATE {table} SET {column} = CAST(? AS {s.json_type}) WHERE {key} = ?",
+                        [cleaned[0], row[0]],
+                    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -356,5 +391,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         --pg CREATE INDEX account_stage_entries_message ON account_stage_entries (message_id)
         """,
+    ),
+    Migration(
+        8,
+        "numbers outside the value domain stored as strings",
+        "",
+        repair=repair_outside_numbers,
     ),
 )

@@ -59,6 +59,9 @@ class PostgresSession(Session):
     def json_text(self, column: str, key: str) -> tuple[str, Any]:
         return f"({column} ->> ?::text)", key
 
+    def text_matches(self, expression: str) -> str:
+        return f"({expression} ~ ?)"
+
     def json_may_have(self, column: str, key: str) -> tuple[str, Any]:
         return f"jsonb_exists({column}, ?::text)", key
 

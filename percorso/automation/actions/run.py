@@ -22,6 +22,7 @@ import msgspec
 from percorso.automation import links
 from percorso.automation.actions.errors import DeliveryError
 from percorso.journey.definition import display, duration_seconds
+from percorso.values import read_json
 
 if TYPE_CHECKING:
     from percorso.automation.actions.email import SmtpSession
@@ -209,7 +210,7 @@ def _email(
             [profile.contact_id],
         )
         for event in events:
-            event["properties"] = msgspec.json.decode(event["properties"]) if event["properties"] else {}
+            event["properties"] = read_json(event["properties"])
     variables = {
         "contact": {"id": profile.contact_id, "email": profile.email, **profile.traits},
         "traits": profile.traits,
