@@ -25,6 +25,7 @@ import yaml
 
 from percorso.channels import valid_channel_name
 from percorso.events import normalise_email
+from percorso.values import INT_MAX, INT_MIN, json_number, read_json
 
 CALLS = ("track", "identify", "page", "group")
 TOP_TARGETS = (
@@ -345,6 +346,8 @@ def _jsonl_rows(path: Path, builder: _Builder) -> Iterator[Row | RowError]:
                 continue
             try:
                 record = _decode(raw)
+            except msgspec.ValidationError:  # a number outside the value domain: read as its text
+                record = read_json(raw)
             except msgspec.DecodeError as exc:
                 yield RowError(number, f"invalid JSON: {exc}")
                 continue
@@ -397,10 +400,7 @@ def _csv_value(text: str) -> Any:
     """Numbers and booleans from CSV text; leading zeros (zip codes, phone numbers) stay text."""
     first = text[:1]
     if (first.isdigit() or first == "-") and _NUMBER.match(text):
-        if "." in text or "e" in text or "E" in text:
-            number = float(text)
-            return number if math.isfinite(number) else text
-        return int(text)
+        return json_number(text)
     return _BOOLS.get(text, text)
 
 
@@ -416,7 +416,10 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (date, time)):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        if value == value.to_integral_value() and INT_MIN <= value <= INT_MAX:
+            return int(value)
+        number = float(value)
+        return number if math.isfinite(number) and (number or not value) else str(value)
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -58,6 +58,12 @@ def _number(text: str) -> Any:
     return number
 
 
+def json_number(text: str) -> int | float | str:
+    """A JSON number token as a value in the domain, or as its own text when outside it."""
+    value = _number(text)
+    return str(value) if isinstance(value, OutsideNumber) else value
+
+
 def _no_constant(name: str) -> Any:
     # Python's json reads NaN and Infinity; JSON has no such tokens.
     raise ValueError(f"{name} is not JSON")

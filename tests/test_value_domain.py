@@ -165,3 +165,54 @@ def test_a_batch_of_junk_answers_a_short_list(server: LiveServer, path: str) -> 
     assert body["stored"] == 1 and len(body["rejected"]) == 100 and body["rejected_more"] == 4900
     assert [x["index"] for x in body["rejected"]] == list(range(1, 101))
     assert len(r.content) < 20_000
+
+
+def test_file_imports_keep_them_as_strings(store, settings, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from percorso.cli import app
+    from percorso.store import open_store
+    from percorso.store.contacts import contact_timeline, find_contact
+    from tests.test_import_cli import env_for
+
+    store.close()  # the command opens the store itself (DuckDB allows one owner)
+    jsonl = tmp_path / "visits.jsonl"
+    jsonl.write_text(
+        f'{{"customer_id": "c-1", "at": "2026-03-02T10:00:00Z", "amount": 1e999, "ref": {HUGE_INT}}}\n'
+        '{"customer_id": "c-2", "at": "2026-03-02T11:00:00Z", "amount": 12}\n'
+    )
+    csv = tmp_path / "visits.csv"
+    csv.write_text("customer_id,at,amount\nc-1,2026-03-03 10:00,1e-400\nc-2,2026-03-03 11:00,1e999\n")
+    runner = CliRunner()
+    for path in (jsonl, csv):
+        args = [
+            "import",
+            str(path),
+            "--event",
+            "Visit",
+            "--map",
+            "userId=customer_id",
+            "--map",
+            "timestamp=at",
+        ]
+        result = runner.invoke(app, args, env=env_for(settings))
+        assert result.exit_code == 0, result.output
+        assert "2 stored" in result.output
+
+    s = open_store(settings)
+    try:
+        amounts = {
+            (e["userId"], e["timestamp"][:10]): e["properties"]["amount"]
+            for who in ("c-1", "c-2")
+            for e in contact_timeline(s, find_contact(s, "user_id", who))["events"]
+        }
+        ref = contact_timeline(s, find_contact(s, "user_id", "c-1"))["events"][-1]["properties"]["ref"]
+    finally:
+        s.close()
+    assert amounts == {
+        ("c-1", "2026-03-02"): "1e999",
+        ("c-2", "2026-03-02"): 12,
+        ("c-1", "2026-03-03"): "1e-400",
+        ("c-2", "2026-03-03"): "1e999",
+    }
+    assert ref == HUGE_INT
