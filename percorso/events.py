@@ -311,6 +311,8 @@ def _text(value: str | None, field: str, limit: int = MAX_NAME_LENGTH) -> str | 
 
 def parse_time(value: str, field: str) -> datetime:
     """An ISO 8601 date-time; naive values are UTC."""
+    if "\x00" in value:
+        raise MessageError(field, "contains a NUL character")
     try:
         parsed = datetime.fromisoformat(value)
     except (ValueError, TypeError):
@@ -403,6 +405,8 @@ def _object(
             decoded = _decode_any(data)
     except RecursionError:
         raise MessageError(field, TOO_DEEP.format(limits.max_json_depth)) from None
+    except MessageError:
+        raise
     except (msgspec.DecodeError, ValueError) as exc:  # what the domain check could not foresee
         raise MessageError(field, f"cannot be read: {exc}") from None
     return text, decoded
@@ -573,9 +577,12 @@ def parse_message(
 
     # Timestamps: Segment corrects device clock skew with sentAt (per message, else per batch).
     original = None
-    stamp = raw.timestamp or raw.originalTimestamp
+    for field, given in (("timestamp", raw.timestamp), ("originalTimestamp", raw.originalTimestamp)):
+        if given is not None and not given.strip():
+            warnings.append((field, "is empty; the message was read as if it had none"))
+    stamp = (raw.timestamp or "").strip() or (raw.originalTimestamp or "").strip() or None
     if stamp is not None:
-        original = parse_time(stamp, "timestamp" if raw.timestamp else "originalTimestamp")
+        original = parse_time(stamp, "timestamp" if (raw.timestamp or "").strip() else "originalTimestamp")
     sent_raw = raw.sentAt or batch_sent_at
     sent_at = parse_time(sent_raw, "sentAt") if sent_raw else None
     if original is None:

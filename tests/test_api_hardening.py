@@ -158,7 +158,5 @@ def test_a_single_value_query_parameter_given_twice_is_a_400(server, path: str, 
 
 def test_list_query_parameters_still_take_many_values(server) -> None:
     with server.client() as api:
-        answer = api.get(
-            "/v1/paths", params=[("step", "a"), ("step", "b"), ("url_rule", "a=>b"), ("url_rule", "c=>d")]
-        )
+        answer = api.get("/v1/paths", params=[("url_rule", "a=>b"), ("url_rule", "c=>d")])
     assert answer.status_code == 200, answer.text

@@ -30,7 +30,9 @@ from percorso.automation.engine import Engine, EngineSettings
 from percorso.automation.store import instance_secret, save_automation
 from percorso.events import parse_message
 from percorso.store import Store
+from percorso.web.dashboard.users import add_user
 from tests.conftest import LiveServer, free_port
+from tests.test_dashboard import signed_in
 
 OFFER = "https://shop.example/offer?x=1&y=2"
 
@@ -185,8 +187,24 @@ def test_one_click_unsubscribe_from_the_header(
     assert "%" not in link.rpartition("/")[2]
     with httpx.Client(timeout=10) as mail_client:
         answer = mail_client.post(link, data={"List-Unsubscribe": "One-Click"})  # RFC 8058
-    assert answer.status_code == 200
+        again = mail_client.post(link, data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200 and again.status_code == 200
     assert unsubscribed(server.store, contact)
+    # Where a user looks: the timeline (once, however often the link is used), the profile, the export.
+    with server.client() as api:
+        events = api.get(f"/v1/contacts/{contact}/timeline").json()["events"]
+        profile = api.get(f"/v1/contacts/{contact}").json()
+        export = api.get(f"/v1/contacts/{contact}/export").json()
+    left = [e for e in events if e.get("event") == "Unsubscribed"]
+    assert len(left) == 1 and left[0]["channel"] == "email" and left[0]["properties"]["source"] == "link"
+    assert [(u["channel"], u["source"]) for u in profile["unsubscribed"]] == [("email", "link")]
+    assert export["contact"]["unsubscribed"] == profile["unsubscribed"]
+    assert "Unsubscribed" in [e.get("event") for e in export["events"]]
+    add_user(server.store, "anna@example.it", "a long enough secret", role="admin")
+    dashboard = signed_in(server, ("anna@example.it", "a long enough secret"))
+    page = dashboard.get(f"/contacts/{contact}", params={"lang": "it"})
+    dashboard.close()
+    assert page.status_code == 200 and 'data-fact="unsubscribed"' in page.text
 
 
 def legacy_token(secret: str, value: str) -> str:

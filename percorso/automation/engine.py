@@ -63,6 +63,11 @@ GOAL_WINDOW = timedelta(days=30)  # a goal reached later than this after entry i
 # -- time ----------------------------------------------------------------------------------
 
 
+class StepFailed(Exception):
+    """A step cannot run for this contact, for good (its data allows no answer): the enrollment
+    fails with this reason and the pass goes on."""
+
+
 class Clock:
     def now(self) -> datetime:
         return datetime.now(UTC)
@@ -717,6 +722,43 @@ class Engine:
         *,
         resumed: bool = False,
     ) -> None:
+        """Walks the enrollment on from ``target``. A step that fails for this contact (its data
+        breaks a template, say) fails this enrollment alone, with the reason in the stats and on
+        the contact's timeline; the pass goes on with everyone else. The store's own errors
+        still fail the pass, which runs again (they are the store's trouble, not the contact's)."""
+        try:
+            self._steps(s, batch, automation, enrollment, target, resumed=resumed)
+        except Exception as exc:
+            if isinstance(exc, (StoreError, *self.store.database_errors)):
+                raise
+            if isinstance(exc, StepFailed):
+                reason = str(exc)[:500]
+            else:  # not foreseen: a bug to fix, with its stack in the log
+                log.exception(
+                    "automation %s: step %s failed for contact %s",
+                    automation.key,
+                    enrollment.step,
+                    enrollment.live_contact,
+                )
+                reason = f"{type(exc).__name__}: {exc}"[:500]
+            step = enrollment.step or target
+            self._log(batch, enrollment, step, "failed", reason)
+            self._finish(enrollment, batch, "failed", reason)
+            self.stats["failed"] += 1
+            from percorso.automation.actions.run import record_outcome
+
+            record_outcome(batch, enrollment, step, "failed", reason)
+
+    def _steps(
+        self,
+        s: Session,
+        batch: Batch,
+        automation: Automation,
+        enrollment: Enrollment,
+        target: str,
+        *,
+        resumed: bool = False,
+    ) -> None:
         batch.touched[enrollment.enrollment_id] = enrollment
         enrollment.dirty = True
         index = automation.step_index()
@@ -801,10 +843,12 @@ class Engine:
                     self._log(batch, enrollment, step.id, "held", f"quiet hours until {opens.isoformat()}")
                     return
             resumed = False
-            from percorso.automation.actions.run import act
+            from percorso.automation.actions.run import act, record_outcome
 
             outcome, detail = act(self, s, batch, automation, enrollment, step)
             self._log(batch, enrollment, step.id, outcome, detail)
+            if step.email is not None and outcome in ("suppressed", "capped", "failed"):
+                record_outcome(batch, enrollment, step.id, outcome, detail)
             target = edges[0].target
         self._finish(enrollment, batch, "exited", f"more than {MAX_STEPS_PER_RUN} steps at once")
 
@@ -927,11 +971,17 @@ class Engine:
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        if step.wait_until.before:
-            when -= timedelta(seconds=duration_seconds(step.wait_until.before))
-        if step.wait_until.after:
-            when += timedelta(seconds=duration_seconds(step.wait_until.after))
-        return when
+        try:
+            if step.wait_until.before:
+                when -= timedelta(seconds=duration_seconds(step.wait_until.before))
+            if step.wait_until.after:
+                when += timedelta(seconds=duration_seconds(step.wait_until.after))
+            return when.astimezone(UTC)
+        except OverflowError:
+            moved = step.wait_until.before or step.wait_until.after
+            raise StepFailed(
+                f"trait {step.wait_until.trait} is {raw[:40]!r}: {moved} from it is outside the calendar"
+            ) from None
 
     def _quiet_until(
         self,

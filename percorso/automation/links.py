@@ -85,13 +85,22 @@ def click_url(base_url: str, secret: str, key: str, url: str) -> str:
     return f"{base_url}/t/c/{sign(secret, MESSAGE, key)}?u={target}&s={signature(secret, LINK, url)}"
 
 
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _decode(encoded: str) -> str | None:
-    if not encoded or not encoded.isascii():
+    """The value of a token's base64 part, read strictly: only the URL-safe alphabet, no
+    padding, and only the one spelling :func:`sign` writes (so no two tokens carry one value)."""
+    if not _BASE64URL.fullmatch(encoded):
         return None
     try:
-        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        value = raw.decode("utf-8")
     except (binascii.Error, ValueError):
         return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != encoded:
+        return None
+    return value
 
 
 def _same(given: str, expected: str) -> bool:

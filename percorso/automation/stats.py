@@ -40,7 +40,9 @@ def automation_stats(store: Store, key: str) -> dict[str, Any]:
             [key],
         )
         outbox = s.rows(
-            "SELECT step, status, count(*) FROM outbox WHERE automation_key = ? GROUP BY step, status", [key]
+            "SELECT step, status, count(*) FROM outbox WHERE automation_key = ? AND category <> 'timeline' "
+            "GROUP BY step, status",
+            [key],
         )
         totals = s.dicts(
             "SELECT count(*) AS enrolled, "
@@ -61,6 +63,7 @@ def automation_stats(store: Store, key: str) -> dict[str, Any]:
         failures = s.dicts(
             "SELECT step, last_error, n FROM ("
             "SELECT step, last_error, count(*) AS n FROM outbox WHERE automation_key = ? AND status = 'failed' "
+            "AND category <> 'timeline' "
             "GROUP BY step, last_error UNION ALL "
             "SELECT step, detail AS last_error, count(*) AS n FROM enrollment_log "
             "WHERE automation_key = ? AND outcome = 'failed' GROUP BY step, detail"

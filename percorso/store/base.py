@@ -145,6 +145,9 @@ class Store(ABC):
     """The store every feature talks to. Open one with :func:`percorso.store.open_store`."""
 
     engine: str = ""
+    #: What the engine's driver raises: trouble of the store (a transaction to retry), never
+    #: of one item in it.
+    database_errors: tuple[type[Exception], ...] = ()
     #: Held around writes on engines that allow one writer per process (DuckDB).
     write_lock: threading.Lock | None = None
 

@@ -115,10 +115,12 @@ def search_contacts(store: Store, query: ContactQuery) -> dict[str, Any]:
             params += [EMAIL, email]
         if query.q:
             where.append(
-                "(c.contact_id IN (SELECT contact_id FROM identities WHERE lower(value) LIKE ?) "
+                "(c.contact_id IN (SELECT contact_id FROM identities WHERE lower(value) LIKE ? ESCAPE '\\') "
                 "OR CAST(c.contact_id AS TEXT) = ?)"
             )
-            params += [f"%{query.q.lower()}%", query.q]
+            # A substring, literally: % and _ in what the user typed are not wildcards.
+            literal = query.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params += [f"%{literal}%", query.q]
         for key, value in query.traits:
             if not _TRAIT_KEY.match(key):
                 raise BadQuery(f"trait.{key}", "trait names are letters, digits, '_', '-', '.' and spaces")
@@ -229,6 +231,12 @@ def contact_profile(store: Store, contact_id: int) -> dict[str, Any]:
         merged = s.rows(
             "SELECT contact_id FROM contacts WHERE merged_into = ? ORDER BY contact_id", [live_id]
         )
+        unsubscribed = s.rows(
+            "SELECT channel, min(unsubscribed_at), min(source) FROM unsubscribes "
+            "WHERE contact_id = ? OR contact_id IN (SELECT contact_id FROM contacts WHERE merged_into = ?) "
+            "GROUP BY channel ORDER BY channel",
+            [live_id, live_id],
+        )
     firsts = [r[2] for r in channels]
     lasts = [r[3] for r in channels]
     return {
@@ -237,6 +245,9 @@ def contact_profile(store: Store, contact_id: int) -> dict[str, Any]:
         "createdAt": iso_utc(row["created_at"]),
         "traits": _traits(row["traits"]),
         "consent": row["consent"],
+        "consentUpdatedAt": iso_utc(row["consent_updated_at"]),
+        # Channels the contact left (an email's unsubscribe link): marketing there stops.
+        "unsubscribed": [{"channel": r[0], "at": iso_utc(r[1]), "source": r[2]} for r in unsubscribed],
         "identifiers": [
             {"kind": i["kind"], "value": i["value"], "firstSeen": iso_utc(i["created_at"])}
             for i in identities

@@ -143,6 +143,7 @@ DEFAULT_MEMORY_MB = 1536
 
 class DuckDBStore(Store):
     engine = "duckdb"
+    database_errors = (duckdb.Error,)
 
     def __init__(self, path: Path | str, *, read_only: bool = False, memory_mb: int = DEFAULT_MEMORY_MB):
         self.path = Path(path)

@@ -140,6 +140,7 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 class PostgresStore(Store):
     engine = "postgres"
+    database_errors = (psycopg.Error,)
 
     def __init__(self, url: str, *, pool_size: int = 8):
         self.url = url

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from percorso.analytics.funnel import (
     Exclusion,
@@ -44,9 +44,11 @@ from percorso.web.openapi import (
     DOCUMENT_SECRET_KEY,
     INVALID,
     INVALID_DOCUMENT,
+    NO_NUL,
     NOT_FOUND,
     SECRET_KEY,
     DateTime,
+    RequestBody,
     definition_body,
     responses,
 )
@@ -223,14 +225,19 @@ def painpoints(
         raise ApiError(400, "invalid_request", str(exc), "dimension") from None
 
 
-class ExclusionRequest(BaseModel):
-    step: str = Field(min_length=1, max_length=500, description="the excluded event (same patterns as steps)")
+class ExclusionRequest(RequestBody):
+    step: str = Field(
+        min_length=1,
+        max_length=500,
+        pattern=NO_NUL,
+        description="the excluded event (same patterns as steps)",
+    )
     after: int = Field(1, ge=1, le=19, description="between this step...")
     before: int | None = Field(None, ge=2, le=20, description="...and this one (default: the last step)")
 
 
-class FunnelRequest(BaseModel):
-    steps: list[str] = Field(
+class FunnelRequest(RequestBody):
+    steps: list[Annotated[str, Field(pattern=NO_NUL)]] = Field(
         min_length=2,
         max_length=20,
         description="event names or event:/page:/type:/channel:/name:/property.KEY: patterns",
@@ -245,7 +252,9 @@ class FunnelRequest(BaseModel):
     )
     exclusions: list[ExclusionRequest] = Field(default_factory=list, max_length=10)
     breakdown: str | None = Field(
-        None, description="channel, campaign, platform, first_campaign, persona, property:KEY or trait:KEY"
+        None,
+        pattern=NO_NUL,
+        description="channel, campaign, platform, first_campaign, persona, property:KEY or trait:KEY",
     )
     journey: str | None = Field(
         None, pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="whose personas `persona` uses"

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 
 from percorso import __version__
 from percorso.analytics.worker import StageWorker
@@ -25,6 +25,7 @@ from percorso.web.automations import public as links_router
 from percorso.web.automations import router as automations_router
 from percorso.web.contacts import router as contacts_router
 from percorso.web.errors import install_error_handlers
+from percorso.web.guard import refuse_nul
 from percorso.web.keys import router as keys_router
 from percorso.web.openapi import UNAVAILABLE, describe
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         version=__version__,
         summary="Customer journey platform: Segment-compatible collector and REST API",
         lifespan=lifespan,
+        dependencies=[Depends(refuse_nul)],
     )
     app.state.settings = settings
     app.state.classifier = classifier

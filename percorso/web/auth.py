@@ -55,8 +55,10 @@ def _is_list(annotation: Any) -> bool:
 
 
 def single_query_values(request: Request) -> None:
-    """A 400 when a query parameter that takes one value is given several times
-    (``?userId=a&userId=b``): which one counts would otherwise be a guess."""
+    """A 400 for a query parameter the endpoint does not take (a misspelt ``url_rule=`` would
+    otherwise answer as if no rule was given), or one that takes one value given several times
+    (``?userId=a&userId=b``): which one counts would otherwise be a guess. An endpoint that
+    reads a family of parameters itself names their prefixes in ``query_prefixes``."""
     dependant = getattr(request.scope.get("route"), "dependant", None)
     if dependant is None:
         return
@@ -65,6 +67,18 @@ def single_query_values(request: Request) -> None:
         current = pending.pop()
         params.extend(current.query_params)
         pending.extend(current.dependencies)
+    known = {param.alias for param in params}
+    prefixes: tuple[str, ...] = getattr(request.scope["route"].endpoint, "query_prefixes", ())
+    for name in request.query_params:
+        if name in known or (prefixes and name.startswith(prefixes)):
+            continue
+        takes = ", ".join(sorted(known) + [f"{p}KEY" for p in prefixes]) or "none"
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"unknown query parameter {name[:60]!r}; this endpoint takes: {takes}",
+            name[:60],
+        )
     for param in params:
         given = len(request.query_params.getlist(param.alias))
         if given > 1 and not _is_list(param.field_info.annotation):

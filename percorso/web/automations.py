@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import msgspec
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.convertors import Convertor, register_url_convertor
 
 from percorso.automation import links
@@ -25,6 +25,7 @@ from percorso.automation.store import (
     set_status,
 )
 from percorso.store import Store
+from percorso.store.base import Session
 from percorso.web.auth import require_secret, require_write
 from percorso.web.documents import document_body, problems_error
 from percorso.web.errors import ApiError
@@ -37,6 +38,7 @@ from percorso.web.openapi import (
     NOT_FOUND,
     SECRET_KEY,
     WRITE_KEY,
+    RequestBody,
     definition_body,
     responses,
 )
@@ -169,7 +171,7 @@ def resume(request: Request, key: AutomationKey) -> dict[str, Any]:
     return result
 
 
-class EnrollBody(BaseModel):
+class EnrollBody(RequestBody):
     contactId: int = Field(ge=1, description="the contact to enroll")
 
 
@@ -263,14 +265,37 @@ def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     responses=NOT_FOUND,
 )
 def unsubscribe(request: Request, token: str) -> HTMLResponse:
+    from percorso.automation.actions.errors import DeliveryError
+    from percorso.automation.actions.run import _event
+
     contact = _contact_from(request, token)
     store = _store(request)
-    with store.writing() as s:
+    now = datetime.now(UTC)
+
+    def record(s: Session) -> None:
         s.execute(
             "INSERT INTO unsubscribes (contact_id, channel, unsubscribed_at, source) VALUES (?, 'email', ?, 'link') "
             "ON CONFLICT DO NOTHING",
-            [contact, datetime.now(UTC)],
+            [contact, now],
         )
+
+    # The unsubscribe is a touchpoint too: an `Unsubscribed` event on the contact's timeline,
+    # stored once however often the link is used, in the same transaction as the unsubscribe.
+    properties = {"channel": "email", "source": "link"}
+    try:
+        event = _event(
+            request.app.state.engine,
+            f"unsubscribe/{contact}/email",
+            contact,
+            "Unsubscribed",
+            properties,
+            "email",
+        )
+    except DeliveryError:  # no identifier left to attach it to (the contact was erased)
+        with store.writing() as s:
+            record(s)
+    else:
+        store.ingest([event], also=record)
     title, _, _, done = _TEXTS[_lang(request)]
     return HTMLResponse(_UNSUB_PAGE.format(lang=_lang(request), title=title, text=done, form=""))
 

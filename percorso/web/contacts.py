@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel
 
 from percorso.identity import ANONYMOUS_ID, EMAIL, USER_ID
 from percorso.store.contacts import (
@@ -20,7 +19,7 @@ from percorso.store.contacts import (
     set_consent,
 )
 from percorso.web.auth import require_secret
-from percorso.web.openapi import DOCUMENT_SECRET_KEY, NOT_FOUND, SECRET_KEY, DateTime
+from percorso.web.openapi import DOCUMENT_SECRET_KEY, NOT_FOUND, SECRET_KEY, DateTime, RequestBody
 
 router = APIRouter(
     prefix="/v1/contacts",
@@ -76,6 +75,9 @@ def list_contacts(
     return search_contacts(request.app.state.store, query)
 
 
+list_contacts.query_prefixes = ("trait.",)  # type: ignore[attr-defined]
+
+
 @router.get("/lookup", summary="Find the contact an identifier belongs to", responses=NOT_FOUND)
 def lookup(
     request: Request, email: Email = None, userId: str | None = None, anonymousId: str | None = None
@@ -122,7 +124,7 @@ def erase(request: Request, contact_id: ContactId) -> dict[str, Any]:
     return erase_contact(request.app.state.store, contact_id)
 
 
-class ConsentBody(BaseModel):
+class ConsentBody(RequestBody):
     consent: Literal["granted", "denied"]
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from percorso.events import iso_utc
 from percorso.web.auth import require_secret
 from percorso.web.errors import ApiError
-from percorso.web.openapi import DOCUMENT_SECRET_KEY, NOT_FOUND, SECRET_KEY
+from percorso.web.openapi import DOCUMENT_SECRET_KEY, NO_NUL, NOT_FOUND, SECRET_KEY, RequestBody
 
 router = APIRouter(
     prefix="/v1/keys",
@@ -20,9 +20,9 @@ router = APIRouter(
 )
 
 
-class NewKey(BaseModel):
+class NewKey(RequestBody):
     kind: Literal["write", "secret"]
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
 
 
 @router.get("", summary="List API keys (secrets are never shown again)")

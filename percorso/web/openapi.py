@@ -48,6 +48,17 @@ def _in_utc(value: datetime) -> datetime:
 DateTime = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_in_utc)]
 
 
+#: A JSON Schema pattern for text without NUL, which PostgreSQL cannot store (web/guard.py).
+NO_NUL = r"^[^\x00]*$"
+
+
+class RequestBody(BaseModel):
+    """A JSON request body: a field the endpoint does not take is refused by name, as an
+    unknown query parameter is, instead of being silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class ErrorBody(BaseModel):
     """What every error answers: ``code`` for programs, ``message`` for people, ``field`` to fix."""
 

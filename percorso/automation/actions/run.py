@@ -109,6 +109,43 @@ def act(
     return "skipped", f"nothing to do for a {step.kind} step"
 
 
+#: The touchpoint an outcome leaves on the contact's timeline, and its channel.
+OUTCOME_EVENTS = {
+    "suppressed": ("Email Suppressed", "email"),
+    "capped": ("Email Suppressed", "email"),
+    "failed": ("Automation Step Failed", "internal"),
+}
+
+
+#: The outbox category of events that only record an outcome: not an action of their step.
+TIMELINE = "timeline"
+
+
+def record_outcome(batch: Batch, enrollment: Enrollment, step: str, outcome: str, reason: str | None) -> None:
+    """Queues the event that shows a suppressed send or a failed step on the contact's timeline
+    (delivered through the outbox, once: its key is the step's own)."""
+    event, channel = OUTCOME_EVENTS[outcome]
+    key = f"{idempotency_key(enrollment)}:{outcome}"
+    properties = {"automation": enrollment.automation_key, "step": step, "outcome": outcome, "reason": reason}
+    payload = {"event": event, "properties": properties, "channel": channel}
+    batch.outbox.append(
+        [
+            key,
+            enrollment.enrollment_id,
+            enrollment.automation_key,
+            step,
+            enrollment.live_contact,
+            "event",
+            TIMELINE,
+            msgspec.json.encode(payload).decode(),
+            "pending",
+            0,
+            batch.now,
+            batch.now,
+        ]
+    )
+
+
 def _move_stage(
     s: Session, batch: Batch, enrollment: Enrollment, step: Step, contact_id: int, key: str
 ) -> tuple[str, str | None]:
@@ -271,7 +308,12 @@ def send(engine: Engine, row: dict[str, Any], smtp: SmtpSession | None = None) -
             _send_webhook(engine, key, payload)
         elif row["channel"] == "event":
             record = _event(
-                engine, key, row["contact_id"], payload["event"], payload.get("properties") or {}, "internal"
+                engine,
+                key,
+                row["contact_id"],
+                payload["event"],
+                payload.get("properties") or {},
+                payload.get("channel") or "internal",
             )
         else:
             raise DeliveryError(f"unknown channel {row['channel']!r}", transient=False)
