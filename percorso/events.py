@@ -369,7 +369,12 @@ def _depth(value: Any) -> int:
 
 
 def _object(
-    raw: msgspec.Raw, field: str, limits: Limits, need: bool, warnings: list[tuple[str, str]]
+    raw: msgspec.Raw,
+    field: str,
+    limits: Limits,
+    need: bool,
+    warnings: list[tuple[str, str]],
+    suspect: bool = True,
 ) -> tuple[str, dict[str, Any] | None]:
     """Validates a nested JSON object; returns its JSON text and, if ``need``, its decoded value.
     Numbers outside the value domain (see percorso/values.py) become strings, with a warning."""
@@ -386,7 +391,7 @@ def _object(
         raise MessageError(field, f"is not valid UTF-8 (byte {exc.start})") from None
     decoded: dict[str, Any] | None = None
     try:
-        if may_be_outside(data):
+        if suspect:
             cleaned = clean_json(text, field)
             if cleaned is not None:
                 text, decoded, found = cleaned
@@ -547,18 +552,21 @@ def parse_message(
         raise MessageError("previousId" if previous_id is None else "userId", "is required for an alias call")
 
     category = _category(raw.category, warnings) if kind in ("page", "screen") else None
+    suspect = may_be_outside(data)  # once for the whole message: most messages have no such number
     properties, props = _object(
-        raw.properties, "properties", limits, kind == "page" or bool(category), warnings
+        raw.properties, "properties", limits, kind == "page" or bool(category), warnings, suspect
     )
     if category and props is not None and "category" not in props:
         # analytics.js keeps page(category, name) in the properties too; so does percorso.
         props = {**props, "category": category}
         properties = msgspec.json.encode(props).decode()
-    traits, trait_values = _object(raw.traits, "traits", limits, kind in ("identify", "group"), warnings)
-    context, context_values = _object(
-        raw.context, "context", limits, kind == "identify" and not trait_values, warnings
+    traits, trait_values = _object(
+        raw.traits, "traits", limits, kind in ("identify", "group"), warnings, suspect
     )
-    integrations, _ = _object(raw.integrations, "integrations", limits, False, warnings)
+    context, context_values = _object(
+        raw.context, "context", limits, kind == "identify" and not trait_values, warnings, suspect
+    )
+    integrations, _ = _object(raw.integrations, "integrations", limits, False, warnings, suspect)
     ctx = context_view(context)
     if context_values and isinstance(context_values.get("traits"), dict) and not trait_values:
         # RudderStack's and some Segment libraries send identify traits only in context.traits.
@@ -577,12 +585,15 @@ def parse_message(
 
     # Timestamps: Segment corrects device clock skew with sentAt (per message, else per batch).
     original = None
-    for field, given in (("timestamp", raw.timestamp), ("originalTimestamp", raw.originalTimestamp)):
-        if given is not None and not given.strip():
-            warnings.append((field, "is empty; the message was read as if it had none"))
-    stamp = (raw.timestamp or "").strip() or (raw.originalTimestamp or "").strip() or None
+    given, given_original = raw.timestamp, raw.originalTimestamp
+    if given == "" or given_original == "":  # some libraries send "" for "not known": read as absent
+        for field, value in (("timestamp", given), ("originalTimestamp", given_original)):
+            if value == "":
+                warnings.append((field, "is empty; the message was read as if it had none"))
+        given, given_original = given or None, given_original or None
+    stamp = given or given_original
     if stamp is not None:
-        original = parse_time(stamp, "timestamp" if (raw.timestamp or "").strip() else "originalTimestamp")
+        original = parse_time(stamp, "timestamp" if given else "originalTimestamp")
     sent_raw = raw.sentAt or batch_sent_at
     sent_at = parse_time(sent_raw, "sentAt") if sent_raw else None
     if original is None:

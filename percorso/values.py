@@ -25,10 +25,15 @@ import msgspec
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
 
-#: A JSON number that *may* be outside the domain: 16 or more integer digits, or an exponent
-#: of three or more digits. Cheap to search for in raw bytes; a match (also one inside a string)
-#: only sends the object through the exact check, which decides.
-_SUSPECT = re.compile(rb"[:\[,]\s*-?(?:[0-9]{16}|[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3})")
+#: Every number outside the domain has 16 digits in a row or a digit, an exponent and three
+#: digits. Mapped to one byte per class (digits to 0, e and E to e, signs dropped, the rest to a
+#: space), both are a plain substring search: far cheaper than a regular expression over every
+#: message. A hit (also one inside a string, or an id of digits) only sends the message through
+#: the exact check, which decides.
+_SHAPE = bytes(
+    ord("0") if chr(c).isdigit() and c < 128 else ord("e") if c in b"eE" else ord(" ") for c in range(256)
+)
+_LONG_RUN = b"0" * 16
 #: The same test in SQL (DuckDB's RE2 and PostgreSQL's regular expressions read it alike).
 SUSPECT_SQL = "[:\\[,][[:space:]]*-?([0-9]{16}|[0-9]+(\\.[0-9]*)?[eE][+-]?[0-9]{3})"
 _SUSPECT_TEXT = re.compile(r"[:\[,]\s*-?(?:[0-9]{16}|[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3})")
@@ -102,7 +107,8 @@ def outside_warning(path: str, text: str) -> tuple[str, str]:
 
 def may_be_outside(data: bytes) -> bool:
     """False when no number in ``data`` can be outside the domain (the common, fast case)."""
-    return _SUSPECT.search(data) is not None
+    shape = data.translate(_SHAPE, b"+-")
+    return b"0e000" in shape or _LONG_RUN in shape
 
 
 def clean_json(text: str, field: str) -> tuple[str, Any, list[tuple[str, str]]] | None:
