@@ -147,3 +147,32 @@ def test_nul_and_empty_timestamps(
         [event] = api.get(f"/v1/contacts/{contact}/timeline").json()["events"]
     if stamps.get("originalTimestamp"):
         assert event["timestamp"].startswith("2026-01-01T00:00:00")
+
+
+def test_every_route_but_the_collectors_refuses_nul() -> None:
+    """The guard is added per router (app.py): a router added later without it would let NUL
+    reach PostgreSQL again."""
+    from collections.abc import Iterable, Iterator
+
+    from fastapi.routing import APIRoute
+
+    from percorso.config import Settings
+    from percorso.web.app import create_app
+    from percorso.web.guard import refuse_nul
+
+    def walk(routes: Iterable[Any], guarded: bool = False) -> Iterator[tuple[APIRoute, bool]]:
+        for route in routes:
+            if hasattr(route, "original_router"):  # a router included with its own dependencies
+                added = route.include_context.dependencies
+                yield from walk(
+                    route.original_router.routes, guarded or any(d.dependency is refuse_nul for d in added)
+                )
+            elif isinstance(route, APIRoute):
+                yield route, guarded or any(d.call is refuse_nul for d in route.dependant.dependencies)
+
+    routes = list(walk(create_app(Settings(automation_worker=False)).routes))
+    collector = [r.path for r, _ in routes if "collect" in r.tags]
+    assert len(collector) == 8, collector
+    unguarded = [r.path for r, guarded in routes if not guarded and "collect" not in r.tags]
+    assert unguarded == ["/health"]
+    assert len(routes) > 60

@@ -75,20 +75,25 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         version=__version__,
         summary="Customer journey platform: Segment-compatible collector and REST API",
         lifespan=lifespan,
-        dependencies=[Depends(refuse_nul)],
     )
     app.state.settings = settings
     app.state.classifier = classifier
     app.state.limits = Limits.from_settings(settings)
     install_error_handlers(app)
+    # The collector checks its own bodies message by message and reads no query: it is left out
+    # of the NUL guard, which would only add work to every event sent.
     app.include_router(collect_router)
-    app.include_router(contacts_router)
-    app.include_router(keys_router)
-    app.include_router(analytics_router)
-    app.include_router(automations_router)
-    app.include_router(onsite_router)
-    app.include_router(links_router)
-    dashboard.install(app, cache_seconds=settings.dashboard_cache_seconds)
+    guarded = [Depends(refuse_nul)]
+    for router in (
+        contacts_router,
+        keys_router,
+        analytics_router,
+        automations_router,
+        onsite_router,
+        links_router,
+    ):
+        app.include_router(router, dependencies=guarded)
+    dashboard.install(app, cache_seconds=settings.dashboard_cache_seconds, dependencies=guarded)
     describe(app)
 
     @app.get("/health", tags=["health"], summary="Liveness and store status", responses=UNAVAILABLE)

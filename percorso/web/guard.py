@@ -2,9 +2,9 @@
 
 PostgreSQL cannot keep a NUL character in text, and used to answer a NUL in a query value or a
 document with a store error (503, "retry"), which reported a client's mistake as an outage;
-DuckDB kept it. Every route now refuses NUL in the path, the query and the body of API and
-dashboard requests with a 400 naming where it is. The collector checks its bodies itself,
-message by message (see percorso/events.py), so they are not read here.
+DuckDB kept it. Every route but the collector's refuses NUL in the path, the query and the body
+with a 400 naming where it is (app.py adds this dependency to each router). The collector checks
+its bodies itself, message by message (see percorso/events.py), and reads no query.
 """
 
 from __future__ import annotations
@@ -36,9 +36,6 @@ async def refuse_nul(request: Request) -> None:
                 name = key.replace(_NUL, "\\u0000")
                 raise _refuse(name, f"the query parameter {name}")
     if request.method in ("POST", "PUT", "PATCH"):
-        route = request.scope.get("route")
-        if "collect" in (getattr(route, "tags", None) or ()):
-            return
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/x-www-form-urlencoded":
             form = getattr(request, "_form", None)  # FastAPI parsed it already for Form parameters

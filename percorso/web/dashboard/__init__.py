@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -22,14 +24,14 @@ log = logging.getLogger("percorso.dashboard")
 STATIC = Path(__file__).parent.parent / "static"
 
 
-def install(app: FastAPI, cache_seconds: float = 60.0) -> None:
+def install(app: FastAPI, cache_seconds: float = 60.0, dependencies: Sequence[Any] = ()) -> None:
     """Adds the dashboard's pages, assets and error pages to ``app``."""
     from percorso.web.dashboard import analysis, automations, contacts, export, pages, settings, signin
 
     app.state.dashboard_cache = ResultCache(ttl=cache_seconds)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for module in (signin, pages, export, analysis, contacts, automations, settings):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=list(dependencies))
 
     def _json_or_page(request: Request, status: int, code: str, message: str, field: str | None) -> Response:
         if wants_json(request) or request.headers.get("hx-request"):
