@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint bench bench-quick bench-automation serve screenshots chromium
+.PHONY: demo test lint bench bench-quick bench-automation serve screenshots chromium browser-libs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 ## Set up and run the whole test suite (DuckDB and PostgreSQL, and the browser tests), with lint and type checks.
-test: lint chromium
+test: lint chromium browser-libs
 	$(BIN)/python -m pytest
 
 ## Debian's Chromium for the browser tests (Playwright drives it; no browser download).
@@ -35,6 +35,13 @@ chromium:
 		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		echo "installing Debian's chromium for the browser tests"; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+
+## The browser libraries the tests drive in Chromium (analytics.js), from the npm registry.
+browser-libs: tests/browser/node_modules/.installed
+
+tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
 
 ## Benchmarks (results in benchmarks/results/*.json); see docs/performance.md.
 bench: $(STAMP)

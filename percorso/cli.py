@@ -225,13 +225,48 @@ def keys_create(
         KeyKind, typer.Option("--kind", help="write: send data only; secret: read and administer")
     ],
     name: Annotated[str, typer.Option("--name", help="What the key is for, e.g. 'website'")],
+    origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--origin",
+            help="A web origin browsers may send with this write key from, e.g. https://shop.example "
+            "(repeatable; '*' allows any site)",
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key. The key is printed once; only its hash is stored."""
+    origins = _origins(origin or [])
     with opened(settings_for(data_dir)) as store:
-        key, secret = store.create_api_key(kind.value, name)
+        key, secret = store.create_api_key(kind.value, name, origins)
     console.print(f"{key.kind} key {key.key_id} ({key.name}):")
     print(secret)
+
+
+def _origins(given: list[str]) -> list[str]:
+    from percorso.collect.browser import OriginError, normalise_origin
+
+    try:
+        return list(dict.fromkeys(normalise_origin(o) for o in given))
+    except OriginError as exc:
+        raise fail(str(exc)) from None
+
+
+@keys_app.command("origins")
+def keys_origins(
+    key_id: str,
+    origins: Annotated[
+        list[str] | None, typer.Argument(help="Web origins, e.g. https://shop.example; none to clear")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Set the web origins browsers may send with a write key from (replacing the list)."""
+    allowed = _origins(origins or [])
+    with opened(settings_for(data_dir)) as store:
+        key = store.set_key_origins(key_id, allowed)
+    if key is None:
+        raise fail(f"no active key {key_id!r}; see `percorso keys list`")
+    console.print(f"{key_id}: " + (", ".join(key.origins) or "no web origins (server-side only)"))
 
 
 @keys_app.command("list")
@@ -245,6 +280,7 @@ def keys_list(data_dir: DataDir = None, fmt: Format = OutputFormat.table) -> Non
                 "id": k.key_id,
                 "kind": k.kind,
                 "name": k.name,
+                "origins": " ".join(k.origins),
                 "created": k.created_at.isoformat(),
                 "revoked": k.revoked_at.isoformat() if k.revoked_at else None,
             }

@@ -53,6 +53,25 @@ def test_migrate_keys_and_contacts(tmp_path, classifier):
     assert [(k["kind"], k["name"]) for k in listed] == [("write", "site")]
     bad = runner.invoke(app, ["keys", "revoke", "wk_nothing"], env=env)
     assert bad.exit_code == 1 and "no active key" in bad.output
+    # Web origins: normalised, validated by name, replaced as a whole.
+    shop = runner.invoke(
+        app,
+        ["keys", "create", "--kind", "write", "--name", "shop", "--origin", "https://Shop.Example/"],
+        env=env,
+    )
+    assert shop.exit_code == 0, shop.output
+    wrong = runner.invoke(
+        app, ["keys", "create", "--kind", "write", "--name", "x", "--origin", "shop.example"], env=env
+    )
+    assert wrong.exit_code == 1 and "use http:// or https://" in wrong.output
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--format", "json"], env=env).output)
+    assert [k["origins"] for k in listed] == ["", "https://shop.example"]
+    site_id = listed[0]["id"]
+    changed = runner.invoke(app, ["keys", "origins", site_id, "http://127.0.0.1:8080", "*"], env=env)
+    assert changed.exit_code == 0 and "http://127.0.0.1:8080, *" in changed.output
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--format", "json"], env=env).output)
+    assert listed[0]["origins"] == "http://127.0.0.1:8080 *"
+    assert runner.invoke(app, ["keys", "origins", site_id], env=env).exit_code == 0
 
     store = open_store(Settings(data_dir=tmp_path))
     messages = [

@@ -17,6 +17,16 @@ class KeyRing:
     def __init__(self, store: Store):
         self.store = store
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._origins: tuple[set[str], float] = (set(), 0.0)
+
+    def browser_origins(self) -> set[str]:
+        """The web origins some active write key allows (cached like keys)."""
+        origins, until = self._origins
+        now = time.monotonic()
+        if until <= now:
+            origins = self.store.browser_origins()
+            self._origins = (origins, now + CACHE_SECONDS)
+        return origins
 
     def lookup(self, secret: str) -> ApiKey | None:
         now = time.monotonic()
@@ -33,6 +43,7 @@ class KeyRing:
 
     def forget(self) -> None:
         self._cache.clear()
+        self._origins = (set(), 0.0)
 
 
 def credential_from_header(header: str | None) -> str | None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from percorso.collect.schema import LISTED, Ack, BatchResult, batch_body, message_body
@@ -28,7 +28,7 @@ from percorso.events import (
 from percorso.store import StoreUnavailable
 from percorso.web.auth import collector_key
 from percorso.web.errors import ApiError
-from percorso.web.openapi import COLLECT, COLLECT_SECURITY, responses
+from percorso.web.openapi import COLLECT, COLLECT_SECURITY, NOT_FOUND, responses
 
 router = APIRouter(tags=["collect"])
 
@@ -161,10 +161,14 @@ def _single(call: str) -> Any:
     return endpoint
 
 
+#: analytics.js (analytics-next) posts to one-letter paths; they are the long ones by other names.
+SHORT_PATHS = {"track": "t", "identify": "i", "page": "p", "screen": "s", "group": "g", "alias": "a"}
+
 for _call in CALL_TYPES:
+    _endpoint = _single(_call)
     router.add_api_route(
         f"/v1/{_call}",
-        _single(_call),
+        _endpoint,
         methods=["POST"],
         summary=f"Send a {_call} call",
         responses=responses(
@@ -172,6 +176,7 @@ for _call in CALL_TYPES:
         ),
         openapi_extra={**message_body(_call), "security": COLLECT_SECURITY},
     )
+    router.add_api_route(f"/v1/{SHORT_PATHS[_call]}", _endpoint, methods=["POST"], include_in_schema=False)
 
 
 async def _ingest_many(request: Request, *, historical: bool) -> JSONResponse:
@@ -257,6 +262,7 @@ _BATCH_RESPONSES = responses(
 )
 
 
+@router.post("/v1/b", include_in_schema=False)
 @router.post(
     "/v1/batch",
     summary="Send a batch of Segment calls",
@@ -277,3 +283,39 @@ async def collect_batch(request: Request) -> JSONResponse:
 async def collect_import(request: Request) -> JSONResponse:
     """Like /v1/batch with a larger body limit and timestamps taken as given (no clock-skew correction)."""
     return await _ingest_many(request, historical=True)
+
+
+@router.get(
+    "/v1/projects/{write_key}/settings",
+    summary="analytics.js settings for a write key (point its cdnURL at percorso)",
+    responses=NOT_FOUND,
+)
+def analytics_settings(request: Request, write_key: Annotated[str, Path(max_length=200)]) -> JSONResponse:
+    """What analytics.js (analytics-next) loads before it sends anything, as Segment's CDN serves
+    it: events go to this server (``apiHost``), with no other destinations and no metrics. Load it
+    with ``AnalyticsBrowser.load({writeKey, cdnURL: "https://percorso.example"})``."""
+    key = request.app.state.keys.lookup(write_key)
+    if key is None or key.kind != "write":
+        raise ApiError(404, "not_found", "no active write key has this value")
+    host = request.headers.get("host") or request.url.netloc
+    segment = {
+        "apiKey": write_key,
+        "apiHost": f"{host}/v1",
+        "protocol": request.url.scheme,
+        "unbundledIntegrations": [],
+        "addBundledMetadata": True,
+        "maybeBundledConfigIds": {},
+        "versionSettings": {"version": "4.4.7", "componentTypes": ["browser"]},
+    }
+    settings = {
+        "integrations": {"Segment.io": segment},
+        "plan": {"track": {"__default": {"enabled": True, "integrations": {}}}},
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }
+    return JSONResponse(settings, headers={"Cache-Control": "max-age=60"})

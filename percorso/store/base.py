@@ -135,6 +135,16 @@ class ApiKey:
     name: str
     created_at: datetime
     revoked_at: datetime | None = None
+    #: Web origins a browser may send with this key from ("https://shop.example"; "*": any).
+    origins: tuple[str, ...] = ()
+
+
+def _key(row: Sequence[Any]) -> ApiKey:
+    key_id, kind, name, created_at, revoked_at, origins = row
+    return ApiKey(key_id, kind, name, created_at, revoked_at, tuple(origins.split()) if origins else ())
+
+
+_KEY_COLUMNS = "key_id, kind, name, created_at, revoked_at, origins"
 
 
 def hash_key(secret: str) -> str:
@@ -272,36 +282,56 @@ class Store(ABC):
                 lock.release()
 
     # -- api keys -----------------------------------------------------------------------------
-    def create_api_key(self, kind: str, name: str) -> tuple[ApiKey, str]:
-        """Creates a key; the secret is returned once and only its hash is kept."""
+    def create_api_key(self, kind: str, name: str, origins: Sequence[str] = ()) -> tuple[ApiKey, str]:
+        """Creates a key; the secret is returned once and only its hash is kept. ``origins``:
+        the web origins browsers may send with it from (see :func:`percorso.collect.keys.origin`)."""
         if kind not in ("write", "secret"):
             raise ValueError(f"key kind must be 'write' or 'secret', not {kind!r}")
         prefix = "wk" if kind == "write" else "sk"
         secret = f"{prefix}_{secrets.token_urlsafe(24)}"
         key = ApiKey(
-            key_id=f"{prefix}_{secrets.token_hex(4)}", kind=kind, name=name, created_at=datetime.now(UTC)
+            key_id=f"{prefix}_{secrets.token_hex(4)}",
+            kind=kind,
+            name=name,
+            created_at=datetime.now(UTC),
+            origins=tuple(origins),
         )
         with self.writing() as s:
             s.execute(
-                "INSERT INTO api_keys (key_id, kind, name, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                [key.key_id, kind, name, hash_key(secret), key.created_at],
+                "INSERT INTO api_keys (key_id, kind, name, key_hash, created_at, origins) VALUES (?, ?, ?, ?, ?, ?)",
+                [key.key_id, kind, name, hash_key(secret), key.created_at, " ".join(origins) or None],
             )
         return key, secret
 
+    def set_key_origins(self, key_id: str, origins: Sequence[str]) -> ApiKey | None:
+        """Replaces the web origins of an active key; None when there is no such key."""
+        with self.writing() as s:
+            s.execute(
+                "UPDATE api_keys SET origins = ? WHERE key_id = ? AND revoked_at IS NULL",
+                [" ".join(origins) or None, key_id],
+            )
+            rows = s.rows(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", [key_id]
+            )
+        return _key(rows[0]) if rows else None
+
     def api_keys(self) -> list[ApiKey]:
         with self.session() as s:
-            rows = s.rows(
-                "SELECT key_id, kind, name, created_at, revoked_at FROM api_keys ORDER BY created_at"
-            )
-        return [ApiKey(*row) for row in rows]
+            rows = s.rows(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at")
+        return [_key(row) for row in rows]
 
     def find_api_key(self, secret: str) -> ApiKey | None:
         with self.session() as s:
+            rows = s.rows(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", [hash_key(secret)])
+        return _key(rows[0]) if rows else None
+
+    def browser_origins(self) -> set[str]:
+        """Every web origin some active write key allows ("*" among them if one allows any)."""
+        with self.session() as s:
             rows = s.rows(
-                "SELECT key_id, kind, name, created_at, revoked_at FROM api_keys WHERE key_hash = ?",
-                [hash_key(secret)],
+                "SELECT origins FROM api_keys WHERE kind = 'write' AND revoked_at IS NULL AND origins IS NOT NULL"
             )
-        return ApiKey(*rows[0]) if rows else None
+        return {o for (text,) in rows for o in text.split()}
 
     def revoke_api_key(self, key_id: str) -> bool:
         with self.writing() as s:

@@ -398,4 +398,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "",
         repair=repair_outside_numbers,
     ),
+    Migration(
+        9,
+        "web origins a browser may send with each write key from",
+        """
+        ALTER TABLE api_keys ADD COLUMN origins TEXT
+        """,
+    ),
 )

@@ -12,6 +12,7 @@ from percorso import __version__
 from percorso.analytics.worker import StageWorker
 from percorso.automation.engine import AutomationWorker, Engine, EngineSettings
 from percorso.channels import ChannelClassifier, load_rules
+from percorso.collect.browser import BrowserCors
 from percorso.collect.keys import KeyRing
 from percorso.collect.routes import router as collect_router
 from percorso.collect.writer import GroupCommitWriter
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.classifier = classifier
     app.state.limits = Limits.from_settings(settings)
     install_error_handlers(app)
+    app.add_middleware(BrowserCors)
     # The collector checks its own bodies message by message and reads no query: it is left out
     # of the NUL guard, which would only add work to every event sent.
     app.include_router(collect_router)

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import Request
 
+from percorso.collect.browser import origin_allowed, own_origin
 from percorso.collect.keys import KeyRing, credential_from_header
 from percorso.store import ApiKey
 from percorso.web.errors import ApiError
@@ -30,6 +31,18 @@ def authenticate(request: Request, body_key: str | None = None, *, secret: bool 
         raise ApiError(401, "unauthorized", "unknown or revoked API key")
     if secret and key.kind != "secret":
         raise ApiError(403, "forbidden", "this endpoint needs a secret key; write keys can only send data")
+    origin = request.headers.get("origin")
+    if origin is not None and key.kind == "write":
+        own = own_origin(request.url.scheme, request.headers.get("host"))
+        if not origin_allowed(key.origins, origin, own):
+            shown = origin[:100]
+            raise ApiError(
+                403,
+                "origin_not_allowed",
+                f"write key {key.key_id} does not allow pages on {shown!r} to send with it: "
+                f"add the origin with `percorso keys origins {key.key_id} {shown}` or PUT /v1/keys/{key.key_id}/origins",
+                "origin",
+            )
     return key
 
 
