@@ -143,7 +143,7 @@ def test_a_credential_that_is_not_ascii_is_a_401(server, credential: str) -> Non
 @pytest.mark.parametrize(
     ("path", "key", "name"),
     [
-        ("/v1/messages?anonymousId=a&userId=x&userId=y", "write", "userId"),
+        ("/v1/messages?token=a&token=b", "write", "token"),
         ("/v1/contacts?limit=1&limit=2", "secret", "limit"),
         ("/v1/retention?period=week&period=day", "secret", "period"),
     ],

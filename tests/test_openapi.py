@@ -60,8 +60,6 @@ SEMANTIC_400: dict[str, str] = {
     # A document's key must be the URL's; a schema-valid document can still name unknown stages.
     "/v1/journeys/{key}": "the document's key must be the URL's",
     "/v1/automations/{key}": "the document's key must be the URL's",
-    # On-site messages need anonymousId or userId (both are optional on their own).
-    "/v1/messages": "anonymousId or userId",
 }
 
 

@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote
 UNSUBSCRIBE = "unsubscribe"  # value: "<contact id>:email"
 MESSAGE = "message"  # value: the email's outbox key, for its open pixel and tracked links
 LINK = "link"  # value: a tracked link's target URL
+VISITOR = "visitor"  # value: an anonymous id the server issued to a browser
 
 _MAC_CHARS = 32  # hex characters: 128 bits
 # What each purpose signed in the earlier format, so an old link cannot stand for another kind.
@@ -38,6 +39,7 @@ _LEGACY_SHAPES = {
     UNSUBSCRIBE: re.compile(r"[0-9]{1,19}:email"),
     MESSAGE: re.compile(r"[a-z][a-z0-9_-]{0,62}/[0-9]{1,19}/[0-9]{1,9}"),
     LINK: re.compile(r"https?://\S+"),
+    VISITOR: re.compile(r"(?!)"),  # new with this format: no earlier tokens
 }
 
 

@@ -4,13 +4,14 @@ unsubscribe, open and click tracking, on-site messages."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import Field
+from pydantic import BaseModel, Field
 from starlette.convertors import Convertor, register_url_convertor
 
 from percorso.automation import links
@@ -33,6 +34,7 @@ from percorso.web.openapi import (
     CONFLICT,
     DOCUMENT_SECRET_KEY,
     DOCUMENT_WRITE_KEY,
+    FORBIDDEN,
     INVALID,
     INVALID_DOCUMENT,
     NOT_FOUND,
@@ -366,30 +368,55 @@ async def clicked(request: Request, token: str, u: str, s: str) -> Response:
     return RedirectResponse(u, status_code=302)
 
 
-@onsite.get("/messages", summary="On-site messages waiting for a visitor (the browser tracker calls this)")
+class Visitor(BaseModel):
+    anonymousId: str = Field(description="the anonymous id to send every event of this browser with")
+    token: str = Field(description="proves this browser holds that id: give it to GET /v1/messages")
+
+
+@onsite.post(
+    "/visitors",
+    summary="A new anonymous id for a browser, with the token that lets it read its own on-site messages",
+    status_code=201,
+)
+def new_visitor(request: Request) -> Visitor:
+    """The server picks the id (random, 122 bits), so no one can ask for the token of an id that
+    is already someone's: a page that guesses a userId or an anonymousId reads nothing."""
+    anonymous_id = f"v-{uuid.uuid4()}"
+    return Visitor(
+        anonymousId=anonymous_id, token=links.sign(_engine(request).secret, links.VISITOR, anonymous_id)
+    )
+
+
+@onsite.get(
+    "/messages",
+    summary="On-site messages waiting for the visitor a token names (the browser tracker calls this)",
+    responses=FORBIDDEN,
+)
 def messages(
     request: Request,
-    anonymous_id: Annotated[str | None, Query(alias="anonymousId", max_length=200)] = None,
-    user_id: Annotated[str | None, Query(alias="userId", max_length=200)] = None,
+    token: Annotated[str, Query(max_length=400, description="the token POST /v1/visitors gave this browser")],
 ) -> dict[str, Any]:
-    if not anonymous_id and not user_id:
-        raise ApiError(400, "invalid_request", "give anonymousId or userId", "anonymousId")
+    """The messages automations queued for the contact the visitor's anonymous id belongs to
+    (after an identify, the known contact's), each once: they are marked shown as they are read."""
+    anonymous_id = links.read(_engine(request).secret, links.VISITOR, token)
+    if anonymous_id is None:
+        raise ApiError(403, "forbidden", "the token is not one POST /v1/visitors issued", "token")
     store = _store(request)
     now = datetime.now(UTC)
     with store.writing() as s:
-        ids = [("anonymous_id", anonymous_id), ("user_id", user_id)]
-        found = [
-            r[0]
-            for kind, value in ids
-            if value
-            for r in s.rows("SELECT contact_id FROM identities WHERE kind = ? AND value = ?", [kind, value])
-        ]
-        if not found:
+        found = s.rows(
+            "SELECT coalesce(c.merged_into, c.contact_id) FROM identities i JOIN contacts c ON c.contact_id = i.contact_id "
+            "WHERE i.kind = 'anonymous_id' AND i.value = ?",
+            [anonymous_id],
+        )
+        if not found:  # nothing sent with this id yet
             return {"messages": []}
+        live = found[0][0]
         rows = s.dicts(
-            "SELECT idempotency_key, message FROM onsite_messages WHERE contact_id = ? AND shown_at IS NULL "
-            "AND expires_at > ? ORDER BY created_at",
-            [found[0], now],
+            "SELECT idempotency_key, message FROM onsite_messages WHERE shown_at IS NULL AND expires_at > ? "
+            "AND (contact_id = ? OR contact_id IN (SELECT contact_id FROM contacts WHERE merged_into = ?)) "
+            "ORDER BY created_at",
+            [now, live, live],
         )
         if rows:
             s.execute(
