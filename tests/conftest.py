@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -141,6 +145,51 @@ def server(store: Store, settings: Settings) -> Iterator[LiveServer]:
     yield LiveServer(f"http://127.0.0.1:{port}", store, write_key, secret_key)
     instance.should_exit = True
     thread.join(timeout=10)
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@contextmanager
+def static_sites(root: Path, count: int = 1) -> Iterator[list[str]]:
+    """``count`` static web sites serving ``root``, each on its own localhost port (origin)."""
+    servers = []
+    for _ in range(count):
+        site = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(root)))
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        servers.append(site)
+    try:
+        yield [f"http://127.0.0.1:{s.server_port}" for s in servers]
+    finally:
+        for site in servers:
+            site.shutdown()
+            site.server_close()
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("PERCORSO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[object]:
+    """Debian's Chromium, driven by Playwright (no browser download); one for the whole run."""
+    path = chromium_path()
+    if path is None:
+        if IN_CI:
+            pytest.fail("Chromium is required in CI (apt-get install chromium) and was not found")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if IN_CI:
+            pytest.fail("playwright is required in CI (pip install -e '.[dev]')")
+        pytest.skip("playwright is not installed")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        browser.close()
 
 
 __all__ = ["DuckDBStore", "LiveServer", "create_pg_database", "drop_pg_database", "free_port"]

@@ -7,21 +7,17 @@ arrive too. A page on an origin the write key does not allow stores nothing."""
 
 from __future__ import annotations
 
-import functools
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from percorso.store import Store
-from tests.conftest import IN_CI, LiveServer
-from tests.test_dashboard_browser import chromium_path
+from tests.conftest import IN_CI, LiveServer, static_sites
 
 BUNDLE = (
     Path(__file__).parent
@@ -70,11 +66,6 @@ window.sendRaw = async (url, writeKey) => {
 """
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        return None
-
-
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """Two static sites on their own localhost ports: the shop the key allows, and another."""
@@ -85,29 +76,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     root = tmp_path_factory.mktemp("shop")
     (root / "index.html").write_text(PAGE, encoding="utf-8")
     shutil.copy(BUNDLE, root / "ajs.js")
-    servers = []
-    for _ in range(2):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-    yield [f"http://127.0.0.1:{s.server_port}" for s in servers]
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    path = chromium_path()
-    if path is None:
-        if IN_CI:
-            pytest.fail("Chromium is required in CI (apt-get install chromium) and was not found")
-        pytest.skip("Chromium not installed (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
-        yield browser
-        browser.close()
+    with static_sites(root, 2) as origins:
+        yield origins
 
 
 def stored(store: Store, ids: list[str], timeout: float = 10.0) -> dict[str, str]:

@@ -26,6 +26,7 @@ BROWSER_PATHS = frozenset(
         *("track", "identify", "page", "screen", "group", "alias", "batch"),
         *("t", "i", "p", "s", "g", "a", "b"),
         "messages",
+        "visitors",
     )
 )
 SETTINGS_PREFIX = "/v1/projects/"

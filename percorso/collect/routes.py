@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path as Path_
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from percorso.collect.schema import LISTED, Ack, BatchResult, batch_body, message_body
 from percorso.collect.writer import GroupCommitWriter, WriteOutcome
@@ -319,3 +320,17 @@ def analytics_settings(request: Request, write_key: Annotated[str, Path(max_leng
         "remotePlugins": [],
     }
     return JSONResponse(settings, headers={"Cache-Control": "max-age=60"})
+
+
+TRACKER = Path_(__file__).parent.parent / "track" / "percorso.js"
+
+
+@router.get("/percorso.js", include_in_schema=False)
+def tracker_script() -> Response:
+    """percorso.js, the browser tracker (docs/tracker.md). Any site may load it: what it sends
+    is checked against its write key's origins."""
+    return Response(
+        TRACKER.read_bytes(),
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+    )

@@ -415,7 +415,7 @@ def messages(
         rows = s.dicts(
             "SELECT idempotency_key, message FROM onsite_messages WHERE shown_at IS NULL AND expires_at > ? "
             "AND (contact_id = ? OR contact_id IN (SELECT contact_id FROM contacts WHERE merged_into = ?)) "
-            "ORDER BY created_at",
+            "ORDER BY created_at, idempotency_key",
             [now, live, live],
         )
         if rows:

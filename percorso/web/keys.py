@@ -27,7 +27,8 @@ ORIGIN_PATTERN = (
     r"^(\*|[hH][tT][tT][pP][sS]?://[A-Za-z0-9.-]+"
     r"(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?/?)$"
 )
-_ORIGIN = Annotated[str, Field(max_length=300, pattern=ORIGIN_PATTERN)]
+# The pattern is for the document only: normalise_origin gives the message a person can act on.
+_ORIGIN = Annotated[str, Field(max_length=300, json_schema_extra={"pattern": ORIGIN_PATTERN})]
 _ORIGINS: Any = Field(
     default_factory=list,
     max_length=50,

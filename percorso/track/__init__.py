@@ -1,0 +1,1 @@
+"""The browser side: percorso.js, served by the collector at /percorso.js (see docs/tracker.md)."""

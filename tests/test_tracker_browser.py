@@ -1,0 +1,235 @@
+"""percorso.js in Debian's Chromium, on a page served from another localhost origin that loads it
+with the snippet docs/tracker.md shows (read from that file), against a live server on both
+stores: page views and single-page-app navigation, identify joining the anonymous history,
+consent refused (the server receives nothing, the device keeps nothing), consent given, events
+sent offline arriving after a reload, and on-site messages shown, clicked and dismissed."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from percorso.automation.definition import load_automation
+from percorso.automation.engine import Engine, EngineSettings
+from percorso.automation.store import save_automation
+from percorso.store import Store
+from tests.conftest import LiveServer, static_sites
+
+DOCS = Path(__file__).parent.parent / "docs" / "tracker.md"
+TRACKER = Path(__file__).parent.parent / "percorso" / "track" / "percorso.js"
+
+
+def snippet() -> str:
+    """The snippet as docs/tracker.md shows it, without its example load line."""
+    block = re.search(r"```html\n(<script>.*?</script>)\n```", DOCS.read_text(encoding="utf-8"), re.S)
+    assert block, "docs/tracker.md has no snippet"
+    lines = [line for line in block.group(1).splitlines() if not line.startswith("percorso.load(")]
+    return "\n".join(lines[:-1])  # up to the closing </script>
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    root = tmp_path_factory.mktemp("tracker-site")
+    with static_sites(root) as [origin]:
+        yield root, origin
+
+
+def open_page(chromium: Any, root: Path, origin: str, server: LiveServer, key: str, **options: Any) -> Any:
+    name = f"p{time.monotonic_ns()}.html"
+    load = json.dumps({"host": server.url, "writeKey": key, **options})
+    html = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>Casa Aurora</title>\n{snippet()}\n'
+        f"percorso.load({load});\n</script></head><body><h1>Casa Aurora</h1>"
+        '<a id="terms" href="#">Membership terms</a></body></html>'
+    )
+    (root / name).write_text(html, encoding="utf-8")
+    context = chromium.new_context()
+    page = context.new_page()
+    page.sent = []  # type: ignore[attr-defined]
+    page.on("request", lambda r: page.sent.append(r.url) if r.url.startswith(server.url) else None)
+    page.goto(f"{origin}/{name}?utm_source=newsletter&utm_medium=email&utm_campaign=autunno")
+    return page
+
+
+def events(
+    store: Store, where: str = "TRUE", params: list[Any] | None = None, wait_for: int = 0
+) -> list[dict]:
+    """Events in the store, waiting up to 10 s for at least ``wait_for`` of them."""
+    deadline = time.monotonic() + 10
+    while True:
+        with store.session() as s:
+            rows = s.dicts(
+                "SELECT message_id, type, event, name, anonymous_id, user_id, page_path, page_referrer, "
+                f"utm_source, utm_campaign, library, channel, CAST(properties AS TEXT) AS properties FROM events "
+                f"WHERE {where} ORDER BY timestamp, message_id",
+                params or [],
+            )
+        if len(rows) >= wait_for or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def key_for(server: LiveServer, origin: str) -> str:
+    return server.store.create_api_key("write", "shop", [origin])[1]
+
+
+def test_the_script_is_small_and_served_by_percorso(server: LiveServer) -> None:
+    import httpx
+
+    answer = httpx.get(f"{server.url}/percorso.js")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/javascript")
+    assert answer.content == TRACKER.read_bytes()
+    assert len(gzip.compress(answer.content, 9)) < 15 * 1024
+
+
+def test_page_views_navigation_and_identify(
+    server: LiveServer, chromium: Any, site: tuple[Path, str]
+) -> None:
+    root, origin = site
+    page = open_page(chromium, root, origin, server, key_for(server, origin))
+    page.wait_for_function("() => window.percorso && window.percorso.user().anonymousId")
+    page.evaluate("() => history.pushState({}, '', '/pricing')")
+    page.evaluate(
+        "() => { percorso.track('Plan Chosen', {plan: 'pro'}); percorso.identify('u-7', {email: 'ugo@example.it'}); percorso.flush(); }"
+    )
+    rows = events(server.store, wait_for=4)
+    assert sorted(r["type"] for r in rows) == ["identify", "page", "page", "track"], rows
+    anonymous = page.evaluate("() => percorso.user().anonymousId")
+    assert anonymous.startswith("v-") and {r["anonymous_id"] for r in rows} == {anonymous}
+    first, second = [r for r in rows if r["type"] == "page"]
+    assert first["page_path"].endswith(".html") and second["page_path"] == "/pricing"
+    assert second["page_referrer"].startswith(origin)
+    assert {r["utm_source"] for r in rows} == {"newsletter"} and rows[0]["utm_campaign"] == "autunno"
+    assert {r["library"] for r in rows} == {"percorso.js"}
+    assert rows[0]["channel"] == "email"
+    assert json.loads(next(r for r in rows if r["type"] == "track")["properties"]) == {"plan": "pro"}
+    # The anonymous pages belong to the contact the identify named.
+    with server.client() as api:
+        contact = api.get("/v1/contacts/lookup", params={"userId": "u-7"}).json()
+        timeline = api.get(f"/v1/contacts/{contact['id']}/timeline").json()["events"]
+    assert {e["messageId"] for e in timeline} == {r["message_id"] for r in rows}
+    # No preflight was needed for the batches (text/plain, key in the body).
+    assert any(u.endswith("/v1/batch") for u in page.sent)
+    page.context.close()
+
+
+def test_consent_refused_sends_and_keeps_nothing(
+    server: LiveServer, chromium: Any, site: tuple[Path, str]
+) -> None:
+    root, origin = site
+    page = open_page(chromium, root, origin, server, key_for(server, origin), consent="required")
+    page.wait_for_function("() => window.percorso && window.percorso.initialized")
+    page.evaluate(
+        "() => { percorso.track('Looked Around'); percorso.identify('u-8', {email: 'x@example.it'}); }"
+    )
+    page.evaluate("() => history.pushState({}, '', '/elsewhere')")
+    page.evaluate("() => percorso.consent({analytics: false, marketing: false})")
+    page.evaluate("() => { percorso.track('After Refusal'); percorso.flush(); }")
+    time.sleep(1.5)
+    assert [u for u in page.sent if not u.endswith("/percorso.js")] == []  # not one request
+    assert events(server.store) == []
+    kept = page.evaluate("() => [document.cookie, Object.keys(localStorage), Object.keys(sessionStorage)]")
+    assert kept == ["", [], []]
+    page.context.close()
+
+
+def test_consent_given_sends_what_waited_and_records_marketing(
+    server: LiveServer, chromium: Any, site: tuple[Path, str]
+) -> None:
+    root, origin = site
+    page = open_page(chromium, root, origin, server, key_for(server, origin), consent="required")
+    page.wait_for_function("() => window.percorso && window.percorso.initialized")
+    page.evaluate("() => percorso.identify('u-9', {email: 'nina@example.it'})")
+    time.sleep(0.5)
+    assert [u for u in page.sent if not u.endswith("/percorso.js")] == []
+    page.evaluate("() => { percorso.consent({analytics: true, marketing: true}); }")
+    page.wait_for_function("() => percorso.user().anonymousId")
+    page.evaluate("() => percorso.flush()")
+    rows = events(server.store, wait_for=3)
+    assert sorted(r["type"] for r in rows) == ["identify", "identify", "page"], rows
+    with server.client() as api:
+        contact = api.get("/v1/contacts/lookup", params={"userId": "u-9"}).json()
+    assert contact["consent"] == "granted"
+    assert page.evaluate("() => document.cookie").startswith("percorso_id=v-")
+    page.context.close()
+
+
+def test_events_sent_offline_arrive_after_a_reload(
+    server: LiveServer, chromium: Any, site: tuple[Path, str]
+) -> None:
+    root, origin = site
+    page = open_page(chromium, root, origin, server, key_for(server, origin))
+    page.wait_for_function("() => window.percorso && window.percorso.user().anonymousId")
+    events(server.store, wait_for=1)  # the first page view
+    page.context.set_offline(True)
+    page.evaluate("() => { percorso.track('Written Offline', {n: 1}); percorso.flush(); }")
+    time.sleep(1.0)
+    assert [r for r in events(server.store) if r["event"] == "Written Offline"] == []
+    assert "Written Offline" in page.evaluate("() => localStorage.getItem('percorso:outbox')")
+    page.context.set_offline(False)
+    page.reload()
+    rows = events(server.store, "event = ?", ["Written Offline"], wait_for=1)
+    assert len(rows) == 1
+    page.context.close()
+
+
+NUDGE = """
+key: terms-nudge
+name: {en: Membership terms, it: Condizioni della membership}
+trigger: {event: Membership Terms Read}
+steps:
+  - id: explain
+    onsite: {title: The Club in two minutes, body: "Free delivery <b>and</b> early sales", cta_text: Read more, cta_url: /club}
+  - id: remind
+    onsite: {title: "Still curious?", body: Ask us anything}
+"""
+
+
+def test_onsite_messages_shown_clicked_and_dismissed(
+    server: LiveServer, chromium: Any, site: tuple[Path, str]
+) -> None:
+    root, origin = site
+    save_automation(server.store, load_automation(NUDGE), "test")
+    page = open_page(chromium, root, origin, server, key_for(server, origin))
+    page.wait_for_function("() => window.percorso && window.percorso.user().anonymousId")
+    page.evaluate("() => { percorso.track('Membership Terms Read'); percorso.flush(); }")
+    events(server.store, "event = ?", ["Membership Terms Read"], wait_for=1)
+    Engine(server.store, settings=EngineSettings(base_url=server.url)).run_until_idle()
+
+    page.evaluate("() => history.pushState({}, '', '/terms')")  # a page view fetches the messages
+    # One banner at a time: the second waits until the first is gone.
+    first = page.locator("[data-percorso-message]", has_text="The Club")
+    first.wait_for()
+    assert page.locator("[data-percorso-message]").count() == 1
+    assert first.inner_text().startswith("The Club in two minutes")
+    assert "<b>" in first.inner_text()  # text, never HTML
+    assert page.locator("[data-percorso-message] b").count() == 0
+    page.evaluate(
+        "() => document.querySelector('[data-percorso-message] a').addEventListener('click', e => e.preventDefault())"
+    )
+    first.locator("a").click()
+    second = page.locator("[data-percorso-message]", has_text="Still curious?")
+    second.wait_for()
+    second.locator("button").click()
+    assert page.locator("[data-percorso-message]").count() == 0
+    page.evaluate("() => percorso.flush()")
+    rows = events(server.store, "event LIKE 'Onsite Message %'", wait_for=4)
+    seen = sorted((r["event"], json.loads(r["properties"])["step"]) for r in rows)
+    assert seen == [
+        ("Onsite Message Clicked", "explain"),
+        ("Onsite Message Dismissed", "remind"),
+        ("Onsite Message Shown", "explain"),
+        ("Onsite Message Shown", "remind"),
+    ]
+    # Shown once: another page view brings nothing new.
+    page.evaluate("() => history.pushState({}, '', '/again')")
+    time.sleep(1.0)
+    assert page.locator("[data-percorso-message]").count() == 0
+    page.context.close()
