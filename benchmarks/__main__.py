@@ -2,6 +2,8 @@
 
 * ``ingest_batch``  — HTTP /v1/batch with durable ack (wrk over loopback, a separate process), DuckDB and PostgreSQL
 * ``ingest_single`` — HTTP /v1/track, one event per request: throughput and p99 latency
+* ``ingest_browser`` — what a browser on another site sends: one event per request to /v1/t,
+  ``text/plain`` with the key in the body and an ``Origin`` the key allows (CORS headers answered)
 * ``identity_merges`` — identify calls that merge two existing contacts each, through the store's ingest path
 * ``automation`` (or one part: ``automation_latency``, ``automation_enrollments``,
   ``automation_timers``) — the automation engine, see ``benchmarks/automation.py``; not in the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import json
 import os
 import platform
@@ -221,6 +224,7 @@ def http_load(
     warmup: int,
     workers: int = 1,
     code: Path | None = None,
+    browser: bool = False,
 ) -> dict[str, Any]:
     """One server, one wrk process: warm up, then measure; verify the store holds exactly what was acked.
 
@@ -235,7 +239,11 @@ def http_load(
         env["PERCORSO_DATABASE_URL"] = pg.url
     try:
         cli(env, "migrate")
-        key = cli(env, "keys", "create", "--kind", "write", "--name", "bench").strip().splitlines()[-1]
+        origin = "https://shop.example"
+        allow = ["--origin", origin] if browser else []
+        key = (
+            cli(env, "keys", "create", "--kind", "write", "--name", "bench", *allow).strip().splitlines()[-1]
+        )
         server = Server(env, free_port(), workers)
         runs = []
         try:
@@ -245,6 +253,9 @@ def http_load(
                     "BATCH": str(batch),
                     "AUTH": base64.b64encode(f"{key}:".encode()).decode(),
                     "RUN": phase,
+                    "BROWSER": "1" if browser else "0",
+                    "WRITE_KEY": key,
+                    "ORIGIN": origin,
                 }
                 done = subprocess.run(
                     [
@@ -387,6 +398,7 @@ def main() -> None:
         choices=[
             "ingest_batch",
             "ingest_single",
+            "ingest_browser",
             "identity_merges",
             "automation",
             *(f"automation_{part}" for part in AUTOMATION_PARTS),
@@ -403,7 +415,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     seconds, warmup = (5, 2) if args.quick else (20, 5)
-    only = set(args.only or ["ingest_batch", "ingest_single", "identity_merges"])
+    only = set(args.only or ["ingest_batch", "ingest_single", "ingest_browser", "identity_merges"])
     automation = [p for p in AUTOMATION_PARTS if "automation" in only or f"automation_{p}" in only]
     if automation:
         from benchmarks import automation as automation_bench
@@ -415,7 +427,7 @@ def main() -> None:
             out=RESULTS / "automation.json",
             command=" ".join(["python -m benchmarks", *sys.argv[1:]]),
         )
-    if not only & {"ingest_batch", "ingest_single", "identity_merges"}:
+    if not only & {"ingest_batch", "ingest_single", "ingest_browser", "identity_merges"}:
         return
     results: dict[str, Any] = {
         "machine": machine(),
@@ -423,6 +435,10 @@ def main() -> None:
         "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
         "results": {},
     }
+    if "ingest_browser" in only:  # what a page downloads to send them
+        tracker = (HERE.parent / "percorso" / "track" / "percorso.js").read_bytes()
+        results["tracker"] = {"bytes": len(tracker), "gzip_bytes": len(gzip.compress(tracker, 9))}
+        print(f"percorso.js {len(tracker):,} bytes, {results['tracker']['gzip_bytes']:,} gzipped", flush=True)
     trees: list[tuple[str, Path | None]] = [("", None)]
     if args.baseline:
         trees.insert(0, (f"baseline_{args.baseline}_", baseline_tree(args.baseline)))
@@ -458,6 +474,23 @@ def main() -> None:
                 results["results"][f"{label}ingest_single_{engine}"] = r
                 print(
                     f"{label}{engine:8} single events  {r['requests_per_s']:>9,} req/s     "
+                    f"p99 {r['latency_ms']['p99']} ms  every ack stored: {r['every_ack_stored']}",
+                    flush=True,
+                )
+            if "ingest_browser" in only:
+                r = http_load(
+                    engine,
+                    batch=1,
+                    connections=64,
+                    seconds=seconds,
+                    warmup=warmup,
+                    workers=procs(engine),
+                    code=code,
+                    browser=True,
+                )
+                results["results"][f"{label}ingest_browser_{engine}"] = r
+                print(
+                    f"{label}{engine:8} browser events {r['requests_per_s']:>9,} req/s     "
                     f"p99 {r['latency_ms']['p99']} ms  every ack stored: {r['every_ack_stored']}",
                     flush=True,
                 )

@@ -5,6 +5,11 @@ local batch = tonumber(os.getenv("BATCH") or "100")
 local auth = os.getenv("AUTH")
 local visitors = tonumber(os.getenv("VISITORS") or "50000")
 local run = os.getenv("RUN") or "r"
+-- BROWSER=1: what a browser sends from another site: one event to analytics.js' /v1/t as
+-- text/plain with the key in the body (as sendBeacon does) and the page's Origin.
+local browser = os.getenv("BROWSER") == "1"
+local write_key = os.getenv("WRITE_KEY")
+local origin = os.getenv("ORIGIN")
 local threads = {}
 counter = 0  -- global: done() reads it from each thread
 tid = 0  -- global: setup() gives each thread its own
@@ -26,7 +31,12 @@ end
 
 request = function()
   local path, body
-  if batch == 1 then
+  if browser then
+    counter = counter + 1
+    local m = message(counter * 7 + tid)
+    body = m:sub(1, -2) .. ',"writeKey":"' .. write_key .. '"}'
+    return wrk.format("POST", "/v1/t", {["Content-Type"] = "text/plain;charset=UTF-8", ["Origin"] = origin}, body)
+  elseif batch == 1 then
     counter = counter + 1
     path, body = "/v1/track", message(counter * 7 + tid)
   else

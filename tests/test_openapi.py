@@ -60,10 +60,14 @@ SEMANTIC_400: dict[str, str] = {
     # A document's key must be the URL's; a schema-valid document can still name unknown stages.
     "/v1/journeys/{key}": "the document's key must be the URL's",
     "/v1/automations/{key}": "the document's key must be the URL's",
+    "/v1/surveys/{key}": "the document's key must be the URL's; questions unique, one scored",
+    # Answers are checked against the survey's own questions; results need from before to.
+    "/v1/surveys/{key}/answers": "answers per question of the survey",
+    "/v1/surveys/{key}/results": "from before to",
 }
 
 
-SLOW_DOCUMENTS = ("/v1/journeys/{key}", "/v1/automations/{key}")
+SLOW_DOCUMENTS = ("/v1/journeys/{key}", "/v1/automations/{key}", "/v1/surveys/{key}")
 
 
 @schemathesis.serializer("application/x-ndjson")

@@ -33,11 +33,16 @@ PUBLIC_API = {
     "/t/c/{token:path}",
     "/v1/projects/{write_key}/settings",
 }
-PUBLIC_PAGES = {"/login", "/logout", "/lang"}  # sign in, sign out, the language switch
+PUBLIC_PAGES = {
+    "/login",
+    "/logout",
+    "/lang",
+    "/percorso.js",
+}  # sign in, sign out, the language switch; the tracker
 # Routes that take the write key: the collector and what the browser tracker reads.
 # analytics.js' short paths (/v1/t, /v1/b, ...) are the same endpoints under other names.
 WRITE_KEY_ROUTES = re.compile(
-    r"^/v1/(track|identify|page|screen|group|alias|batch|import|messages|visitors|[tipsgab])$"
+    r"^/v1/(track|identify|page|screen|group|alias|batch|import|messages|visitors|[tipsgab]|surveys/{key}/answers)$"
 )
 
 

@@ -87,6 +87,9 @@ def test_the_script_is_small_and_served_by_percorso(server: LiveServer) -> None:
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/javascript")
     assert answer.content == TRACKER.read_bytes()
     assert len(gzip.compress(answer.content, 9)) < 15 * 1024
+    # The README shows the same snippet as docs/tracker.md, which the browser tests load.
+    readme = (DOCS.parent.parent / "README.md").read_text(encoding="utf-8")
+    assert snippet().splitlines()[1] in readme
 
 
 def test_page_views_navigation_and_identify(

@@ -72,6 +72,11 @@ def origin_allowed(allowed: tuple[str, ...] | set[str], origin: str, own: str | 
     return origin == own or "*" in allowed or origin in allowed
 
 
+def _answers(path: str) -> bool:
+    """A survey's answers path, /v1/surveys/{key}/answers."""
+    return path.startswith("/v1/surveys/") and path.endswith("/answers")
+
+
 def _header(scope: MutableMapping[str, Any], name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -94,7 +99,7 @@ class BrowserCors:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path not in BROWSER_PATHS and not path.startswith(SETTINGS_PREFIX):
+        if path not in BROWSER_PATHS and not path.startswith(SETTINGS_PREFIX) and not _answers(path):
             await self.app(scope, receive, send)
             return
         origin = _header(scope, b"origin")

@@ -405,4 +405,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE api_keys ADD COLUMN origins TEXT
         """,
     ),
+    Migration(
+        10,
+        "surveys",
+        """
+        CREATE TABLE surveys (
+            survey_key TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            definition {json} NOT NULL,
+            source TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        )
+        """,
+    ),
 )

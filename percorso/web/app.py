@@ -29,6 +29,8 @@ from percorso.web.errors import install_error_handlers
 from percorso.web.guard import refuse_nul
 from percorso.web.keys import router as keys_router
 from percorso.web.openapi import UNAVAILABLE, describe
+from percorso.web.surveys import answers as answers_router
+from percorso.web.surveys import router as surveys_router
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -87,6 +89,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(collect_router)
     guarded = [Depends(refuse_nul)]
     for router in (
+        surveys_router,
+        answers_router,
         contacts_router,
         keys_router,
         analytics_router,

@@ -216,10 +216,16 @@ def _definition_schemas() -> dict[str, Any]:
     """Journey and automation documents (the PUT bodies) as components; their ``$defs`` move
     beside them with a prefix, because both define a ``Name`` and a ``Condition`` of their own."""
     from percorso.automation.definition import json_schema as automation_schema
+    from percorso.feedback.definition import json_schema as survey_schema
     from percorso.journey.definition import json_schema as journey_schema
 
     found: dict[str, Any] = {}
-    for prefix, schema in (("Journey", journey_schema()), ("Automation", automation_schema())):
+    documents = (
+        ("Journey", journey_schema()),
+        ("Automation", automation_schema()),
+        ("Survey", survey_schema()),
+    )
+    for prefix, schema in documents:
         for name, definition in schema["$defs"].items():
             found[_component(prefix, name)] = _rewrite_refs(definition, prefix)
     return found

@@ -1,0 +1,117 @@
+"""Survey results inside the store engine: NPS, CSAT and CES with counts and a 95% confidence
+interval, over a period and by week, from the ``Survey Answered`` events the answers are stored as.
+
+- **NPS**: the share of promoters (9-10) minus the share of detractors (0-6), from -100 to +100.
+  Its 95% interval is the normal approximation for the mean of a score that is +1, 0 or -1:
+  ``NPS ± z · sqrt((p + d - (p - d)²) / n)`` (p, d: the two shares), the method survey
+  statisticians use for NPS margins of error.
+- **CSAT**: the share answering 4 or 5 of 5 (and the mean); a Wilson interval for the share.
+- **CES**: the mean effort score (1-7) with a t-free normal interval (n is large or it is shown wide).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from statistics import NormalDist
+from typing import Any
+
+from percorso.feedback.definition import SCALES, Survey
+from percorso.store import Store
+
+ANSWERED = "Survey Answered"
+Z95 = NormalDist().inv_cdf(0.975)
+
+
+def nps_interval(n: int, promoters: int, detractors: int) -> tuple[float, float] | None:
+    if n == 0:
+        return None
+    p, d = promoters / n, detractors / n
+    nps = p - d
+    half = Z95 * math.sqrt(max(p + d - nps * nps, 0.0) / n)
+    return round(100 * max(nps - half, -1.0), 1), round(100 * min(nps + half, 1.0), 1)
+
+
+def wilson_interval(n: int, k: int) -> tuple[float, float] | None:
+    """The Wilson score interval of a share ``k / n``, in percent."""
+    if n == 0:
+        return None
+    share = k / n
+    centre = share + Z95 * Z95 / (2 * n)
+    half = Z95 * math.sqrt(share * (1 - share) / n + Z95 * Z95 / (4 * n * n))
+    scale = 1 + Z95 * Z95 / n
+    return round(100 * (centre - half) / scale, 1), round(100 * (centre + half) / scale, 1)
+
+
+def survey_results(
+    store: Store, survey: Survey, start: datetime, end: datetime, *, period: str = "week"
+) -> dict[str, Any]:
+    """The survey's score over ``[start, end)``, in total and per ``period`` (day, week, month)."""
+    if period not in ("day", "week", "month"):
+        raise ValueError(f"period must be day, week or month, not {period!r}")
+    question = survey.scored()
+    result: dict[str, Any] = {"survey": survey.key, "from": start.isoformat(), "to": end.isoformat()}
+    with store.session() as s:
+        survey_sql, survey_param = s.json_text("e.properties", "survey")
+        where = (
+            f"e.type = 'track' AND e.event = ? AND {survey_sql} = ? AND e.timestamp >= ? AND e.timestamp < ?"
+        )
+        params: list[Any] = [ANSWERED, survey_param, survey.key, start, end]
+        result["responses"] = int(s.rows(f"SELECT count(*) FROM events e WHERE {where}", params)[0][0])
+        if question is None:
+            return result
+        score_sql, score_params = s.json_number("e.properties", "score")
+        scored = f"SELECT {score_sql} AS score, e.timestamp FROM events e WHERE {where}"
+        totals = f"""
+            SELECT count(score), sum(CASE WHEN score >= 9 THEN 1 ELSE 0 END),
+                   sum(CASE WHEN score <= 6 THEN 1 ELSE 0 END), sum(CASE WHEN score >= 4 THEN 1 ELSE 0 END),
+                   avg(score), stddev_samp(score)
+            FROM ({scored}) a WHERE score IS NOT NULL"""
+        total = s.rows(totals, [*score_params, *params])[0]
+        by_period = s.rows(
+            f"SELECT date_trunc('{period}', timestamp) AS p, count(score), "
+            "sum(CASE WHEN score >= 9 THEN 1 ELSE 0 END), sum(CASE WHEN score <= 6 THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN score >= 4 THEN 1 ELSE 0 END), avg(score), stddev_samp(score) "
+            f"FROM ({scored}) a WHERE score IS NOT NULL GROUP BY 1 ORDER BY 1",
+            [*score_params, *params],
+        )
+    result["kind"] = question.kind
+    result["scale"] = list(SCALES[question.kind])
+    result["score"] = _score(question.kind, total)
+    result["periods"] = [
+        {"period": row[0].date().isoformat(), **_score(question.kind, row[1:])} for row in by_period
+    ]
+    return result
+
+
+def _score(kind: str, row: Any) -> dict[str, Any]:
+    n, high, low, satisfied, mean, sd = (
+        (row[0] or 0),
+        (row[1] or 0),
+        (row[2] or 0),
+        (row[3] or 0),
+        row[4],
+        row[5],
+    )
+    n, high, low, satisfied = int(n), int(high), int(low), int(satisfied)
+    out: dict[str, Any] = {"answers": n, "mean": round(float(mean), 2) if mean is not None else None}
+    if kind == "nps":
+        out.update(
+            promoters=high,
+            passives=n - high - low,
+            detractors=low,
+            nps=round(100 * (high - low) / n, 1) if n else None,
+            ci95=nps_interval(n, high, low),
+        )
+    elif kind == "csat":
+        out.update(
+            satisfied=satisfied,
+            csat=round(100 * satisfied / n, 1) if n else None,
+            ci95=wilson_interval(n, satisfied),
+        )
+    else:
+        half = Z95 * float(sd) / math.sqrt(n) if n > 1 and sd is not None else None
+        out["ci95"] = (
+            (round(float(mean) - half, 2), round(float(mean) + half, 2)) if half is not None else None
+        )
+    return out

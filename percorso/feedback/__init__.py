@@ -1,0 +1,1 @@
+"""Surveys: definitions, targeting and answers. NPS/CSAT/CES analytics live in analytics/feedback.py."""

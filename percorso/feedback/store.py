@@ -1,0 +1,67 @@
+"""Saving and reading survey definitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from percorso.feedback.definition import Survey, survey_from_data
+from percorso.store import Store
+from percorso.values import read_json
+
+
+class SurveyNotFound(LookupError):
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(f"there is no survey {key!r}")
+
+
+def save_survey(store: Store, survey: Survey, source: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """Stores the survey; a changed definition becomes a new version, the same one changes nothing."""
+    now = now or datetime.now(UTC)
+    encoded = msgspec.json.encode(survey).decode()
+    with store.writing() as s:
+        s.lock_named("surveys")
+        rows = s.rows(
+            "SELECT version, status, CAST(definition AS TEXT) FROM surveys WHERE survey_key = ?", [survey.key]
+        )
+        if rows:
+            version, status, stored = int(rows[0][0]), str(rows[0][1]), rows[0][2]
+            if read_json(stored) == msgspec.to_builtins(survey):
+                return {"key": survey.key, "version": version, "status": status, "changed": False}
+            version += 1
+            s.execute(
+                f"UPDATE surveys SET version = ?, definition = CAST(? AS {s.json_type}), source = ?, updated_at = ? "
+                "WHERE survey_key = ?",
+                [version, encoded, source, now, survey.key],
+            )
+        else:
+            version, status = 1, "active"
+            s.execute(
+                "INSERT INTO surveys (survey_key, version, status, definition, source, created_at, updated_at) "
+                f"VALUES (?, ?, ?, CAST(? AS {s.json_type}), ?, ?, ?)",
+                [survey.key, version, status, encoded, source, now, now],
+            )
+    return {"key": survey.key, "version": version, "status": status, "changed": True}
+
+
+def get_survey(store: Store, key: str) -> tuple[Survey, int, str]:
+    with store.session() as s:
+        rows = s.rows(
+            "SELECT CAST(definition AS TEXT), version, status FROM surveys WHERE survey_key = ?", [key]
+        )
+    if not rows:
+        raise SurveyNotFound(key)
+    return (
+        survey_from_data(read_json(rows[0][0]), None, f"stored survey {key}"),
+        int(rows[0][1]),
+        str(rows[0][2]),
+    )
+
+
+def list_surveys(store: Store) -> list[dict[str, Any]]:
+    with store.session() as s:
+        rows = s.rows("SELECT survey_key, version, status, updated_at FROM surveys ORDER BY survey_key")
+    return [{"key": r[0], "version": int(r[1]), "status": r[2], "updatedAt": r[3].isoformat()} for r in rows]

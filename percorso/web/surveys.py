@@ -1,0 +1,165 @@
+"""Surveys over REST: definitions and results (secret key), answers from the visitor's browser
+(write key and the visitor token of POST /v1/visitors)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import Field
+
+from percorso.analytics.feedback import ANSWERED, survey_results
+from percorso.automation import links
+from percorso.events import MessageError, new_received_at, parse_message
+from percorso.feedback.definition import (
+    AnswerError,
+    Survey,
+    SurveyError,
+    check_answers,
+    json_schema,
+    load_survey,
+)
+from percorso.feedback.store import SurveyNotFound, get_survey, list_surveys, save_survey
+from percorso.web.auth import require_secret, require_write
+from percorso.web.documents import document_body
+from percorso.web.errors import ApiError
+from percorso.web.openapi import (
+    DOCUMENT_SECRET_KEY,
+    DOCUMENT_WRITE_KEY,
+    FORBIDDEN,
+    INVALID,
+    INVALID_DOCUMENT,
+    NO_NUL,
+    NOT_FOUND,
+    SECRET_KEY,
+    WRITE_KEY,
+    DateTime,
+    RequestBody,
+    definition_body,
+    responses,
+)
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["surveys"],
+    dependencies=[Depends(require_secret), *DOCUMENT_SECRET_KEY],
+    responses=SECRET_KEY,
+)
+answers = APIRouter(
+    prefix="/v1",
+    tags=["surveys"],
+    dependencies=[Depends(require_write), *DOCUMENT_WRITE_KEY],
+    responses=WRITE_KEY,
+)
+
+SurveyKey = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="the survey's key")]
+
+
+def _survey(request: Request, key: str) -> tuple[Survey, int, str]:
+    try:
+        return get_survey(request.app.state.store, key)
+    except SurveyNotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+
+
+@router.get("/surveys", summary="Surveys stored")
+def surveys(request: Request) -> dict[str, Any]:
+    return {"surveys": list_surveys(request.app.state.store)}
+
+
+@router.get("/surveys.schema.json", summary="The JSON Schema of survey documents")
+def schema() -> dict[str, Any]:
+    return json_schema()
+
+
+@router.put(
+    "/surveys/{key}",
+    summary="Store a survey (YAML or JSON body); a changed definition becomes a new version",
+    openapi_extra=definition_body("Survey"),
+    responses=responses(INVALID, INVALID_DOCUMENT),
+)
+async def put_survey(request: Request, key: SurveyKey) -> dict[str, Any]:
+    survey = await document_body(request, key, load_survey, SurveyError, "invalid_survey")
+    return save_survey(request.app.state.store, survey, "api")
+
+
+@router.get("/surveys/{key}", summary="A survey's definition", responses=NOT_FOUND)
+def get_definition(request: Request, key: SurveyKey) -> dict[str, Any]:
+    survey, version, status = _survey(request, key)
+    return {"version": version, "status": status, "definition": msgspec.to_builtins(survey)}
+
+
+@router.get(
+    "/surveys/{key}/results",
+    summary="NPS, CSAT or CES with counts and a 95% interval, in total and per period",
+    responses=responses(NOT_FOUND, INVALID),
+)
+def results(
+    request: Request,
+    key: SurveyKey,
+    start: Annotated[DateTime | None, Query(alias="from")] = None,
+    end: Annotated[DateTime | None, Query(alias="to")] = None,
+    period: Literal["day", "week", "month"] = "week",
+) -> dict[str, Any]:
+    survey, _, _ = _survey(request, key)
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(days=90)
+    if start >= end:
+        raise ApiError(400, "invalid_request", "from must be before to", "from")
+    return survey_results(request.app.state.store, survey, start, end, period=period)
+
+
+class Answers(RequestBody):
+    token: str = Field(max_length=400, description="the visitor token POST /v1/visitors gave this browser")
+    answers: dict[Annotated[str, Field(max_length=64, pattern=NO_NUL)], Any] = Field(
+        max_length=20, description="question id → score, option or text"
+    )
+    page: str | None = Field(None, max_length=2048, pattern=NO_NUL, description="the page the survey was on")
+
+
+@answers.post(
+    "/surveys/{key}/answers",
+    summary="A visitor's answers to a survey, stored as a Survey Answered event",
+    status_code=201,
+    responses=responses(NOT_FOUND, FORBIDDEN, INVALID),
+)
+async def answer(request: Request, key: SurveyKey, body: Answers) -> dict[str, Any]:
+    state = request.app.state
+    survey, version, _ = _survey(request, key)
+    visitor = links.read(state.engine.secret, links.VISITOR, body.token)
+    if visitor is None:
+        raise ApiError(403, "forbidden", "the token is not one POST /v1/visitors issued", "token")
+    try:
+        checked = check_answers(survey, body.answers)
+    except AnswerError as exc:
+        raise ApiError(400, "invalid_answer", str(exc), f"answers.{exc.question}") from None
+    scored = survey.scored()
+    properties: dict[str, Any] = {"survey": survey.key, "version": version, "answers": checked}
+    if scored is not None and scored.id in checked:
+        properties.update(kind=scored.kind, score=checked[scored.id])
+    comment = next((checked[q.id] for q in survey.questions if q.kind == "open" and q.id in checked), None)
+    if comment:
+        properties["comment"] = comment
+    for name in ("stage", "touchpoint"):
+        if getattr(survey, name):
+            properties[name] = getattr(survey, name)
+    message: dict[str, Any] = {
+        "type": "track",
+        "event": ANSWERED,
+        "anonymousId": visitor,
+        "properties": properties,
+        "context": {"channel": "survey", **({"page": {"path": body.page}} if body.page else {})},
+    }
+    try:
+        event = parse_message(
+            msgspec.json.encode(message),
+            received_at=new_received_at(),
+            classifier=state.classifier,
+            limits=state.limits,
+        )
+    except MessageError as exc:
+        raise ApiError(400, "invalid_answer", str(exc), exc.field) from None
+    outcome = await state.writer.write([event])
+    return {"success": True, "stored": event.message_id in outcome.stored, "messageId": event.message_id}

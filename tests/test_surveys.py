@@ -1,0 +1,179 @@
+"""Surveys on both stores over real HTTP: definitions validated with the line and field of each
+problem, answers from a visitor's browser checked question by question (a score out of range,
+a forged token, an unknown survey are clear 4xx and store nothing), answers stored as touchpoints
+on the visitor's contact, and NPS, CSAT and CES computed in the store with their intervals, checked
+against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from percorso.analytics.feedback import nps_interval, wilson_interval
+from percorso.feedback.definition import SurveyError, load_survey
+from tests.conftest import LiveServer
+
+NPS = """
+key: nps-after-purchase
+name: {en: "Recommend us?", it: "Ci consiglieresti?"}
+stage: purchase
+touchpoint: checkout
+questions:
+  - id: score
+    kind: nps
+    required: true
+    text: {en: "How likely are you to recommend Casa Aurora to a friend?", it: "Quanto è probabile che consiglieresti Casa Aurora a un amico?"}
+  - id: why
+    kind: open
+    text: {en: "What is the main reason for your score?", it: "Qual è il motivo principale del tuo voto?"}
+  - id: channel
+    kind: choice
+    options: [email, social, friend]
+    text: How did you hear of us?
+target: {pages: ["/order/complete*"], sample: 50}
+show: {every: 90d, delay: 5, stop_after: 1000}
+"""
+
+CSAT = """
+key: delivery-csat
+name: Delivery
+questions:
+  - {id: score, kind: csat, text: "How satisfied are you with the delivery?"}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "says"),
+    [
+        (NPS.replace("kind: open", "kind: opne"), 12, "questions[1].kind", "expected one of: nps, csat, ces"),
+        (NPS.replace("kind: open", "kind: ces"), 12, "questions[1].kind", "one scored question"),
+        (
+            NPS.replace("options: [email, social, friend]", "options: [email]"),
+            16,
+            "questions[2].options",
+            "two options",
+        ),
+        (NPS.replace("sample: 50", "sample: 150"), 18, "target.sample", "<= 100"),
+        (NPS.replace('"/order/complete*"', "order/complete"), 18, "target.pages[0]", "start it with /"),
+        (NPS.replace("id: why", "id: score"), 11, "questions[1].id", "already the id of questions[0]"),
+        (NPS.replace("every: 90d", "every: 90 days"), 19, "show.every", "'90 days' is not a duration: write"),
+        (
+            NPS.replace("  - id: channel", "  - id: channel\n    colour: red"),
+            15,
+            "questions[2]",
+            "unknown field `colour`",
+        ),
+    ],
+)
+def test_bad_definitions_name_line_and_field(text: str, line: int, field: str, says: str) -> None:
+    with pytest.raises(SurveyError) as caught:
+        load_survey(text, "nps.yaml")
+    problem = caught.value.problems[0]
+    assert (problem.line, problem.field) == (line, field), str(caught.value)
+    assert says in problem.message, problem.message
+
+
+def test_hand_worked_intervals() -> None:
+    # 50 promoters, 30 passives, 20 detractors: NPS 30; p + d - (p - d)^2 = 0.7 - 0.09 = 0.61;
+    # half width 1.959964 * sqrt(0.61 / 100) = 0.15308 -> 30 ± 15.3.
+    assert nps_interval(100, 50, 20) == (14.7, 45.3)
+    # Wilson, 40 of 50 (Agresti & Coull's example shape): centre (0.8 + z²/100) / (1 + z²/50).
+    z = 1.959963984540054
+    centre = (0.8 + z * z / 100) / (1 + z * z / 50)
+    half = z * math.sqrt(0.8 * 0.2 / 50 + z * z / 10000) / (1 + z * z / 50)
+    assert wilson_interval(50, 40) == (round(100 * (centre - half), 1), round(100 * (centre + half), 1))
+    assert nps_interval(0, 0, 0) is None
+
+
+def visitor(writer) -> dict[str, str]:
+    answer = writer.post("/v1/visitors")
+    assert answer.status_code == 201
+    return dict(answer.json())
+
+
+def test_answers_are_checked_stored_and_scored(server: LiveServer) -> None:
+    with server.client() as api:
+        bad = api.put("/v1/surveys/nps-after-purchase", content=NPS.replace("kind: open", "kind: opne"))
+        assert bad.status_code == 422 and bad.json()["problems"][0]["line"] == 12
+        assert api.put("/v1/surveys/nps-after-purchase", content=NPS).json()["version"] == 1
+        assert api.put("/v1/surveys/nps-after-purchase", content=NPS).json()["changed"] is False
+        assert api.put("/v1/surveys/delivery-csat", content=CSAT).status_code == 200
+        assert [s["key"] for s in api.get("/v1/surveys").json()["surveys"]] == [
+            "delivery-csat",
+            "nps-after-purchase",
+        ]
+        definition = api.get("/v1/surveys/nps-after-purchase").json()["definition"]
+        assert definition["questions"][0]["kind"] == "nps"
+
+    scores = [10] * 5 + [9] * 3 + [8, 7] + [6, 5, 3, 0]  # 8 promoters, 2 passives, 4 detractors
+    with server.client(server.write_key) as writer:
+        people = [visitor(writer) for _ in scores]
+        before = server.store.counts()["events"]
+        refused = [
+            ({"score": 11}, "answers.score", "from 0 to 10"),
+            ({"score": 7.5}, "answers.score", "whole number"),
+            ({"score": True}, "answers.score", "whole number"),
+            ({"why": "no score"}, "answers.score", "is required"),
+            ({"score": 9, "colour": "red"}, "answers.colour", "not a question"),
+            ({"score": 9, "channel": "tv"}, "answers.channel", "not one of the options"),
+            ({"score": 9, "why": "x" * 2001}, "answers.why", "2,000 characters"),
+        ]
+        for given, field, says in refused:
+            r = writer.post(
+                "/v1/surveys/nps-after-purchase/answers", json={"token": people[0]["token"], "answers": given}
+            )
+            assert r.status_code == 400 and r.json()["field"] == field and says in r.json()["message"], (
+                given,
+                r.text,
+            )
+        forged = people[0]["token"][:-2] + "00"
+        r = writer.post(
+            "/v1/surveys/nps-after-purchase/answers", json={"token": forged, "answers": {"score": 9}}
+        )
+        assert r.status_code == 403 and r.json()["field"] == "token"
+        r = writer.post(
+            "/v1/surveys/no-such/answers", json={"token": people[0]["token"], "answers": {"score": 9}}
+        )
+        assert r.status_code == 404
+        assert server.store.counts()["events"] == before  # nothing stored for any of them
+
+        for person, score in zip(people, scores, strict=True):
+            given = {"score": score, "why": f"voto {score}", "channel": "friend"}
+            r = writer.post(
+                "/v1/surveys/nps-after-purchase/answers",
+                json={"token": person["token"], "answers": given, "page": "/order/complete"},
+            )
+            assert r.status_code == 201 and r.json()["stored"] is True, r.text
+        for person, score in zip(people[:4], [5, 4, 2, 4], strict=True):
+            writer.post(
+                "/v1/surveys/delivery-csat/answers",
+                json={"token": person["token"], "answers": {"score": score}},
+            )
+
+    start = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    with server.client() as api:
+        nps = api.get("/v1/surveys/nps-after-purchase/results", params={"from": start}).json()
+        csat = api.get("/v1/surveys/delivery-csat/results", params={"from": start}).json()
+        assert (
+            api.get("/v1/surveys/nps-after-purchase/results", params={"from": start, "to": start}).status_code
+            == 400
+        )
+        # The answer is a touchpoint of the visitor's contact, with its stage and touchpoint.
+        contact = api.get("/v1/contacts/lookup", params={"anonymousId": people[0]["anonymousId"]}).json()
+        [event] = [
+            e
+            for e in api.get(f"/v1/contacts/{contact['id']}/timeline").json()["events"]
+            if e.get("event") == "Survey Answered" and e["properties"]["survey"] == "nps-after-purchase"
+        ]
+    assert nps["responses"] == 14
+    score = nps["score"]
+    assert (score["answers"], score["promoters"], score["passives"], score["detractors"]) == (14, 8, 2, 4)
+    assert score["nps"] == round(100 * 4 / 14, 1) == 28.6
+    assert score["ci95"] == list(nps_interval(14, 8, 4))
+    assert len(nps["periods"]) in (1, 2) and sum(p["answers"] for p in nps["periods"]) == 14
+    assert csat["score"]["csat"] == 75.0 and csat["score"]["satisfied"] == 3 and csat["score"]["mean"] == 3.75
+    assert event["properties"]["score"] == 10 and event["properties"]["comment"] == "voto 10"
+    assert event["properties"]["stage"] == "purchase" and event["properties"]["touchpoint"] == "checkout"
+    assert event["channel"] == "survey" and event["context"]["page"]["path"] == "/order/complete"
