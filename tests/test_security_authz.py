@@ -42,7 +42,7 @@ PUBLIC_PAGES = {
 # Routes that take the write key: the collector and what the browser tracker reads.
 # analytics.js' short paths (/v1/t, /v1/b, ...) are the same endpoints under other names.
 WRITE_KEY_ROUTES = re.compile(
-    r"^/v1/(track|identify|page|screen|group|alias|batch|import|messages|visitors|[tipsgab]|surveys/{key}/answers)$"
+    r"^/v1/(track|identify|page|screen|group|alias|batch|import|messages|visitors|visitors/surveys|[tipsgab]|surveys/{key}/answers)$"
 )
 
 

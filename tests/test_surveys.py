@@ -177,3 +177,33 @@ def test_answers_are_checked_stored_and_scored(server: LiveServer) -> None:
     assert event["properties"]["score"] == 10 and event["properties"]["comment"] == "voto 10"
     assert event["properties"]["stage"] == "purchase" and event["properties"]["touchpoint"] == "checkout"
     assert event["channel"] == "survey" and event["context"]["page"]["path"] == "/order/complete"
+
+
+def test_who_is_offered_a_survey(server: LiveServer) -> None:
+    from percorso.automation.engine import bucket
+
+    limited = CSAT.replace("key: delivery-csat", "key: limited") + "show: {stop_after: 2}\n"
+    sampled = CSAT.replace("key: delivery-csat", "key: sampled") + "target: {sample: 20}\n"
+    with server.client() as api:
+        for key, text in (("limited", limited), ("sampled", sampled)):
+            assert api.put(f"/v1/surveys/{key}", content=text).status_code == 200
+    with server.client(server.write_key) as writer:
+        people = [visitor(writer) for _ in range(30)]
+
+        def offered(person: dict[str, str]) -> set[str]:
+            r = writer.get("/v1/visitors/surveys", params={"token": person["token"]})
+            assert r.status_code == 200, r.text
+            return {s["key"] for s in r.json()["surveys"]}
+
+        in_sample = {p["anonymousId"] for p in people if bucket("sampled", "sample", p["anonymousId"]) < 20}
+        assert 0 < len(in_sample) < 30
+        assert {p["anonymousId"] for p in people if "sampled" in offered(p)} == in_sample
+        assert all("limited" in offered(p) for p in people)
+        # Once a person answered (or was shown it), not again; after two answers, nobody.
+        for person in people[:2]:
+            r = writer.post(
+                "/v1/surveys/limited/answers", json={"token": person["token"], "answers": {"score": 4}}
+            )
+            assert r.status_code == 201
+        assert all("limited" not in offered(p) for p in people)
+        assert writer.get("/v1/visitors/surveys", params={"token": "forged.token"}).status_code == 403

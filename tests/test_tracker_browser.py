@@ -41,11 +41,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]
         yield root, origin
 
 
-def open_page(chromium: Any, root: Path, origin: str, server: LiveServer, key: str, **options: Any) -> Any:
+def open_page(
+    chromium: Any, root: Path, origin: str, server: LiveServer, key: str, lang: str = "en", **options: Any
+) -> Any:
     name = f"p{time.monotonic_ns()}.html"
     load = json.dumps({"host": server.url, "writeKey": key, **options})
     html = (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>Casa Aurora</title>\n{snippet()}\n'
+        f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8"><title>Casa Aurora</title>\n{snippet()}\n'
         f"percorso.load({load});\n</script></head><body><h1>Casa Aurora</h1>"
         '<a id="terms" href="#">Membership terms</a></body></html>'
     )
@@ -235,4 +237,56 @@ def test_onsite_messages_shown_clicked_and_dismissed(
     page.evaluate("() => history.pushState({}, '', '/again')")
     time.sleep(1.0)
     assert page.locator("[data-percorso-message]").count() == 0
+    page.context.close()
+
+
+NPS_IT = """
+key: nps-ordine
+name: {en: "Recommend us?", it: "Ci consiglieresti?"}
+stage: purchase
+questions:
+  - id: score
+    kind: nps
+    required: true
+    text: {en: "How likely are you to recommend us?", it: "Quanto è probabile che ci consiglieresti?"}
+  - id: why
+    kind: open
+    text: {en: "Why?", it: "Perché?"}
+target: {pages: ["/ordine/*"]}
+"""
+
+
+def test_an_nps_survey_answered_in_italian(server: LiveServer, chromium: Any, site: tuple[Path, str]) -> None:
+    root, origin = site
+    with server.client() as api:
+        assert api.put("/v1/surveys/nps-ordine", content=NPS_IT).status_code == 200
+    page = open_page(chromium, root, origin, server, key_for(server, origin), lang="it")
+    start = page.url
+    page.wait_for_function("() => window.percorso && window.percorso.user().anonymousId")
+    time.sleep(0.5)
+    assert page.locator("[data-percorso-survey]").count() == 0  # not on this page
+    page.evaluate("() => history.pushState({}, '', '/ordine/completato')")
+    survey = page.locator("[data-percorso-survey=nps-ordine]")
+    survey.wait_for()
+    text = survey.inner_text()
+    assert "Quanto è probabile che ci consiglieresti?" in text and "Per niente probabile" in text
+    assert survey.locator("button[type=submit]").inner_text() == "Invia"
+    survey.locator("button[data-value='9']").click()
+    survey.locator("textarea").fill("Consegna veloce")
+    survey.locator("button[type=submit]").click()
+    page.wait_for_function("() => document.querySelector('[data-percorso-survey]').textContent === 'Grazie!'")
+    page.evaluate("() => percorso.flush()")
+    rows = events(server.store, "event = ?", ["Survey Answered"], wait_for=1)
+    assert len(rows) == 1 and json.loads(rows[0]["properties"])["comment"] == "Consegna veloce"
+    assert len(events(server.store, "event = ?", ["Survey Shown"], wait_for=1)) == 1
+    with server.client() as api:
+        result = api.get("/v1/surveys/nps-ordine/results").json()
+    assert result["score"]["promoters"] == 1 and result["score"]["nps"] == 100.0
+    # Once per contact: not on the next page, nor after a reload.
+    page.evaluate("() => history.pushState({}, '', '/ordine/altro')")
+    page.goto(start)  # loaded again: percorso.js starts afresh, with the visitor kept
+    page.wait_for_function("() => window.percorso && window.percorso.user().anonymousId")
+    page.evaluate("() => history.pushState({}, '', '/ordine/ancora')")
+    time.sleep(1.5)
+    assert page.locator("[data-percorso-survey]").count() == 0
     page.context.close()

@@ -20,6 +20,8 @@ from percorso.feedback.definition import SCALES, Survey
 from percorso.store import Store
 
 ANSWERED = "Survey Answered"
+SHOWN = "Survey Shown"  # sent by percorso.js when it shows a survey
+DISMISSED = "Survey Dismissed"
 Z95 = NormalDist().inv_cdf(0.975)
 
 

@@ -27,6 +27,7 @@ BROWSER_PATHS = frozenset(
         *("t", "i", "p", "s", "g", "a", "b"),
         "messages",
         "visitors",
+        "visitors/surveys",
     )
 )
 SETTINGS_PREFIX = "/v1/projects/"

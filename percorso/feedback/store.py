@@ -65,3 +65,48 @@ def list_surveys(store: Store) -> list[dict[str, Any]]:
     with store.session() as s:
         rows = s.rows("SELECT survey_key, version, status, updated_at FROM surveys ORDER BY survey_key")
     return [{"key": r[0], "version": int(r[1]), "status": r[2], "updatedAt": r[3].isoformat()} for r in rows]
+
+
+def active_surveys(store: Store) -> list[Survey]:
+    with store.session() as s:
+        rows = s.rows(
+            "SELECT survey_key, CAST(definition AS TEXT) FROM surveys WHERE status = 'active' ORDER BY survey_key"
+        )
+    return [survey_from_data(read_json(text), None, f"stored survey {key}") for key, text in rows]
+
+
+def survey_history(
+    store: Store, anonymous_id: str, keys: list[str]
+) -> tuple[dict[str, dict[str, datetime]], dict[str, int]]:
+    """For the visitor's contact: when each survey was last shown and answered; and each survey's
+    answers from everyone (for ``stop_after``)."""
+    from percorso.analytics.feedback import ANSWERED, SHOWN
+
+    seen: dict[str, dict[str, datetime]] = {}
+    totals: dict[str, int] = {}
+    if not keys:
+        return seen, totals
+    with store.session() as s:
+        survey_sql, survey_param = s.json_text("e.properties", "survey")
+        among, among_params = s.member(survey_sql, keys)
+        live = s.rows(
+            "SELECT coalesce(c.merged_into, c.contact_id) FROM identities i JOIN contacts c ON c.contact_id = i.contact_id "
+            "WHERE i.kind = 'anonymous_id' AND i.value = ?",
+            [anonymous_id],
+        )
+        if live:
+            contact = live[0][0]
+            rows = s.rows(
+                f"SELECT {survey_sql}, e.event, max(e.timestamp) FROM events e JOIN identities i ON i.identity_id = e.identity_id "
+                "WHERE (i.contact_id = ? OR i.contact_id IN (SELECT contact_id FROM contacts WHERE merged_into = ?)) "
+                f"AND e.type = 'track' AND e.event IN (?, ?) AND {among} GROUP BY 1, 2",
+                [survey_param, contact, contact, SHOWN, ANSWERED, survey_param, *among_params],
+            )
+            for key, event, at in rows:
+                seen.setdefault(key, {})[event] = at
+        for key, n in s.rows(
+            f"SELECT {survey_sql}, count(*) FROM events e WHERE e.type = 'track' AND e.event = ? AND {among} GROUP BY 1",
+            [survey_param, ANSWERED, survey_param, *among_params],
+        ):
+            totals[key] = int(n)
+    return seen, totals

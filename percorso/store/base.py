@@ -373,6 +373,7 @@ class Store(ABC):
                 "segment_members",
                 "automation_triggers",
                 "trigger_occurrences",
+                "surveys",
             ):
                 s.execute(f"DELETE FROM {table}")
 

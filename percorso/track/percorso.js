@@ -16,7 +16,9 @@
  * - events sent in batches (fetch keepalive; sendBeacon when the page is hidden), kept in
  *   localStorage until the server answers, so what could not be sent goes after a reload;
  * - on-site messages the automations queued: a banner (or the element with
- *   data-percorso-slot), shown once, with dismiss; shown, clicked and dismissed come back as events.
+ *   data-percorso-slot), shown once, with dismiss; shown, clicked and dismissed come back as events;
+ * - surveys (NPS, CSAT, CES, choice, open) by their page, device, event, delay and display rules,
+ *   in English or Italian (the page's lang), answered to /v1/surveys/{key}/answers.
  */
 (function (window, document) {
   "use strict";
@@ -126,6 +128,7 @@
     for (var j = 0; j < callbacks.length; j++) safely(callbacks[j]);
     resend();
     poll();
+    askSurveys();
   }
   function safely(fn) {
     try { fn(); } catch (e) { /* a site's callback must not stop the tracker */ }
@@ -235,8 +238,10 @@
       lastPath = window.location.pathname + window.location.search;
       enqueue(message);
       poll();
+      considerSurveys();
     } else if (name === "track") {
       enqueue({ type: "track", event: String(a[0]), properties: a[1] || {} });
+      happened(String(a[0]));
     } else if (name === "identify") {
       var userId = typeof a[0] === "string" || typeof a[0] === "number" ? String(a[0]) : null;
       var traits = (userId ? a[1] : a[0]) || {};
@@ -371,6 +376,191 @@
     if (!slot) current = box;
     (slot || document.body).appendChild(box);
     api.track("Onsite Message Shown", about);
+  }
+
+  // -- surveys ----------------------------------------------------------------------------------
+  // The server says which surveys this visitor may see (once per contact or every N days, the
+  // sample, stop after N answers); the page, the device, the event that opens one, the delay and
+  // "not twice in one visit" are checked here.
+  var TEXT = {
+    en: { send: "Send", thanks: "Thank you!", close: "Close", low: "Not at all likely", high: "Extremely likely",
+          lowCsat: "Very unsatisfied", highCsat: "Very satisfied", lowCes: "Very difficult", highCes: "Very easy" },
+    it: { send: "Invia", thanks: "Grazie!", close: "Chiudi", low: "Per niente probabile", high: "Estremamente probabile",
+          lowCsat: "Per niente soddisfatto", highCsat: "Molto soddisfatto", lowCes: "Molto difficile", highCes: "Molto facile" },
+  };
+  var SCALE = { nps: [0, 10, "low", "high"], csat: [1, 5, "lowCsat", "highCsat"], ces: [1, 7, "lowCes", "highCes"] };
+  var candidates = [];
+  var events = {};
+  var surveyOpen = false;
+  function language() {
+    var lang = (document.documentElement.lang || window.navigator.language || "en").slice(0, 2).toLowerCase();
+    return lang === "it" ? "it" : "en";
+  }
+  function words(name) {
+    if (!name) return "";
+    if (typeof name === "string") return name;
+    return (language() === "it" && name.it) || name.en;
+  }
+  function device() {
+    var width = window.innerWidth;
+    return width < 768 ? "mobile" : width < 1024 ? "tablet" : "desktop";
+  }
+  function globMatch(pattern, path) {
+    var re = new RegExp("^" + pattern.split("*").map(function (p) { return p.replace(/[.+?^${}()|[\]\\]/g, "\\$&"); }).join(".*") + "$");
+    return re.test(path);
+  }
+  function seenThisVisit(key) {
+    try { return (window.sessionStorage.getItem(KEY + "surveys") || "").split(" ").indexOf(key) >= 0; } catch (e) { return false; }
+  }
+  function markSeen(key) {
+    if (!mayStore()) return;
+    try {
+      var seen = (window.sessionStorage.getItem(KEY + "surveys") || "") + " " + key;
+      window.sessionStorage.setItem(KEY + "surveys", seen.trim());
+    } catch (e) { /* storage blocked */ }
+  }
+  function askSurveys() {
+    if (!state.token || !consent.analytics) return;
+    window
+      .fetch(host + "/v1/visitors/surveys?token=" + encodeURIComponent(state.token), { headers: { Authorization: authorization() } })
+      .then(function (r) { return r.ok ? r.json() : { surveys: [] }; })
+      .catch(function () { return { surveys: [] }; })
+      .then(function (answer) {
+        candidates = answer.surveys || [];
+        considerSurveys();
+      });
+  }
+  function happened(event) {
+    events[event] = true;
+    considerSurveys();
+  }
+  function considerSurveys() {
+    if (surveyOpen) return;
+    var path = window.location.pathname;
+    for (var i = 0; i < candidates.length; i++) {
+      var survey = candidates[i];
+      var target = survey.target || {};
+      if (seenThisVisit(survey.key) || survey.pending) continue;
+      if (target.pages && target.pages.length && !target.pages.some(function (p) { return globMatch(p, path); })) continue;
+      if (target.devices && target.devices.length && target.devices.indexOf(device()) < 0) continue;
+      if (target.event && !events[target.event]) continue;
+      survey.pending = true;
+      window.setTimeout(openSurvey.bind(null, survey), (survey.delay || 0) * 1000);
+      return;
+    }
+  }
+  function openSurvey(survey) {
+    if (surveyOpen) return;
+    surveyOpen = true;
+    markSeen(survey.key);
+    candidates = candidates.filter(function (s) { return s.key !== survey.key; });
+    var t = TEXT[language()];
+    var chosen = {};
+    var box = document.createElement("form");
+    box.className = "percorso-survey";
+    box.setAttribute("data-percorso-survey", survey.key);
+    box.setAttribute("lang", language());
+    box.style.cssText =
+      "position:fixed;right:16px;bottom:16px;z-index:2147483001;width:min(420px,calc(100% - 32px));background:#fff;" +
+      "color:#1d1d1f;border:1px solid #d0d0d7;border-radius:8px;padding:16px;box-shadow:0 6px 24px rgba(0,0,0,.15);" +
+      "font:15px/1.4 system-ui,sans-serif";
+    survey.questions.forEach(function (q) {
+      var block = document.createElement("fieldset");
+      block.style.cssText = "border:0;margin:0 0 12px;padding:0";
+      var legend = document.createElement("legend");
+      legend.textContent = words(q.text);
+      legend.style.cssText = "font-weight:600;margin-bottom:6px";
+      block.appendChild(legend);
+      if (SCALE[q.kind]) {
+        var scale = SCALE[q.kind];
+        var row = document.createElement("div");
+        row.style.cssText = "display:flex;flex-wrap:wrap;gap:4px";
+        for (var v = scale[0]; v <= scale[1]; v++) {
+          row.appendChild(choiceButton(q.id, v, String(v), chosen, row));
+        }
+        block.appendChild(row);
+        var ends = document.createElement("div");
+        ends.style.cssText = "display:flex;justify-content:space-between;font-size:12px;color:#555";
+        [t[scale[2]], t[scale[3]]].forEach(function (label) {
+          var span = document.createElement("span");
+          span.textContent = label;
+          ends.appendChild(span);
+        });
+        block.appendChild(ends);
+      } else if (q.kind === "choice") {
+        var options = document.createElement("div");
+        options.style.cssText = "display:flex;flex-wrap:wrap;gap:4px";
+        (q.options || []).forEach(function (option) {
+          var value = typeof option === "string" ? option : option.en;
+          options.appendChild(choiceButton(q.id, value, words(option), chosen, options));
+        });
+        block.appendChild(options);
+      } else {
+        var area = document.createElement("textarea");
+        area.name = q.id;
+        area.rows = 3;
+        area.maxLength = 2000;
+        area.style.cssText = "width:100%;box-sizing:border-box";
+        area.addEventListener("input", function () { chosen[q.id] = area.value; });
+        block.appendChild(area);
+      }
+      box.appendChild(block);
+    });
+    var send = document.createElement("button");
+    send.type = "submit";
+    send.textContent = t.send;
+    var close = document.createElement("button");
+    close.type = "button";
+    close.textContent = "×";
+    close.setAttribute("aria-label", t.close);
+    close.style.cssText = "position:absolute;top:6px;right:8px;border:0;background:none;font-size:20px;cursor:pointer";
+    box.appendChild(send);
+    box.appendChild(close);
+    function done() {
+      if (box.parentNode) box.parentNode.removeChild(box);
+      surveyOpen = false;
+      considerSurveys();
+    }
+    close.addEventListener("click", function () {
+      api.track("Survey Dismissed", { survey: survey.key });
+      done();
+    });
+    box.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var page = window.location.pathname;
+      window
+        .fetch(host + "/v1/surveys/" + survey.key + "/answers", {
+          method: "POST",
+          headers: { Authorization: authorization(), "Content-Type": "application/json" },
+          body: JSON.stringify({ token: state.token, answers: chosen, page: page }),
+        })
+        .then(function (r) {
+          if (!r.ok) return;
+          box.textContent = t.thanks;
+          window.setTimeout(done, 1500);
+        })
+        .catch(function () { /* offline: the survey stays open to try again */ });
+    });
+    document.body.appendChild(box);
+    api.track("Survey Shown", { survey: survey.key });
+  }
+  function choiceButton(question, value, label, chosen, group) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.setAttribute("data-value", String(value));
+    button.setAttribute("aria-pressed", "false");
+    button.style.cssText = "min-width:32px;padding:4px 6px;border:1px solid #aaa;border-radius:4px;background:#f6f6f8;cursor:pointer";
+    button.addEventListener("click", function () {
+      chosen[question] = value;
+      Array.prototype.forEach.call(group.children, function (b) {
+        b.setAttribute("aria-pressed", "false");
+        b.style.background = "#f6f6f8";
+      });
+      button.setAttribute("aria-pressed", "true");
+      button.style.background = "#cfe3ff";
+    });
+    return button;
   }
 
   // -- start --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from percorso.analytics.feedback import ANSWERED, survey_results
 from percorso.automation import links
+from percorso.automation.engine import bucket
 from percorso.events import MessageError, new_received_at, parse_message
 from percorso.feedback.definition import (
     AnswerError,
@@ -21,7 +22,15 @@ from percorso.feedback.definition import (
     json_schema,
     load_survey,
 )
-from percorso.feedback.store import SurveyNotFound, get_survey, list_surveys, save_survey
+from percorso.feedback.store import (
+    SurveyNotFound,
+    active_surveys,
+    get_survey,
+    list_surveys,
+    save_survey,
+    survey_history,
+)
+from percorso.journey.definition import duration_seconds
 from percorso.web.auth import require_secret, require_write
 from percorso.web.documents import document_body
 from percorso.web.errors import ApiError
@@ -163,3 +172,45 @@ async def answer(request: Request, key: SurveyKey, body: Answers) -> dict[str, A
         raise ApiError(400, "invalid_answer", str(exc), exc.field) from None
     outcome = await state.writer.write([event])
     return {"success": True, "stored": event.message_id in outcome.stored, "messageId": event.message_id}
+
+
+@answers.get(
+    "/visitors/surveys",
+    summary="The surveys this visitor may be shown now (percorso.js asks on each page)",
+    responses=FORBIDDEN,
+)
+def visitor_surveys(
+    request: Request,
+    token: Annotated[str, Query(max_length=400, description="the token POST /v1/visitors gave this browser")],
+) -> dict[str, Any]:
+    """Server-side rules: once per contact (or again after ``show.every``), never once
+    ``stop_after`` answers arrived, and a stable ``target.sample`` of visitors. Pages, devices,
+    the event that opens it and the delay are the browser's to check: they are in the answer."""
+    state = request.app.state
+    visitor = links.read(state.engine.secret, links.VISITOR, token)
+    if visitor is None:
+        raise ApiError(403, "forbidden", "the token is not one POST /v1/visitors issued", "token")
+    surveys = active_surveys(state.store)
+    seen, totals = survey_history(state.store, visitor, [s.key for s in surveys])
+    now = datetime.now(UTC)
+    shown = []
+    for survey in surveys:
+        history = seen.get(survey.key, {})
+        last = max(history.values()) if history else None
+        if last is not None and (
+            survey.show.every is None or now - last < timedelta(seconds=duration_seconds(survey.show.every))
+        ):
+            continue
+        if survey.show.stop_after is not None and totals.get(survey.key, 0) >= survey.show.stop_after:
+            continue
+        if bucket(survey.key, "sample", visitor) >= survey.target.sample:
+            continue
+        shown.append(
+            {
+                "key": survey.key,
+                "questions": msgspec.to_builtins(survey.questions),
+                "target": msgspec.to_builtins(survey.target),
+                "delay": survey.show.delay,
+            }
+        )
+    return {"surveys": shown}
