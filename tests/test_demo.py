@@ -43,10 +43,11 @@ def test_demo_data_loads_on_both_engines_and_the_stories_are_there(store):
 
 @pytest.mark.slow
 def test_demo_command_loads_and_serves(tmp_path):
-    port = free_port()
+    port, shop_port = free_port(), free_port()
     env = {**os.environ, "PERCORSO_DATA_DIR": str(tmp_path), "COLUMNS": "200"}
+    command = ["demo", "--contacts", "200", "--port", str(port), "--shop-port", str(shop_port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "percorso", "demo", "--contacts", "200", "--port", str(port)],
+        [sys.executable, "-m", "percorso", *command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -72,6 +73,11 @@ def test_demo_command_loads_and_serves(tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.1)
         assert r.status_code == 200 and r.json()["events"] > 0
+        # The demo shop, on its own port, loads percorso.js from the server with a key for its origin.
+        assert f"shop        http://127.0.0.1:{shop_port}/" in output
+        home = httpx.get(f"http://127.0.0.1:{shop_port}/")
+        assert home.status_code == 200 and f'"host": "http://127.0.0.1:{port}"' in home.text
+        assert httpx.get(f"http://127.0.0.1:{port}/percorso.js").status_code == 200
     finally:
         proc.terminate()
         proc.wait(timeout=30)

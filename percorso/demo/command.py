@@ -77,6 +77,16 @@ def demo_user(store: Store) -> str:
     return password
 
 
+def start_shop(app: Any, host: str, port: int) -> None:
+    """Serves the demo shop in a background thread (it stops with the process)."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    threading.Thread(target=server.run, name="demo-shop", daemon=True).start()
+
+
 def demo(
     contacts: Annotated[int, typer.Option(help="People in the dataset (~50 touchpoints each)")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data")] = 7,
@@ -97,10 +107,15 @@ def demo(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="Port")] = None,
+    shop_port: Annotated[
+        int | None,
+        typer.Option(help="Port of the demo shop that loads percorso.js (default: port + 1; 0: no shop)"),
+    ] = None,
 ) -> None:
     """Load a realistic six-month dataset and start the server on it."""
     from percorso.cli import console, fail, opened, progress_bar, serve_store, settings_for
     from percorso.demo.generator import DemoSpec, stories
+    from percorso.demo.shop import prepare_shop, shop_app
 
     settings = settings_for(data_dir, host=host, port=port)
     if fresh:
@@ -135,11 +150,20 @@ def demo(
         _, secret_key = store.create_api_key("secret", "demo admin")
         password = demo_user(store)
         base = f"http://{settings.host}:{settings.port}"
+        shop_at = settings.port + 1 if shop_port is None else shop_port
+        shop = f"http://{settings.host}:{shop_at}" if serve and shop_at else None
+        shop_key = prepare_shop(store, shop) if shop else None
         console.print(
             f"\n[bold]{counts['contacts']:,} contacts, {counts['events']:,} events[/] in {store.describe()}"
         )
         console.print(f"  dashboard   {base}/   sign in as {DEMO_USER} / {password}", soft_wrap=True)
         console.print(f"  server      {base}   (API docs: {base}/docs)")
+        if shop:
+            console.print(
+                f"  shop        {shop}/   a demo shop that loads percorso.js: register, read the Club's "
+                "terms (an on-site message), buy (an NPS survey), then find yourself on the dashboard",
+                soft_wrap=True,
+            )
         console.print(f"  journey     {journey}   (try: percorso stages, percorso funnel --help)")
         console.print(f"  write key   {write_key}", soft_wrap=True)
         console.print(f"  secret key  {secret_key}", soft_wrap=True)
@@ -153,5 +177,7 @@ def demo(
                 soft_wrap=True,
             )
         if serve:
+            if shop and shop_key:
+                start_shop(shop_app(base, shop_key), settings.host, shop_at)
             console.print(f"\nserving on {base} — Ctrl-C to stop")
             serve_store(settings, store)
