@@ -20,6 +20,8 @@ from percorso.automation.engine import Engine, ManualClock
 from percorso.automation.graph import edge_count, layers, step_graph
 from percorso.automation.store import get_automation, save_automation
 from percorso.events import Limits, parse_message
+from percorso.feedback.definition import load_survey
+from percorso.feedback.store import save_survey
 from percorso.journey import load_journey
 from percorso.store import Store
 from percorso.web.dashboard.contacts import merge_timeline, touchpoint_kind
@@ -120,10 +122,30 @@ def site(server: LiveServer, classifier: Any) -> LiveServer:
         event=SCRIPT,
         properties={"note": ATTR},
     )
+    # A survey whose answers carry an attacker's comment (the survey page lists comments).
+    save_survey(store, load_survey(WELCOME_SURVEY), "test")
+    send(
+        store,
+        classifier,
+        "mallory",
+        "track",
+        start + timedelta(hours=7),
+        event="Survey Answered",
+        properties={"survey": "welcome", "kind": "nps", "score": 2, "comment": SCRIPT + ATTR},
+    )
     save_journey(store, load_journey(JOURNEY), "test")
     update(store, load_journey(JOURNEY))
     Engine(store, clock=ManualClock(NOW)).run_until_idle()
     return server
+
+
+WELCOME_SURVEY = """
+key: welcome
+name: Welcome
+questions:
+  - {id: score, kind: nps, text: "Recommend us?"}
+  - {id: why, kind: open, text: "Why?"}
+"""
 
 
 def signed_in(site: LiveServer, who: tuple[str, str, str], *, create: bool = True) -> httpx.Client:

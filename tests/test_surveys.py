@@ -207,3 +207,53 @@ def test_who_is_offered_a_survey(server: LiveServer) -> None:
             assert r.status_code == 201
         assert all("limited" not in offered(p) for p in people)
         assert writer.get("/v1/visitors/surveys", params={"token": "forged.token"}).status_code == 403
+
+
+def test_the_survey_pages_show_the_same_numbers_as_the_api(server: LiveServer) -> None:
+    from percorso.web.dashboard.users import add_user
+    from tests.test_dashboard import signed_in
+
+    with server.client() as api:
+        assert api.put("/v1/surveys/nps-after-purchase", content=NPS).status_code == 200
+    with server.client(server.write_key) as writer:
+        for score, why in [
+            (10, "Consegna rapida"),
+            (9, "Bel prodotto"),
+            (3, "Pacco arrivato rotto, 100%_vero"),
+        ]:
+            person = visitor(writer)
+            answer = {"token": person["token"], "answers": {"score": score, "why": why}}
+            assert writer.post("/v1/surveys/nps-after-purchase/answers", json=answer).status_code == 201
+    with server.client() as api:
+        expected = api.get(
+            "/v1/surveys/nps-after-purchase/results", params={"from": "2000-01-01T00:00:00Z"}
+        ).json()
+    add_user(server.store, "anna@example.it", "a long enough secret", role="viewer")
+    dashboard = signed_in(server, ("anna@example.it", "a long enough secret"))
+    try:
+        listing = dashboard.get("/surveys.json", params={"from": "2000-01-01"}).json()
+        [row] = listing["surveys"]
+        assert row["result"]["score"] == expected["score"]
+        twin = dashboard.get("/surveys/nps-after-purchase.json", params={"from": "2000-01-01"}).json()
+        assert twin["result"]["score"] == expected["score"] and twin["result"]["score"]["nps"] == 33.3
+        assert next(c["comment"] for c in twin["comments"]).startswith("Pacco")
+        dashboard.cookies.set("percorso_lang", "it")
+        page = dashboard.get("/surveys/nps-after-purchase", params={"from": "2000-01-01"}).text
+        assert 'data-nps="33.3"' in page and "Promotori (9–10)" in page and "Consegna rapida" in page
+        # The comment search reads % and _ literally.
+        found = dashboard.get(
+            "/surveys/nps-after-purchase.json", params={"from": "2000-01-01", "q": "%_v"}
+        ).json()
+        assert [c["score"] for c in found["comments"]] == [3]
+        assert (
+            dashboard.get(
+                "/surveys/nps-after-purchase.json", params={"from": "2000-01-01", "q": "%x"}
+            ).json()["comments"]
+            == []
+        )
+        assert dashboard.get("/surveys/missing").status_code == 404
+        dashboard.cookies.set("percorso_lang", "en")
+        en = dashboard.get("/surveys", params={"from": "2000-01-01"}).text
+        assert 'data-survey="nps-after-purchase"' in en and "Surveys" in en
+    finally:
+        dashboard.close()

@@ -117,3 +117,38 @@ def _score(kind: str, row: Any) -> dict[str, Any]:
             (round(float(mean) - half, 2), round(float(mean) + half, 2)) if half is not None else None
         )
     return out
+
+
+def survey_comments(
+    store: Store, survey: Survey, start: datetime, end: datetime, *, q: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The newest answers that hold a comment, with their score and contact; ``q`` a literal
+    substring of the comment (any case)."""
+    with store.session() as s:
+        survey_sql, survey_param = s.json_text("e.properties", "survey")
+        comment_sql, comment_param = s.json_text("e.properties", "comment")
+        score_sql, score_params = s.json_number("e.properties", "score")
+        where = (
+            f"e.type = 'track' AND e.event = ? AND {survey_sql} = ? AND e.timestamp >= ? AND e.timestamp < ? "
+            f"AND {comment_sql} IS NOT NULL"
+        )
+        params: list[Any] = [ANSWERED, survey_param, survey.key, start, end, comment_param]
+        if q:
+            literal = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where += f" AND lower({comment_sql}) LIKE ? ESCAPE '\\'"
+            params += [comment_param, f"%{literal}%"]
+        rows = s.rows(
+            f"SELECT e.timestamp, {score_sql}, {comment_sql}, i.contact_id FROM events e "
+            f"JOIN identities i ON i.identity_id = e.identity_id WHERE {where} "
+            "ORDER BY e.timestamp DESC, e.message_id DESC LIMIT ?",
+            [*score_params, comment_param, *params, limit],
+        )
+    return [
+        {
+            "at": at,
+            "score": int(score) if score is not None else None,
+            "comment": comment,
+            "contact": int(contact),
+        }
+        for at, score, comment, contact in rows
+    ]

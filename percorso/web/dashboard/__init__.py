@@ -26,11 +26,20 @@ STATIC = Path(__file__).parent.parent / "static"
 
 def install(app: FastAPI, cache_seconds: float = 60.0, dependencies: Sequence[Any] = ()) -> None:
     """Adds the dashboard's pages, assets and error pages to ``app``."""
-    from percorso.web.dashboard import analysis, automations, contacts, export, pages, settings, signin
+    from percorso.web.dashboard import (
+        analysis,
+        automations,
+        contacts,
+        export,
+        pages,
+        settings,
+        signin,
+        surveys,
+    )
 
     app.state.dashboard_cache = ResultCache(ttl=cache_seconds)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (signin, pages, export, analysis, contacts, automations, settings):
+    for module in (signin, pages, export, analysis, contacts, automations, surveys, settings):
         app.include_router(module.router, dependencies=list(dependencies))
 
     def _json_or_page(request: Request, status: int, code: str, message: str, field: str | None) -> Response:

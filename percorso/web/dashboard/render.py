@@ -27,6 +27,7 @@ NAV = (
     ("paths", "/paths"),
     ("contacts", "/contacts"),
     ("automations", "/automations"),
+    ("surveys", "/surveys"),
     ("settings", "/settings"),
 )
 
