@@ -257,3 +257,32 @@ def test_the_survey_pages_show_the_same_numbers_as_the_api(server: LiveServer) -
         assert 'data-survey="nps-after-purchase"' in en and "Surveys" in en
     finally:
         dashboard.close()
+
+
+def test_answers_feed_the_journey_maps_emotion(server: LiveServer) -> None:
+    from tests.test_stages import FORWARD
+
+    with server.client() as api:
+        assert api.put("/v1/surveys/nps-after-purchase", content=NPS).status_code == 200
+    with server.client(server.write_key) as writer:
+        for score in (10, 10, 9, 2):
+            person = visitor(writer)
+            page = {"anonymousId": person["anonymousId"], "properties": {"path": "/"}}
+            assert writer.post("/v1/page", json=page).status_code == 200
+            answer = {"token": person["token"], "answers": {"score": score}}
+            assert writer.post("/v1/surveys/nps-after-purchase/answers", json=answer).status_code == 201
+    with server.client() as api:
+        assert (
+            api.put(
+                "/v1/journeys/shop", content=FORWARD, headers={"content-type": "application/yaml"}
+            ).status_code
+            == 200
+        )
+        period = {
+            "from": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+            "to": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        }
+        aware = api.get("/v1/journeys/shop/map", params=period).json()["stages"][0]
+    # 3 promoters, 1 detractor of 4: NPS 50, which the map shows on its -1..1 scale.
+    assert aware["emotion"]["nps"] == 50.0 and aware["emotion"]["nps_responses"] == 4, aware["emotion"]
+    assert aware["emotion"]["score"] == 0.5

@@ -160,7 +160,9 @@ def _activity(
             revenue = f"CASE WHEN e.event IN ({', '.join('?' for _ in revenue_events)}) THEN {number} END"
             revenue_params = [*revenue_events, *number_params]
         extracted, extract_params = [], []
-        for key in ("score", "survey", "rating"):
+        # ``survey`` names the kind in imported data ({"survey": "nps"}); percorso's own surveys
+        # name themselves there and give the kind in ``kind`` (see analytics/feedback.py).
+        for key in ("score", "survey", "rating", "kind"):
             may, may_p = s.json_may_have("e.properties", key)
             value, value_p = s.json_text("e.properties", key)
             extracted.append(f"CASE WHEN {may} THEN {value} END AS {key}")
@@ -173,9 +175,11 @@ def _activity(
             f"FROM {_subject_events(subj)} "
             "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ?), "
             "x AS (SELECT stage_index, event, type, name, channel, touchpoint, revenue, "
-            f"CASE WHEN lower(survey) = 'nps' AND score IN ({nps_list}) THEN CAST(score AS INTEGER) END AS nps, "
+            "CASE WHEN (lower(survey) = 'nps' OR lower(kind) = 'nps') "
+            f"AND score IN ({nps_list}) THEN CAST(score AS INTEGER) END AS nps, "
             f"CASE WHEN rating IN ({rating_list}) THEN CAST(rating AS INTEGER) "
-            f"WHEN lower(survey) = 'csat' AND score IN ({rating_list}) THEN CAST(score AS INTEGER) END AS csat "
+            "WHEN (lower(survey) = 'csat' OR lower(kind) = 'csat') "
+            f"AND score IN ({rating_list}) THEN CAST(score AS INTEGER) END AS csat "
             "FROM x0) "
             # grouped by the raw columns (cheaper than building each event's action name)
             "SELECT stage_index, event, type, name, channel, touchpoint, count(*), sum(revenue), count(nps), "
