@@ -55,6 +55,7 @@ SEMANTIC_400: dict[str, str] = {
     "/v1/journeys/{key}/painpoints": "from before to; dimension names",
     "/v1/funnels": "from before to; step pattern grammar; journey must exist",
     "/v1/paths": "from before to; step pattern grammar; REGEX=>REPLACEMENT",
+    "/v1/heatmaps": "from before to",
     "/v1/transitions": "from before to",
     "/v1/retention": "from before to; step pattern grammar",
     # A document's key must be the URL's; a schema-valid document can still name unknown stages.

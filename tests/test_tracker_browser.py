@@ -42,14 +42,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]
 
 
 def open_page(
-    chromium: Any, root: Path, origin: str, server: LiveServer, key: str, lang: str = "en", **options: Any
+    chromium: Any,
+    root: Path,
+    origin: str,
+    server: LiveServer,
+    key: str,
+    lang: str = "en",
+    body: str = "",
+    **options: Any,
 ) -> Any:
     name = f"p{time.monotonic_ns()}.html"
     load = json.dumps({"host": server.url, "writeKey": key, **options})
     html = (
         f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8"><title>Casa Aurora</title>\n{snippet()}\n'
         f"percorso.load({load});\n</script></head><body><h1>Casa Aurora</h1>"
-        '<a id="terms" href="#">Membership terms</a></body></html>'
+        f'<a id="terms" href="#">Membership terms</a>{body}</body></html>'
     )
     (root / name).write_text(html, encoding="utf-8")
     context = chromium.new_context()
@@ -289,4 +296,35 @@ def test_an_nps_survey_answered_in_italian(server: LiveServer, chromium: Any, si
     page.evaluate("() => history.pushState({}, '', '/ordine/ancora')")
     time.sleep(1.5)
     assert page.locator("[data-percorso-survey]").count() == 0
+    page.context.close()
+
+
+def test_heatmap_clicks_rage_dead_and_scroll(
+    server: LiveServer, chromium: Any, site: tuple[Path, str]
+) -> None:
+    root, origin = site
+    tall = '<div style="height: 3000px"></div>'
+    page = open_page(
+        chromium, root, origin, server, key_for(server, origin), body=tall, heatmaps={"pages": ["/p*"]}
+    )
+    page.wait_for_function("() => window.percorso && window.percorso.user().anonymousId")
+    page.evaluate("() => document.getElementById('terms').addEventListener('click', e => e.preventDefault())")
+    page.click("#terms")  # a link: a live click
+    for _ in range(3):  # three quick clicks on a heading: rage, and dead (nothing reacts)
+        page.click("h1", delay=20)
+    page.mouse.wheel(0, 1200)
+    time.sleep(0.8)  # dead clicks are judged after half a second
+    page.evaluate("() => history.pushState({}, '', '/elsewhere')")  # leaving the page reports the scroll
+    page.evaluate("() => percorso.flush()")
+    events(server.store, "event = ?", ["Heatmap Click"], wait_for=4)
+    events(server.store, "event = ?", ["Page Scrolled"], wait_for=1)
+    with server.client() as api:
+        result = api.get("/v1/heatmaps", params={"page": "/p*", "band": "desktop"}).json()
+    assert result["clicks"] == 4 and result["rage_clicks"] >= 1 and result["dead_clicks"] == 3, result
+    by = {e["selector"]: e for e in result["elements"]}
+    assert by["#terms"]["clicks"] == 1 and by["#terms"]["dead_clicks"] == 0
+    assert by["html > body > h1"]["clicks"] == 3 and by["html > body > h1"]["dead_clicks"] == 3
+    assert sum(c["clicks"] for c in result["grid"]["cells"]) == 4
+    assert result["scroll"]["page_views"] == 1 and result["scroll"]["reached"][0]["share"] == 1.0
+    assert result["scroll"]["reached"][-1]["share"] == 0.0  # 3,000 px: the bottom was not reached
     page.context.close()

@@ -18,7 +18,8 @@
  * - on-site messages the automations queued: a banner (or the element with
  *   data-percorso-slot), shown once, with dismiss; shown, clicked and dismissed come back as events;
  * - surveys (NPS, CSAT, CES, choice, open) by their page, device, event, delay and display rules,
- *   in English or Italian (the page's lang), answered to /v1/surveys/{key}/answers.
+ *   in English or Italian (the page's lang), answered to /v1/surveys/{key}/answers;
+ * - heatmaps, where load({heatmaps}) asks for them: clicks, rage and dead clicks, scroll depth.
  */
 (function (window, document) {
   "use strict";
@@ -171,12 +172,13 @@
   }
 
   // -- sending ----------------------------------------------------------------------------------
-  function enqueue(message) {
+  function enqueue(message, page) {
     message.messageId = "pjs-" + uuid();
     message.timestamp = new Date().toISOString();
     message.anonymousId = state.anonymousId;
     if (state.userId && !message.userId) message.userId = state.userId;
     message.context = context();
+    if (page) message.context.page = page; // an event about a page already left
     outbox.push(message);
     save("outbox", outbox);
     if (outbox.length >= MAX_BATCH) flush(false);
@@ -239,6 +241,7 @@
       enqueue(message);
       poll();
       considerSurveys();
+      startHeatmaps();
     } else if (name === "track") {
       enqueue({ type: "track", event: String(a[0]), properties: a[1] || {} });
       happened(String(a[0]));
@@ -563,6 +566,103 @@
     return button;
   }
 
+  // -- heatmaps ---------------------------------------------------------------------------------
+  // With load({heatmaps: {pages: ["/checkout*"], sample: 50}}): every click on those pages (the
+  // element's selector, where in the element and in the page, the viewport band), rage clicks
+  // (three within 700 ms in one spot) and dead clicks (on nothing that reacts: no link or control,
+  // and the page did not change within half a second), and how far the page was scrolled.
+  var heat = options.heatmaps || null;
+  var heatOn = false;
+  var recent = [];
+  var deepest = 0;
+  function heatmapsHere() {
+    if (!heat) return false;
+    var pages = heat.pages || ["*"];
+    return pages.some(function (p) { return globMatch(p, window.location.pathname); });
+  }
+  function sampled() {
+    var share = heat && heat.sample !== undefined ? Number(heat.sample) : 100;
+    var id = state.anonymousId || "";
+    var h = 0;
+    for (var i = 0; i < id.length; i++) h = (h * 31 + id.charCodeAt(i)) >>> 0;
+    return (h % 10000) / 100 < share;
+  }
+  function selectorOf(el) {
+    var parts = [];
+    while (el && el.nodeType === 1 && parts.length < 5) {
+      if (el.id) { parts.unshift("#" + el.id); break; }
+      var part = el.tagName.toLowerCase();
+      var cls = (typeof el.className === "string" ? el.className : "").trim().split(/\s+/)[0];
+      if (cls) part += "." + cls;
+      var parent = el.parentElement;
+      if (parent) {
+        var same = Array.prototype.filter.call(parent.children, function (c) { return c.tagName === el.tagName; });
+        if (same.length > 1) part += ":nth-of-type(" + (same.indexOf(el) + 1) + ")";
+      }
+      parts.unshift(part);
+      el = parent;
+    }
+    return parts.join(" > ").slice(0, 300);
+  }
+  var INTERACTIVE = "a,button,input,select,textarea,label,summary,[role=button],[role=link],[onclick],[tabindex],[contenteditable]";
+  function onClick(e) {
+    if (!heatOn || !e.target || e.target.nodeType !== 1) return;
+    var el = e.target;
+    if (el.closest && el.closest(".percorso-message,.percorso-survey")) return; // our own widgets
+    var box = el.getBoundingClientRect();
+    var doc = document.documentElement;
+    var x = Math.round(e.pageX), y = Math.round(e.pageY);
+    var now = Date.now();
+    recent = recent.filter(function (c) { return now - c.t < 700 && Math.abs(c.x - x) < 30 && Math.abs(c.y - y) < 30; });
+    recent.push({ t: now, x: x, y: y });
+    var props = {
+      selector: selectorOf(el),
+      x: x,
+      y: y,
+      width: Math.max(doc.scrollWidth, 1),
+      height: Math.max(doc.scrollHeight, 1),
+      rx: box.width ? Math.round(((e.clientX - box.left) / box.width) * 1000) / 1000 : 0,
+      ry: box.height ? Math.round(((e.clientY - box.top) / box.height) * 1000) / 1000 : 0,
+      band: device(),
+      rage: recent.length >= 3,
+    };
+    if (el.closest && el.closest(INTERACTIVE)) {
+      props.dead = false;
+      api.track("Heatmap Click", props);
+      return;
+    }
+    // Dead or not: did anything change on the page within half a second?
+    var changed = false;
+    var watcher = new MutationObserver(function () { changed = true; });
+    watcher.observe(document.body, { childList: true, subtree: true, attributes: true, characterData: true });
+    var at = window.location.href;
+    window.setTimeout(function () {
+      watcher.disconnect();
+      props.dead = !changed && window.location.href === at;
+      api.track("Heatmap Click", props);
+    }, 500);
+  }
+  function onScroll() {
+    if (!heatOn) return;
+    var doc = document.documentElement;
+    var depth = Math.round(((window.scrollY + window.innerHeight) / Math.max(doc.scrollHeight, 1)) * 100);
+    if (depth > deepest) deepest = Math.min(depth, 100);
+  }
+  var heatPage = null;
+  function reportScroll() {
+    if (!heatOn || !deepest || !consent.analytics) return;
+    enqueue({ type: "track", event: "Page Scrolled", properties: { depth: deepest, band: device() } }, heatPage);
+    deepest = 0;
+  }
+  function startHeatmaps() {
+    reportScroll(); // the page being left (single-page apps): counted for that page
+    heatOn = heatmapsHere() && sampled();
+    heatPage = pageContext();
+    if (heatOn) onScroll();
+  }
+  document.addEventListener("click", onClick, true);
+  window.addEventListener("scroll", onScroll, { passive: true });
+
   // -- start --------------------------------------------------------------------------------------
   var api = {
     initialized: true,
@@ -587,10 +687,10 @@
   if (consent.analytics) startVisitor();
   watchNavigation();
   document.addEventListener("visibilitychange", function () {
-    if (document.visibilityState === "hidden") flush(true);
+    if (document.visibilityState === "hidden") { reportScroll(); flush(true); }
     else poll();
   });
-  window.addEventListener("pagehide", function () { flush(true); });
+  window.addEventListener("pagehide", function () { reportScroll(); flush(true); });
   window.setInterval(poll, POLL_MS);
   for (var i = 0; i < queued.length; i++) {
     var q = queued[i];

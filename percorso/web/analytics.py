@@ -307,6 +307,25 @@ def funnel_endpoint(
         raise ApiError(400, "invalid_request", str(exc), exc.field) from None
 
 
+@router.get(
+    "/heatmaps", summary="Clicks, rage and dead clicks, top elements and scroll depth for a page pattern"
+)
+def heatmap_endpoint(
+    page: Annotated[
+        str, Query(min_length=1, max_length=500, pattern=r"^[/*]", description="a path; * wildcards")
+    ],
+    request: Request,
+    since: Since = None,
+    until: Until = None,
+    band: Literal["desktop", "tablet", "mobile"] | None = None,
+    top: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    from percorso.analytics.heatmap import heatmap
+
+    start, end = _period(since, until)
+    return heatmap(request.app.state.store, page, start, end, band=band, top=top)
+
+
 @router.get("/paths", summary="Paths within sessions, as Sankey nodes and links")
 def paths_endpoint(
     request: Request,

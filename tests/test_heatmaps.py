@@ -1,0 +1,54 @@
+"""Heatmaps computed in the store on both engines, from clicks and scroll depths sent as
+percorso.js sends them (the browser side is in test_tracker_browser.py)."""
+
+from __future__ import annotations
+
+from tests.conftest import LiveServer
+
+
+def test_heatmap_numbers_worked_out_by_hand(server: LiveServer) -> None:
+    """Clicks sent as percorso.js sends them; the grid, the elements and the scroll map computed
+    in the store equal what the test works out."""
+    clicks = [
+        # x, y, width, selector, rage, dead
+        (50, 10, 1000, "#buy", False, False),  # column 1 (50/1000*20), row 0
+        (60, 20, 1000, "#buy", False, False),  # column 1, row 0
+        (999, 120, 1000, "#help", True, True),  # column 19, row 2
+        (1000, 120, 1000, "#help", True, True),  # x = width: last column, row 2
+        (200, 75, 400, "div.price", False, True),  # column 10, row 1
+    ]
+    batch = [
+        {"type": "track", "event": "Heatmap Click", "anonymousId": f"h{i}", "context": {"page": {"path": "/checkout"}},
+         "properties": {"x": x, "y": y, "width": w, "height": 2000, "selector": sel, "rage": rage, "dead": dead, "band": "desktop"}}
+        for i, (x, y, w, sel, rage, dead) in enumerate(clicks)
+    ]  # fmt: skip
+    batch.append({"type": "track", "event": "Heatmap Click", "anonymousId": "m", "context": {"page": {"path": "/checkout"}},
+                  "properties": {"x": 5, "y": 5, "width": 300, "selector": "#buy", "band": "mobile"}})  # fmt: skip
+    batch.append({"type": "track", "event": "Heatmap Click", "anonymousId": "o", "context": {"page": {"path": "/other"}},
+                  "properties": {"x": 5, "y": 5, "width": 300, "selector": "#x", "band": "desktop"}})  # fmt: skip
+    for i, depth in enumerate((100, 55, 30)):
+        batch.append({"type": "track", "event": "Page Scrolled", "anonymousId": f"s{i}",
+                      "context": {"page": {"path": "/checkout"}}, "properties": {"depth": depth, "band": "desktop"}})  # fmt: skip
+    with server.client(server.write_key) as writer:
+        assert writer.post("/v1/batch", json={"batch": batch}).json()["stored"] == len(batch)
+    with server.client() as api:
+        result = api.get("/v1/heatmaps", params={"page": "/check*", "band": "desktop"}).json()
+        everyone = api.get("/v1/heatmaps", params={"page": "/checkout"}).json()
+        bad = api.get("/v1/heatmaps", params={"page": "/checkout", "band": "watch"})
+    assert (result["clicks"], result["rage_clicks"], result["dead_clicks"]) == (5, 2, 3)
+    cells = {(c["column"], c["row"]): c["clicks"] for c in result["grid"]["cells"]}
+    assert cells == {(1, 0): 2, (19, 2): 2, (10, 1): 1}
+    assert result["elements"][:2] == [
+        {"selector": "#buy", "clicks": 2, "rage_clicks": 0, "dead_clicks": 0},
+        {"selector": "#help", "clicks": 2, "rage_clicks": 2, "dead_clicks": 2},
+    ]
+    reached = {r["depth"]: r["share"] for r in result["scroll"]["reached"]}
+    assert result["scroll"]["page_views"] == 3
+    assert (reached[30], reached[40], reached[60], reached[100]) == (
+        1.0,
+        round(2 / 3, 4),
+        round(1 / 3, 4),
+        round(1 / 3, 4),
+    )
+    assert everyone["clicks"] == 6  # the mobile click too, without a band
+    assert bad.status_code == 400 and bad.json()["field"] == "band"
