@@ -172,9 +172,11 @@ def chromium_path() -> str | None:
     return os.environ.get("PERCORSO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
-    """Debian's Chromium, driven by Playwright (no browser download); one for the whole run."""
+    """Debian's Chromium, driven by Playwright (no browser download), one per test module:
+    Playwright's sync API runs an event loop of its own for as long as it is open, and other
+    modules' tests run asyncio in the same thread."""
     path = chromium_path()
     if path is None:
         if IN_CI:
