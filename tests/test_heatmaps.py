@@ -52,3 +52,40 @@ def test_heatmap_numbers_worked_out_by_hand(server: LiveServer) -> None:
     )
     assert everyone["clicks"] == 6  # the mobile click too, without a band
     assert bad.status_code == 400 and bad.json()["field"] == "band"
+
+
+def test_the_heatmap_page_and_its_twin(server: LiveServer) -> None:
+    from percorso.web.dashboard.users import add_user
+    from tests.test_dashboard import signed_in
+
+    batch = [
+        {"type": "track", "event": "Heatmap Click", "anonymousId": f"v{i}", "context": {"page": {"path": "/checkout"}},
+         "properties": {"x": 100 * i, "y": 60, "width": 1200, "selector": "#pay" if i % 2 else "h1", "dead": i % 2 == 0, "rage": False, "band": "desktop"}}
+        for i in range(6)
+    ]  # fmt: skip
+    with server.client(server.write_key) as writer:
+        assert writer.post("/v1/batch", json={"batch": batch}).json()["stored"] == 6
+    server.store.create_api_key("write", "shop", ["https://shop.example"])
+    with server.client() as api:
+        expected = api.get("/v1/heatmaps", params={"page": "/checkout", "band": "desktop"}).json()
+    add_user(server.store, "anna@example.it", "a long enough secret", role="viewer")
+    dashboard = signed_in(server, ("anna@example.it", "a long enough secret"))
+    try:
+        twin = dashboard.get("/heatmaps.json", params={"page": "/checkout", "band": "desktop"}).json()
+        assert (
+            twin["result"]["grid"] == expected["grid"] and twin["result"]["elements"] == expected["elements"]
+        )
+        assert twin["result"]["dead_clicks"] == 3
+        # The page beneath: the write key's origin and the page's path, in a sandboxed frame.
+        assert twin["site"] == "https://shop.example/checkout"
+        dashboard.cookies.set("percorso_lang", "it")
+        page = dashboard.get("/heatmaps", params={"page": "/checkout"}).text
+        assert '<iframe src="https://shop.example/checkout" sandbox=""' in page and "clic a vuoto" in page
+        assert (
+            "frame-src 'self' http: https:" in dashboard.get("/heatmaps").headers["content-security-policy"]
+        )
+        assert dashboard.get("/heatmaps", params={"band": "watch"}).status_code == 400
+        assert dashboard.get("/heatmaps", params={"site": "javascript:alert(1)"}).status_code == 400
+        assert dashboard.get("/heatmaps.json", params={"page": "/*"}).json()["site"] is None
+    finally:
+        dashboard.close()

@@ -328,3 +328,19 @@ def test_heatmap_clicks_rage_dead_and_scroll(
     assert result["scroll"]["page_views"] == 1 and result["scroll"]["reached"][0]["share"] == 1.0
     assert result["scroll"]["reached"][-1]["share"] == 0.0  # 3,000 px: the bottom was not reached
     page.context.close()
+
+    # The dashboard draws them: the click map over the page, the elements, the scroll map.
+    from percorso.web.dashboard.users import add_user
+
+    add_user(server.store, "ada@example.it", "a long enough secret", role="viewer")
+    dashboard = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    view = dashboard.new_page()
+    view.goto(f"{server.url}/heatmaps?page=/p*&band=desktop")
+    view.fill("input[name=email]", "ada@example.it")
+    view.fill("input[name=password]", "a long enough secret")
+    view.click("button[type=submit]")
+    view.wait_for_selector(".chart[data-chart=heat][data-drawn]")
+    assert view.locator(".chart[data-chart=heat] svg path, .chart[data-chart=heat] canvas").count() > 0
+    assert "#terms" in view.locator("#totals table").inner_text()
+    view.wait_for_selector(".chart[data-chart=bar][data-drawn]")
+    dashboard.close()

@@ -28,6 +28,7 @@ NAV = (
     ("contacts", "/contacts"),
     ("automations", "/automations"),
     ("surveys", "/surveys"),
+    ("heatmaps", "/heatmaps"),
     ("settings", "/settings"),
 )
 

@@ -69,10 +69,12 @@ def require(role: str = "viewer") -> Callable[[Request], Coroutine[Any, Any, Web
 
 # Assets are served from our own origin; data for charts travels in JSON script blocks, never as
 # inline script, so a stray payload in an event name cannot run even if escaping were missed.
+# Frames: the heatmap page shows the user's own site beneath its clicks, sandboxed (no scripts,
+# no cookies of its own origin), so a page shown there can neither run nor track.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-    "form-action 'self'"
+    "form-action 'self'; frame-src 'self' http: https:"
 )
 
 

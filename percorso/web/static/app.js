@@ -64,6 +64,24 @@
       o.grid.top = 36;
       return o;
     },
+    heat: function (d) {
+      // Clicks over the page: columns are shares of the page's width, rows 50 px bands; drawn
+      // transparent over the page shown beneath, so only the hot cells colour it.
+      var max = 1;
+      d.cells.forEach(function (c) { if (c.clicks > max) max = c.clicks; });
+      var cols = [], rows = [];
+      for (var i = 0; i < d.columns; i++) cols.push(i);
+      for (var j = 0; j < d.rows; j++) rows.push(j);
+      return {
+        animation: false,
+        tooltip: { renderMode: "richText", formatter: function (p) { return p.value[2] + " clicks"; } },
+        grid: { left: 0, right: 0, top: 0, bottom: 0 },
+        xAxis: { type: "category", data: cols, show: false },
+        yAxis: { type: "category", data: rows, show: false, inverse: true },
+        visualMap: { show: false, min: 0, max: max, inRange: { color: ["rgba(255,255,0,0.25)", "rgba(255,140,0,0.55)", "rgba(220,0,0,0.75)"] } },
+        series: [{ type: "heatmap", data: d.cells.map(function (c) { return [c.column, c.row, c.clicks]; }) }]
+      };
+    },
     histogram: function (d) {
       var o = base();
       o.xAxis = { type: "category", data: d.labels };
@@ -74,7 +92,8 @@
     line: function (d) {
       var o = base();
       o.xAxis = { type: "category", data: d.labels };
-      o.yAxis = { type: "value", axisLabel: { formatter: function (v) { return Math.round(v * 100) + "%"; } } };
+      o.yAxis = d.percent === false ? { type: "value", scale: true } :
+        { type: "value", axisLabel: { formatter: function (v) { return Math.round(v * 100) + "%"; } } };
       o.series = [{ type: "line", data: d.values, smooth: true }];
       return o;
     },
