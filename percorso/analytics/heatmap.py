@@ -31,48 +31,53 @@ def heatmap(
         raise ValueError(f"band must be one of {', '.join(BANDS)}, not {band!r}")
     with store.session() as s:
         s.tune_for_analytics()
-        band_sql, band_param = s.json_text("e.properties", "band")
         where = "e.type = 'track' AND e.event = ? AND e.page_path LIKE ? ESCAPE '\\' AND e.timestamp >= ? AND e.timestamp < ?"
         base: list[Any] = [like_pattern(page), start, end]
-        if band is not None:
-            where += f" AND {band_sql} = ?"
-            base += [band_param, band]
-        selector_sql, selector_param = s.json_text("e.properties", "selector")
-        x_sql, x_params = s.json_number("e.properties", "x")
-        y_sql, y_params = s.json_number("e.properties", "y")
-        w_sql, w_params = s.json_number("e.properties", "width")
-        rage_sql, rage_param = s.json_text("e.properties", "rage")
-        dead_sql, dead_param = s.json_text("e.properties", "dead")
-        clicks = (
-            f"SELECT {selector_sql} AS selector, {x_sql} AS x, {y_sql} AS y, {w_sql} AS w, "
-            f"{rage_sql} AS rage, {dead_sql} AS dead FROM events e WHERE {where}"
+        fields, field_params = s.json_columns(
+            "e.properties",
+            {
+                "selector": "text",
+                "x": "number",
+                "y": "number",
+                "width": "number",
+                "rage": "text",
+                "dead": "text",
+                "band": "text",
+            },
         )
-        click_params = [selector_param, *x_params, *y_params, *w_params, rage_param, dead_param, CLICK, *base]
         table = f"heat_clicks_{uuid.uuid4().hex[:12]}"  # this query's own, whatever runs beside it
-        s.execute(f"CREATE TEMP TABLE {table} AS {clicks}", click_params)
+        s.execute(
+            f"CREATE TEMP TABLE {table} AS SELECT {fields} FROM events e WHERE {where}",
+            [*field_params, CLICK, *base],
+        )
+        banded = "TRUE" if band is None else "band = ?"
+        band_params = [] if band is None else [band]
         try:
             totals = s.rows(
                 "SELECT count(*), sum(CASE WHEN rage = 'true' THEN 1 ELSE 0 END), "
-                f"sum(CASE WHEN dead = 'true' THEN 1 ELSE 0 END) FROM {table}"
+                f"sum(CASE WHEN dead = 'true' THEN 1 ELSE 0 END) FROM {table} WHERE {banded}",
+                band_params,
             )[0]
             grid = s.rows(
-                f"SELECT least(CAST(floor(x / w * {COLUMNS}) AS INTEGER), {COLUMNS - 1}) AS col, "
+                f"SELECT least(CAST(floor(x / width * {COLUMNS}) AS INTEGER), {COLUMNS - 1}) AS col, "
                 f"CAST(floor(y / {ROW_PIXELS}) AS INTEGER) AS row_index, count(*) FROM {table} "
-                "WHERE x IS NOT NULL AND y IS NOT NULL AND w > 0 AND x >= 0 AND y >= 0 GROUP BY 1, 2 ORDER BY 2, 1"
+                f"WHERE {banded} AND x IS NOT NULL AND y IS NOT NULL AND width > 0 AND x >= 0 AND y >= 0 "
+                "GROUP BY 1, 2 ORDER BY 2, 1",
+                band_params,
             )
             elements = s.rows(
                 "SELECT selector, count(*) AS n, sum(CASE WHEN rage = 'true' THEN 1 ELSE 0 END), "
-                f"sum(CASE WHEN dead = 'true' THEN 1 ELSE 0 END) FROM {table} WHERE selector IS NOT NULL "
+                f"sum(CASE WHEN dead = 'true' THEN 1 ELSE 0 END) FROM {table} WHERE {banded} AND selector IS NOT NULL "
                 "GROUP BY selector ORDER BY n DESC, selector LIMIT ?",
-                [top],
+                [*band_params, top],
             )
         finally:
             s.execute(f"DROP TABLE {table}")
-        depth_sql, depth_params = s.json_number("e.properties", "depth")
+        scroll_fields, scroll_params = s.json_columns("e.properties", {"depth": "number", "band": "text"})
         reach = s.rows(
             f"SELECT count(depth), {', '.join(f'sum(CASE WHEN depth >= {d} THEN 1 ELSE 0 END)' for d in range(10, 101, 10))} "
-            f"FROM (SELECT {depth_sql} AS depth FROM events e WHERE {where}) d",
-            [*depth_params, SCROLLED, *base],
+            f"FROM (SELECT {scroll_fields} FROM events e WHERE {where}) d WHERE {banded}",
+            [*scroll_params, SCROLLED, *base, *band_params],
         )[0]
     views = int(reach[0] or 0)
     return {

@@ -71,6 +71,22 @@ class Session(ABC):
     def json_number(self, column: str, key: str) -> tuple[str, list[Any]]:
         """SQL for ``column``'s top-level ``key`` as a double when it is a number (else NULL)."""
 
+    def json_columns(self, column: str, fields: dict[str, str]) -> tuple[str, list[Any]]:
+        """SELECT-list SQL giving each of ``fields`` (top-level key → ``number`` or ``text``) of
+        the JSON ``column`` as a column of that name, and its parameters. Here one extraction per
+        field; engines that can read the document once for all of them override it."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for name, kind in fields.items():
+            if kind == "number":
+                sql, number_params = self.json_number(column, name)
+                params += number_params
+            else:
+                sql, param = self.json_text(column, name)
+                params.append(param)
+            parts.append(f"{sql} AS {name}")
+        return ", ".join(parts), params
+
     def json_may_have(self, column: str, key: str) -> tuple[str, Any]:
         """A cheap test that ``column`` *may* have the top-level ``key`` (never false when it
         has it), to skip extracting values from most rows; and its parameter. Here: always."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import threading
@@ -81,6 +82,13 @@ class DuckDBSession(Session):
 
     def json_text(self, column: str, key: str) -> tuple[str, Any]:
         return f"json_extract_string({column}, ?)", json_pointer(key)
+
+    def json_columns(self, column: str, fields: dict[str, str]) -> tuple[str, list[Any]]:
+        # One parse of the document for every field (json_transform reads it into a struct; a
+        # value of another type reads as NULL), then the struct's fields by lateral alias.
+        shape = {name: "DOUBLE" if kind == "number" else "VARCHAR" for name, kind in fields.items()}
+        picked = ", ".join(f"struct_extract(json_fields__, '{name}') AS {name}" for name in fields)
+        return f"json_transform({column}, ?) AS json_fields__, {picked}", [json.dumps(shape)]
 
     def json_may_have(self, column: str, key: str) -> tuple[str, Any]:
         # A substring search on the stored text costs a fraction of parsing the JSON.
