@@ -27,13 +27,13 @@ INSERT INTO events (message_id, type, event, timestamp, received_at, channel, pa
                     traits, context, integrations, identity_id, anonymous_id)
 SELECT 'h' || i, 'track', 'Heatmap Click',
        {start} + {step} * i, {start} + {step} * i, 'web',
-       CASE WHEN i % 2 = 0 THEN '/checkout' ELSE '/p/' || (i % 99) END,
-       CAST('{{"selector":"#el' || (i % 40) || '","x":' || ((i * 7919) % 1200) || ',"y":' || ((i * 104729) % 4000)
+       CASE WHEN mod(i, 2) = 0 THEN '/checkout' ELSE '/p/' || mod(i, 99) END,
+       CAST('{{"selector":"#el' || mod(i, 40) || '","x":' || mod(i * 7919, 1200) || ',"y":' || mod(i * 104729, 4000)
             || ',"width":1200,"height":4000,"rx":0.5,"ry":0.5,"band":"' ||
-            CASE WHEN i % 5 = 0 THEN 'mobile' ELSE 'desktop' END || '","rage":' ||
-            CASE WHEN i % 97 = 0 THEN 'true' ELSE 'false' END || ',"dead":' ||
-            CASE WHEN i % 13 = 0 THEN 'true' ELSE 'false' END || '}}' AS {json}),
-       CAST('{{}}' AS {json}), CAST('{{}}' AS {json}), CAST('{{}}' AS {json}), 1, 'a' || (i % 100000)
+            CASE WHEN mod(i, 5) = 0 THEN 'mobile' ELSE 'desktop' END || '","rage":' ||
+            CASE WHEN mod(i, 97) = 0 THEN 'true' ELSE 'false' END || ',"dead":' ||
+            CASE WHEN mod(i, 13) = 0 THEN 'true' ELSE 'false' END || '}}' AS {json}),
+       CAST('{{}}' AS {json}), CAST('{{}}' AS {json}), CAST('{{}}' AS {json}), 1, 'a' || mod(i, 100000)
 FROM {series}
 """
 
@@ -41,9 +41,9 @@ SCROLLS = """
 INSERT INTO events (message_id, type, event, timestamp, received_at, channel, page_path, properties,
                     traits, context, integrations, identity_id, anonymous_id)
 SELECT 's' || i, 'track', 'Page Scrolled', {start} + {step} * i, {start} + {step} * i, 'web',
-       CASE WHEN i % 2 = 0 THEN '/checkout' ELSE '/p/' || (i % 99) END,
-       CAST('{{"depth":' || (i % 101) || ',"band":"desktop"}}' AS {json}),
-       CAST('{{}}' AS {json}), CAST('{{}}' AS {json}), CAST('{{}}' AS {json}), 1, 'a' || (i % 100000)
+       CASE WHEN mod(i, 2) = 0 THEN '/checkout' ELSE '/p/' || mod(i, 99) END,
+       CAST('{{"depth":' || mod(i, 101) || ',"band":"desktop"}}' AS {json}),
+       CAST('{{}}' AS {json}), CAST('{{}}' AS {json}), CAST('{{}}' AS {json}), 1, 'a' || mod(i, 100000)
 FROM {series}
 """
 
