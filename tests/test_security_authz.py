@@ -31,6 +31,7 @@ PUBLIC_API = {
     "/u/{token}",
     "/t/o/{token:path}",
     "/t/c/{token:path}",
+    "/s/{token}",
     "/v1/projects/{write_key}/settings",
 }
 PUBLIC_PAGES = {

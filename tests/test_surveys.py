@@ -286,3 +286,81 @@ def test_answers_feed_the_journey_maps_emotion(server: LiveServer) -> None:
     # 3 promoters, 1 detractor of 4: NPS 50, which the map shows on its -1..1 scale.
     assert aware["emotion"]["nps"] == 50.0 and aware["emotion"]["nps_responses"] == 4, aware["emotion"]
     assert aware["emotion"]["score"] == 0.5
+
+
+EMAIL_NPS = """
+key: nps-email
+name: {en: "NPS by email", it: "NPS per email"}
+trigger: {event: Order Completed}
+steps:
+  - id: ask
+    email:
+      category: transactional
+      subject: "How did we do?"
+      text: "0: {{ survey_url('nps-after-purchase', 0) }} 9: {{ survey_url('nps-after-purchase', 9) }} 10: {{ survey_url('nps-after-purchase', 10) }}"
+"""
+
+
+def test_a_score_in_one_click_from_an_email_then_a_comment(server: LiveServer) -> None:
+    import re
+
+    import httpx
+    from aiosmtpd.controller import Controller
+
+    from percorso.automation.actions.email import SmtpSettings
+    from percorso.automation.definition import load_automation
+    from percorso.automation.engine import Engine, EngineSettings
+    from percorso.automation.store import save_automation
+    from tests.conftest import free_port
+    from percorso.automation.stats import automation_stats
+    from tests.test_automation import Inbox
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        with server.client() as api:
+            assert api.put("/v1/surveys/nps-after-purchase", content=NPS).status_code == 200
+        save_automation(server.store, load_automation(EMAIL_NPS), "test")
+        with server.client(server.write_key) as writer:
+            writer.post("/v1/identify", json={"userId": "ugo", "traits": {"email": "ugo@example.it"}})
+            writer.post("/v1/track", json={"userId": "ugo", "event": "Order Completed"})
+        smtp = SmtpSettings(host="127.0.0.1", port=controller.port, sender="shop@example.it")
+        Engine(server.store, smtp=smtp, settings=EngineSettings(base_url=server.url)).run_until_idle()
+    finally:
+        controller.stop()
+    stats = automation_stats(server.store, "nps-email")
+    assert len(inbox.messages) == 1, (stats["totals"], stats["failures"], stats["steps"])
+    [message] = inbox.messages
+    body = message.get_body(("plain",)).get_content()
+    link = {int(s): url for s, url in re.findall(r"(\d+): (\S+)", body)}
+    assert set(link) == {0, 9, 10} and link[9].startswith(f"{server.url}/s/")
+
+    with httpx.Client(timeout=10) as reader:
+        page = reader.get(link[9], headers={"Accept-Language": "it-IT"})
+        assert page.status_code == 200 and "Grazie!" in page.text and "La tua risposta: 9" in page.text
+        assert reader.get(link[10]).status_code == 200  # a second click of the same email changes nothing
+        comment = reader.post(link[9].split("?")[0], data={"score": "9", "comment": "Consegna puntuale"})
+        assert comment.status_code == 200
+        token = link[9].split("/s/")[1].split("?")[0]
+        assert reader.get(f"{server.url}/s/{token}", params={"score": "11"}).status_code == 400
+        assert reader.get(f"{server.url}/s/{token[:-2]}00", params={"score": "9"}).status_code == 404
+        assert reader.get(f"{server.url}/s/{token}x", params={"score": "9"}).status_code == 404
+    with server.client() as api:
+        result = api.get("/v1/surveys/nps-after-purchase/results").json()
+        contact = api.get("/v1/contacts/lookup", params={"userId": "ugo"}).json()["id"]
+        timeline = api.get(f"/v1/contacts/{contact}/timeline").json()["events"]
+    assert result["responses"] == 1 and result["score"]["promoters"] == 1
+    answered = [e for e in timeline if e.get("event") == "Survey Answered"]
+    assert (
+        len(answered) == 1
+        and answered[0]["properties"]["via"] == "email"
+        and answered[0]["channel"] == "email"
+    )
+    from percorso.analytics.feedback import survey_comments
+    from percorso.feedback.store import get_survey
+
+    survey, _, _ = get_survey(server.store, "nps-after-purchase")
+    start = datetime.now(UTC) - timedelta(days=1)
+    comments = survey_comments(server.store, survey, start, datetime.now(UTC) + timedelta(hours=1))
+    assert [(c["score"], c["comment"]) for c in comments] == [(9, "Consegna puntuale")]

@@ -21,6 +21,7 @@ from percorso.store import Store
 
 ANSWERED = "Survey Answered"
 SHOWN = "Survey Shown"  # sent by percorso.js when it shows a survey
+COMMENTED = "Survey Commented"  # a comment added after a score given from an email
 DISMISSED = "Survey Dismissed"
 Z95 = NormalDist().inv_cdf(0.975)
 
@@ -129,10 +130,10 @@ def survey_comments(
         comment_sql, comment_param = s.json_text("e.properties", "comment")
         score_sql, score_params = s.json_number("e.properties", "score")
         where = (
-            f"e.type = 'track' AND e.event = ? AND {survey_sql} = ? AND e.timestamp >= ? AND e.timestamp < ? "
+            f"e.type = 'track' AND e.event IN (?, ?) AND {survey_sql} = ? AND e.timestamp >= ? AND e.timestamp < ? "
             f"AND {comment_sql} IS NOT NULL"
         )
-        params: list[Any] = [ANSWERED, survey_param, survey.key, start, end, comment_param]
+        params: list[Any] = [ANSWERED, COMMENTED, survey_param, survey.key, start, end, comment_param]
         if q:
             literal = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where += f" AND lower({comment_sql}) LIKE ? ESCAPE '\\'"

@@ -26,12 +26,14 @@ import binascii
 import hashlib
 import hmac
 import re
+from typing import Any
 from urllib.parse import quote, unquote
 
 UNSUBSCRIBE = "unsubscribe"  # value: "<contact id>:email"
 MESSAGE = "message"  # value: the email's outbox key, for its open pixel and tracked links
 LINK = "link"  # value: a tracked link's target URL
 VISITOR = "visitor"  # value: an anonymous id the server issued to a browser
+SURVEY = "survey"  # value: "<survey key>|<contact id>|<the email's outbox key>"
 
 _MAC_CHARS = 32  # hex characters: 128 bits
 # What each purpose signed in the earlier format, so an old link cannot stand for another kind.
@@ -40,6 +42,7 @@ _LEGACY_SHAPES = {
     MESSAGE: re.compile(r"[a-z][a-z0-9_-]{0,62}/[0-9]{1,19}/[0-9]{1,9}"),
     LINK: re.compile(r"https?://\S+"),
     VISITOR: re.compile(r"(?!)"),  # new with this format: no earlier tokens
+    SURVEY: re.compile(r"(?!)"),
 }
 
 
@@ -76,6 +79,14 @@ def verify_signature(secret: str, purpose: str, value: str, mac: str) -> bool:
 
 def unsubscribe_url(base_url: str, secret: str, contact_id: int) -> str:
     return f"{base_url}/u/{sign(secret, UNSUBSCRIBE, f'{contact_id}:email')}"
+
+
+def survey_url(
+    base_url: str, secret: str, survey: str, score: Any = None, *, contact_id: int, email_key: str
+) -> str:
+    """A link answering ``survey`` from one email, one click per score (``?score=9``)."""
+    token = sign(secret, SURVEY, f"{survey}|{contact_id}|{email_key}")
+    return f"{base_url}/s/{token}" + (f"?score={quote(str(score), safe='')}" if score is not None else "")
 
 
 def open_url(base_url: str, secret: str, key: str) -> str:

@@ -424,3 +424,118 @@ def messages(
                 [now, *[r["idempotency_key"] for r in rows]],
             )
     return {"messages": [{"id": r["idempotency_key"], **msgspec.json.decode(r["message"])} for r in rows]}
+
+
+_SURVEY_TEXTS = {
+    "en": (
+        "Thank you!",
+        "Your answer: {score}. Anything you would like to add?",
+        "Send",
+        "Thank you, we read every comment.",
+    ),
+    "it": (
+        "Grazie!",
+        "La tua risposta: {score}. Vuoi aggiungere qualcosa?",
+        "Invia",
+        "Grazie, leggiamo ogni commento.",
+    ),
+}
+
+
+def _survey_link(request: Request, token: str) -> tuple[Any, int, str]:
+    """The survey, contact and email a survey link names; 404 for anything not signed here."""
+    from percorso.feedback.store import SurveyNotFound, get_survey
+
+    value = links.read(_engine(request).secret, links.SURVEY, token)
+    parts = value.split("|") if value else []
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise _invalid_link()
+    try:
+        survey, _, _ = get_survey(_store(request), parts[0])
+    except SurveyNotFound:
+        raise _invalid_link() from None
+    return survey, int(parts[1]), value or ""
+
+
+def _survey_score(survey: Any, score: str | None) -> int:
+    from percorso.feedback.definition import SCALES
+
+    question = survey.scored()
+    low, high = SCALES[question.kind] if question is not None else (0, 0)
+    if question is None or score is None or not score.isdigit() or not low <= int(score) <= high:
+        raise ApiError(400, "invalid_answer", f"score must be a whole number from {low} to {high}", "score")
+    return int(score)
+
+
+async def _record_answer(
+    request: Request, message_id: str, contact: int, event: str, properties: dict[str, Any]
+) -> None:
+    from percorso.automation.actions.errors import DeliveryError
+    from percorso.automation.actions.run import _event
+
+    try:
+        recorded = _event(_engine(request), message_id, contact, event, properties, "email")
+    except DeliveryError:  # the contact was erased since the email went out
+        raise _invalid_link() from None
+    await request.app.state.writer.write([recorded])
+
+
+@public.get(
+    "/s/{token}",
+    response_class=HTMLResponse,
+    summary="Answer a survey's score from an email in one click, then add a comment",
+    responses=NOT_FOUND,
+)
+async def survey_from_email(request: Request, token: str, score: str | None = None) -> HTMLResponse:
+    """Records the score (the first click of each email counts), then offers a comment box."""
+    from html import escape
+
+    from percorso.analytics.feedback import ANSWERED
+
+    survey, contact, value = _survey_link(request, token)
+    chosen = _survey_score(survey, score)
+    question = survey.scored()
+    properties = {
+        "survey": survey.key,
+        "kind": question.kind,
+        "score": chosen,
+        "answers": {question.id: chosen},
+        "via": "email",
+    }
+    for name in ("stage", "touchpoint"):
+        if getattr(survey, name):
+            properties[name] = getattr(survey, name)
+    await _record_answer(request, f"survey-email/{value}", contact, ANSWERED, properties)
+    lang = _lang(request)
+    title, text, button, _ = _SURVEY_TEXTS[lang]
+    form = (
+        f'<form method="post"><input type="hidden" name="score" value="{chosen}">'
+        '<textarea name="comment" rows="4" maxlength="2000" style="width:100%"></textarea>'
+        f'<p><button type="submit">{escape(button)}</button></p></form>'
+    )
+    return HTMLResponse(
+        _UNSUB_PAGE.format(lang=lang, title=title, text=escape(text.format(score=chosen)), form=form)
+    )
+
+
+@public.post(
+    "/s/{token}",
+    response_class=HTMLResponse,
+    summary="Add a comment to a survey answered from an email",
+    responses=NOT_FOUND,
+)
+async def survey_comment_from_email(request: Request, token: str) -> HTMLResponse:
+    from percorso.analytics.feedback import COMMENTED
+
+    survey, contact, value = _survey_link(request, token)
+    form = await request.form()
+    chosen = _survey_score(survey, str(form.get("score") or ""))
+    comment = str(form.get("comment") or "").strip()
+    if len(comment) > 2000:
+        raise ApiError(400, "invalid_answer", "the comment is over 2,000 characters", "comment")
+    if comment:
+        properties = {"survey": survey.key, "score": chosen, "comment": comment, "via": "email"}
+        await _record_answer(request, f"survey-email/{value}/comment", contact, COMMENTED, properties)
+    lang = _lang(request)
+    title, _, _, done = _SURVEY_TEXTS[lang]
+    return HTMLResponse(_UNSUB_PAGE.format(lang=lang, title=title, text=done, form=""))

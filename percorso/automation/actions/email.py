@@ -46,7 +46,7 @@ from percorso.automation.actions.sandbox import (
 )
 
 #: The root names a template may use; in this order in messages.
-VARIABLE_ORDER = ("contact", "traits", "events", "automation", "unsubscribe_url", "now")
+VARIABLE_ORDER = ("contact", "traits", "events", "automation", "unsubscribe_url", "survey_url", "now")
 ALLOWED_VARIABLES: frozenset[str] = frozenset(VARIABLE_ORDER)
 
 
@@ -196,6 +196,7 @@ _SAMPLE: dict[str, Any] = {
     "events": [],
     "automation": {"key": "sample", "name": "Sample"},
     "unsubscribe_url": "https://percorso.invalid/u/sample",
+    "survey_url": lambda survey, score=None: f"https://percorso.invalid/s/{survey}?score={score}",
     "now": datetime(2026, 1, 1, tzinfo=UTC),
 }
 

@@ -9,6 +9,7 @@ same transaction — no outbox needed. :func:`send` sends one claimed outbox row
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -254,6 +255,14 @@ def _email(
         "events": events,
         "automation": {"key": automation.key, "name": display(automation.name)},
         "unsubscribe_url": unsubscribe,
+        # {{ survey_url('nps-main', 9) }}: a score in one click from this email (web/automations.py)
+        "survey_url": functools.partial(
+            links.survey_url,
+            engine.settings.base_url,
+            engine.secret,
+            contact_id=profile.contact_id,
+            email_key=key,
+        ),
         "now": batch.now,
     }
     try:
