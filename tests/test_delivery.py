@@ -312,7 +312,15 @@ def test_check_templates(subject: str, text: str, html: str | None, expected: li
 
 
 def test_allowed_variables() -> None:
-    assert {"contact", "traits", "events", "automation", "unsubscribe_url", "survey_url", "now"} == ALLOWED_VARIABLES
+    assert {
+        "contact",
+        "traits",
+        "events",
+        "automation",
+        "unsubscribe_url",
+        "survey_url",
+        "now",
+    } == ALLOWED_VARIABLES
 
 
 def test_render_tolerates_missing_traits_and_escapes_only_html() -> None:

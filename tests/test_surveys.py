@@ -310,9 +310,9 @@ def test_a_score_in_one_click_from_an_email_then_a_comment(server: LiveServer) -
     from percorso.automation.actions.email import SmtpSettings
     from percorso.automation.definition import load_automation
     from percorso.automation.engine import Engine, EngineSettings
+    from percorso.automation.stats import automation_stats
     from percorso.automation.store import save_automation
     from tests.conftest import free_port
-    from percorso.automation.stats import automation_stats
     from tests.test_automation import Inbox
 
     inbox = Inbox()
