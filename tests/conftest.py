@@ -197,10 +197,53 @@ def chromium() -> Iterator[object]:
 __all__ = ["DuckDBStore", "LiveServer", "create_pg_database", "drop_pg_database", "free_port"]
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+#: Tests that passed, per store and in the browser: CI must not lose a whole kind silently.
+RAN: dict[str, int] = {"duckdb": 0, "postgres": 0, "chromium": 0}
+BROWSER_FIXTURES = {"chromium", "browser", "page"}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call" or not report.passed:
+        return
+    for engine in ENGINES:
+        if f"[{engine}" in report.nodeid or f"-{engine}]" in report.nodeid or f"-{engine}-" in report.nodeid:
+            RAN[engine] += 1
+    if BROWSER_FIXTURES & set(getattr(report, "fixturenames", ())):
+        RAN["chromium"] += 1
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    outcome.get_result().fixturenames = tuple(getattr(item, "fixturenames", ()))  # type: ignore[attr-defined]
+
+
+def _whole_suite(config: pytest.Config) -> bool:
+    """The run CI makes: every test, no file, node or -k selection."""
+    args = [a for a in config.args if not a.startswith("-")]
+    return (
+        not config.option.collectonly
+        and not config.option.keyword
+        and not config.option.markexpr
+        and args in ([], ["tests"], [str(Path(__file__).parent)])
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if IN_CI and _whole_suite(session.config) and exitstatus == 0 and not all(RAN.values()):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     from tests import fuzz_tally
 
     if fuzz_tally.CASES:
         terminalreporter.section("fuzzing")
         for line in fuzz_tally.lines():
             terminalreporter.write_line(line)
+    terminalreporter.section("tests passed per store and in the browser")
+    for kind, count in RAN.items():
+        terminalreporter.write_line(f"{kind}: {count}")
+    if IN_CI and _whole_suite(config) and not all(RAN.values()):
+        missing = ", ".join(k for k, n in RAN.items() if not n)
+        terminalreporter.write_line(f"CI ran no test on: {missing}; failing the run", red=True)
