@@ -18,6 +18,7 @@ from typing import Any
 
 from percorso.feedback.definition import SCALES, Survey
 from percorso.store import Store
+from percorso.store.base import like_literal
 
 ANSWERED = "Survey Answered"
 SHOWN = "Survey Shown"  # sent by percorso.js when it shows a survey
@@ -135,9 +136,8 @@ def survey_comments(
         )
         params: list[Any] = [ANSWERED, COMMENTED, survey_param, survey.key, start, end, comment_param]
         if q:
-            literal = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where += f" AND lower({comment_sql}) LIKE ? ESCAPE '\\'"
-            params += [comment_param, f"%{literal}%"]
+            params += [comment_param, f"%{like_literal(q.lower())}%"]
         rows = s.rows(
             f"SELECT e.timestamp, {score_sql}, {comment_sql}, i.contact_id FROM events e "
             f"JOIN identities i ON i.identity_id = e.identity_id WHERE {where} "

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from percorso.journey.definition import Condition
-from percorso.store.base import Session
+from percorso.store.base import Session, like_literal
 
 # The event columns a condition field matches, and the resolved contact of an event.
 _COLUMNS = {
@@ -74,7 +74,7 @@ class Sql:
 
 
 def like_pattern(glob: str) -> str:
-    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    escaped = like_literal(glob)
     return escaped.replace("*", "%").replace("?", "_")
 
 

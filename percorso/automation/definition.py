@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,7 +38,8 @@ from percorso.journey.definition import (
     Problem,
     _dotted,
     _line_of,
-    _split_validation_error,
+    read_document,
+    type_problem,
 )
 
 STEP_ID_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -320,14 +320,7 @@ def successors(automation: Automation, position: int) -> list[Edge]:
 
 def load_automation(text: str, source: str = "<automation>") -> Automation:
     """Parses and validates a YAML (or JSON) automation document."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise AutomationError([Problem(source, line, "", f"not valid YAML: {problem}")]) from None
+    data, node = read_document(text, source, AutomationError)
     return automation_from_data(data, node, source)
 
 
@@ -346,10 +339,8 @@ def automation_from_data(
     try:
         automation = msgspec.convert(data, Automation, strict=True)
     except msgspec.ValidationError as exc:
-        message, path = _split_validation_error(str(exc))
-        unknown = re.search(r"unknown field `([^`]+)`", message)
-        line = _line_of(node, [*path, unknown.group(1)] if unknown else path)
-        if unknown and len(path) == 2 and path[0] == "steps":
+        message, path, line = type_problem(exc, node)
+        if message.startswith("Object contains unknown field") and len(path) == 2 and path[0] == "steps":
             message += f" (a step is one of: {', '.join(STEP_KINDS)}, with id, next and name)"
         if message.startswith("Invalid enum value") and path[-1:] == ["every"]:
             message += " (expected one of: day, week, month)"

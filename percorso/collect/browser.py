@@ -73,8 +73,11 @@ def origin_allowed(allowed: tuple[str, ...] | set[str], origin: str, own: str | 
     return origin == own or "*" in allowed or origin in allowed
 
 
-def _answers(path: str) -> bool:
-    """A survey's answers path, /v1/surveys/{key}/answers."""
+def browser_path(path: str) -> bool:
+    """Whether a browser script calls ``path``: a Segment endpoint, analytics.js' settings,
+    on-site messages and visitors, a survey's answers (``/v1/surveys/{key}/answers``)."""
+    if path in BROWSER_PATHS or path.startswith(SETTINGS_PREFIX):
+        return True
     return path.startswith("/v1/surveys/") and path.endswith("/answers")
 
 
@@ -100,7 +103,7 @@ class BrowserCors:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path not in BROWSER_PATHS and not path.startswith(SETTINGS_PREFIX) and not _answers(path):
+        if not browser_path(path):
             await self.app(scope, receive, send)
             return
         origin = _header(scope, b"origin")

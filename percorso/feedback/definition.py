@@ -20,12 +20,10 @@ Example::
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import yaml
 
 from percorso.journey.definition import (
     Duration,
@@ -34,7 +32,8 @@ from percorso.journey.definition import (
     Problem,
     _dotted,
     _line_of,
-    _split_validation_error,
+    read_document,
+    type_problem,
 )
 
 QuestionId = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="lower-case id")]
@@ -98,14 +97,7 @@ class SurveyError(ValueError):
 
 def load_survey(text: str, source: str = "<survey>") -> Survey:
     """Parses and validates a YAML (or JSON) survey document."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SurveyError([Problem(source, line, "", f"not valid YAML: {problem}")]) from None
+    data, node = read_document(text, source, SurveyError)
     return survey_from_data(data, node, source)
 
 
@@ -115,9 +107,7 @@ def survey_from_data(data: Any, node: Any = None, source: str = "<survey>") -> S
     try:
         survey = msgspec.convert(data, Survey, strict=True)
     except msgspec.ValidationError as exc:
-        message, path = _split_validation_error(str(exc))
-        unknown = re.search(r"unknown field `([^`]+)`", message)
-        line = _line_of(node, [*path, unknown.group(1)] if unknown else path)
+        message, path, line = type_problem(exc, node)
         if message.startswith("Invalid enum value") and path[-1:] == ["kind"]:
             message += f" (expected one of: {', '.join(KINDS)})"
         if "matching regex '^[1-9]" in message:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -205,16 +205,29 @@ class JourneyError(ValueError):
 # -- loading ------------------------------------------------------------------------------
 
 
-def load_journey(text: str, source: str = "<journey>") -> Journey:
-    """Parses and validates a YAML (or JSON) journey document."""
+def read_document(text: str, source: str, error: Callable[[list[Problem]], Exception]) -> tuple[Any, Any]:
+    """A YAML (or JSON) definition's data and its node tree (for line numbers); ``error`` of the
+    problem when the text is not YAML. Journeys, automations and surveys all read this way."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise JourneyError([Problem(source, line, "", f"not valid YAML: {problem}")]) from None
+        raise error([Problem(source, line, "", f"not valid YAML: {problem}")]) from None
+
+
+def type_problem(exc: msgspec.ValidationError, node: Any) -> tuple[str, list[str | int], int | None]:
+    """msgspec's complaint about a definition as (message, path, line); an unknown field's line
+    is the field's own."""
+    message, path = _split_validation_error(str(exc))
+    unknown = re.search(r"unknown field `([^`]+)`", message)
+    return message, path, _line_of(node, [*path, unknown.group(1)] if unknown else path)
+
+
+def load_journey(text: str, source: str = "<journey>") -> Journey:
+    """Parses and validates a YAML (or JSON) journey document."""
+    data, node = read_document(text, source, JourneyError)
     if not isinstance(data, dict):
         raise JourneyError(
             [Problem(source, 1, "", "a journey is a mapping with version, key, name and stages")]
@@ -222,9 +235,7 @@ def load_journey(text: str, source: str = "<journey>") -> Journey:
     try:
         journey = msgspec.convert(data, Journey, strict=True)
     except msgspec.ValidationError as exc:
-        message, path = _split_validation_error(str(exc))
-        unknown = re.search(r"unknown field `([^`]+)`", message)
-        line = _line_of(node, [*path, unknown.group(1)] if unknown else path)
+        message, path, line = type_problem(exc, node)
         raise JourneyError([Problem(source, line, _dotted(path), message)]) from None
     problems = semantic_problems(journey, node, source)
     if problems:

@@ -163,6 +163,12 @@ def _key(row: Sequence[Any]) -> ApiKey:
 _KEY_COLUMNS = "key_id, kind, name, created_at, revoked_at, origins"
 
 
+def like_literal(text: str) -> str:
+    """``text`` for a ``LIKE … ESCAPE '\\'`` pattern that matches it literally (``%``, ``_`` and
+    the backslash stand for themselves)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 

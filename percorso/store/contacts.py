@@ -10,7 +10,7 @@ from typing import Any
 
 from percorso.events import EVENT_COLUMNS, event_to_json, iso_utc, normalise_email
 from percorso.identity import EMAIL, KINDS, USER_ID
-from percorso.store.base import Session, Store
+from percorso.store.base import Session, Store, like_literal
 from percorso.values import read_json
 
 _TRAIT_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\- ]{0,63}$")
@@ -119,8 +119,7 @@ def search_contacts(store: Store, query: ContactQuery) -> dict[str, Any]:
                 "OR CAST(c.contact_id AS TEXT) = ?)"
             )
             # A substring, literally: % and _ in what the user typed are not wildcards.
-            literal = query.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            params += [f"%{literal}%", query.q]
+            params += [f"%{like_literal(query.q.lower())}%", query.q]
         for key, value in query.traits:
             if not _TRAIT_KEY.match(key):
                 raise BadQuery(f"trait.{key}", "trait names are letters, digits, '_', '-', '.' and spaces")

@@ -128,3 +128,14 @@ def collector_key(request: Request, body_key: str | None = None) -> ApiKey:
         error.headers["Retry-After"] = str(seconds)
         raise error
     return key
+
+
+def visitor_of(request: Request, token: str) -> str:
+    """The anonymous id a visitor token (from ``POST /v1/visitors``) was issued for; 403 naming
+    ``token`` for any token not signed here for that purpose."""
+    from percorso.automation import links
+
+    visitor = links.read(request.app.state.engine.secret, links.VISITOR, token)
+    if visitor is None:
+        raise ApiError(403, "forbidden", "the token is not one POST /v1/visitors issued", "token")
+    return visitor

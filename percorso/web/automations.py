@@ -27,7 +27,7 @@ from percorso.automation.store import (
 )
 from percorso.store import Store
 from percorso.store.base import Session
-from percorso.web.auth import require_secret, require_write
+from percorso.web.auth import require_secret, require_write, visitor_of
 from percorso.web.documents import document_body, problems_error
 from percorso.web.errors import ApiError
 from percorso.web.openapi import (
@@ -398,9 +398,7 @@ def messages(
 ) -> dict[str, Any]:
     """The messages automations queued for the contact the visitor's anonymous id belongs to
     (after an identify, the known contact's), each once: they are marked shown as they are read."""
-    anonymous_id = links.read(_engine(request).secret, links.VISITOR, token)
-    if anonymous_id is None:
-        raise ApiError(403, "forbidden", "the token is not one POST /v1/visitors issued", "token")
+    anonymous_id = visitor_of(request, token)
     store = _store(request)
     now = datetime.now(UTC)
     with store.writing() as s:

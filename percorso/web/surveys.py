@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
 from percorso.analytics.feedback import ANSWERED, survey_results
-from percorso.automation import links
 from percorso.automation.engine import bucket
 from percorso.events import MessageError, new_received_at, parse_message
 from percorso.feedback.definition import (
@@ -31,7 +30,7 @@ from percorso.feedback.store import (
     survey_history,
 )
 from percorso.journey.definition import duration_seconds
-from percorso.web.auth import require_secret, require_write
+from percorso.web.auth import require_secret, require_write, visitor_of
 from percorso.web.documents import document_body
 from percorso.web.errors import ApiError
 from percorso.web.openapi import (
@@ -137,9 +136,7 @@ class Answers(RequestBody):
 async def answer(request: Request, key: SurveyKey, body: Answers) -> dict[str, Any]:
     state = request.app.state
     survey, version, _ = _survey(request, key)
-    visitor = links.read(state.engine.secret, links.VISITOR, body.token)
-    if visitor is None:
-        raise ApiError(403, "forbidden", "the token is not one POST /v1/visitors issued", "token")
+    visitor = visitor_of(request, body.token)
     try:
         checked = check_answers(survey, body.answers)
     except AnswerError as exc:
@@ -187,9 +184,7 @@ def visitor_surveys(
     ``stop_after`` answers arrived, and a stable ``target.sample`` of visitors. Pages, devices,
     the event that opens it and the delay are the browser's to check: they are in the answer."""
     state = request.app.state
-    visitor = links.read(state.engine.secret, links.VISITOR, token)
-    if visitor is None:
-        raise ApiError(403, "forbidden", "the token is not one POST /v1/visitors issued", "token")
+    visitor = visitor_of(request, token)
     surveys = active_surveys(state.store)
     seen, totals = survey_history(state.store, visitor, [s.key for s in surveys])
     now = datetime.now(UTC)
