@@ -344,3 +344,58 @@ def test_heatmap_clicks_rage_dead_and_scroll(
     assert "#terms" in view.locator("#totals table").inner_text()
     view.wait_for_selector(".chart[data-chart=bar][data-drawn]")
     dashboard.close()
+
+
+def test_cookieless_mode_group_alias_and_reset(
+    server: LiveServer, chromium: Any, site: tuple[Path, str]
+) -> None:
+    root, origin = site
+    page = open_page(chromium, root, origin, server, key_for(server, origin), cookieless=True)
+    page.wait_for_function("() => window.percorso && window.percorso.user().anonymousId")
+    first = page.evaluate("() => percorso.user().anonymousId")
+    assert first.startswith("m-")  # chosen in the page, kept nowhere
+    page.evaluate(
+        "() => { percorso.group('acme', {plan: 'team'}); percorso.alias('u-2', 'u-1'); percorso.reset(); }"
+    )
+    page.wait_for_function("() => percorso.user().anonymousId")
+    second = page.evaluate("() => percorso.user().anonymousId")
+    page.evaluate("() => { percorso.track('After Reset'); percorso.flush(); }")
+    rows = events(server.store, wait_for=4)
+    assert sorted(r["type"] for r in rows) == ["alias", "group", "page", "track"], rows
+    assert {r["anonymous_id"] for r in rows if r["type"] != "track"} == {first}
+    assert next(r for r in rows if r["type"] == "track")["anonymous_id"] == second != first
+    kept = page.evaluate("() => [document.cookie, Object.keys(localStorage), Object.keys(sessionStorage)]")
+    assert kept == ["", [], []]
+    # No visitor was asked of the server: in cookieless mode there is no token to keep.
+    assert not [u for u in page.sent if u.endswith("/v1/visitors")]
+    page.context.close()
+
+
+EVENT_SURVEY = """
+key: after-search
+name: Search
+questions:
+  - {id: score, kind: csat, text: "Did you find it?"}
+target: {event: Search Done, devices: [desktop]}
+show: {delay: 1}
+"""
+
+
+def test_a_survey_opens_after_its_event_and_delay_on_its_devices(
+    server: LiveServer, chromium: Any, site: tuple[Path, str]
+) -> None:
+    root, origin = site
+    with server.client() as api:
+        assert api.put("/v1/surveys/after-search", content=EVENT_SURVEY).status_code == 200
+    for viewport, shown in (({"width": 400, "height": 800}, False), ({"width": 1300, "height": 900}, True)):
+        page = open_page(chromium, root, origin, server, key_for(server, origin))
+        page.set_viewport_size(viewport)
+        page.wait_for_function("() => window.percorso && window.percorso.user().anonymousId")
+        time.sleep(0.5)
+        assert page.locator("[data-percorso-survey]").count() == 0  # not before its event
+        page.evaluate("() => percorso.track('Search Done')")
+        time.sleep(0.4)
+        assert page.locator("[data-percorso-survey]").count() == 0  # not before its delay
+        time.sleep(1.2)
+        assert page.locator("[data-percorso-survey=after-search]").count() == (1 if shown else 0), viewport
+        page.context.close()
