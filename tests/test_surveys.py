@@ -364,3 +364,174 @@ def test_a_score_in_one_click_from_an_email_then_a_comment(server: LiveServer) -
     start = datetime.now(UTC) - timedelta(days=1)
     comments = survey_comments(server.store, survey, start, datetime.now(UTC) + timedelta(hours=1))
     assert [(c["score"], c["comment"]) for c in comments] == [(9, "Consegna puntuale")]
+
+
+AUDIENCE_JOURNEY = """\
+version: 1
+key: shop
+name: Shop
+stages:
+  - key: aware
+    name: {en: Aware, it: Consapevole}
+    enter: {any: [{type: page}]}
+  - key: buy
+    name: {en: Buy, it: Acquisto}
+    enter: {any: [{event: Order Completed}]}
+touchpoints:
+  - {key: delivery, name: Delivery, lane: Logistics, match: [{event: Parcel Delivered}]}
+  - {key: support, name: Support, lane: Service, match: [{event: Ticket Opened}]}
+personas:
+  - {key: buyers, name: Buyers, when: {behaviour: [{did: {event: Order Completed}}]}}
+  - {key: browsers, name: Browsers, when: {behaviour: [{did: {event: Order Completed}, at_least: 0, at_most: 0}]}}
+"""
+
+
+def test_audience_by_stage_persona_and_segment(server: LiveServer) -> None:
+    from percorso.analytics.stages import get_journey, update
+
+    for_buyers = (
+        CSAT.replace("key: delivery-csat", "key: for-buyers") + "target: {journey: shop, stages: [buy]}\n"
+    )
+    by_persona = CSAT.replace("key: delivery-csat", "key: by-persona") + (
+        "target: {journey: shop, personas: [buyers]}\n"
+    )
+    by_segment = CSAT.replace("key: delivery-csat", "key: by-segment") + "target: {segments: [lapsed]}\n"
+    with server.client() as api:
+        # Names the store does not hold are refused with the field, before anything is saved.
+        no_journey = api.put("/v1/surveys/for-buyers", content=for_buyers)
+        assert no_journey.status_code == 422, no_journey.text
+        assert no_journey.json()["problems"][0]["field"] == "target.journey"
+        assert "no journey 'shop' is stored" in no_journey.json()["message"]
+        put = api.put(
+            "/v1/journeys/shop", content=AUDIENCE_JOURNEY, headers={"content-type": "application/yaml"}
+        )
+        assert put.status_code == 200, put.text
+        typo = api.put("/v1/surveys/for-buyers", content=for_buyers.replace("[buy]", "[byu]"))
+        assert typo.status_code == 422
+        problem = typo.json()["problems"][0]
+        assert (problem["field"], problem["suggestion"]) == ("target.stages[0]", "buy"), problem
+        assert "'byu' is not a stage of journey shop (aware, buy)" in problem["message"]
+        persona_typo = api.put("/v1/surveys/by-persona", content=by_persona.replace("[buyers]", "[buyer]"))
+        assert persona_typo.json()["problems"][0]["field"] == "target.personas[0]"
+        unsaved = api.put("/v1/surveys/by-segment", content=by_segment)
+        assert unsaved.status_code == 422 and "'lapsed' is not a saved segment" in unsaved.text
+        loose = api.put("/v1/surveys/for-buyers", content=for_buyers.replace("journey: shop, ", ""))
+        assert loose.status_code == 422 and "name it in target.journey" in loose.text
+        assert api.get("/v1/surveys").json()["surveys"] == []
+
+    with server.client(server.write_key) as writer:
+        buyer, browser, stranger = visitor(writer), visitor(writer), visitor(writer)
+        for person in (buyer, browser):
+            page = {"anonymousId": person["anonymousId"], "properties": {"path": "/"}}
+            assert writer.post("/v1/page", json=page).status_code == 200
+        order = {"anonymousId": buyer["anonymousId"], "event": "Order Completed"}
+        assert writer.post("/v1/track", json=order).status_code == 200
+    update(server.store, get_journey(server.store, "shop"))
+    with server.store.writing() as s:
+        s.execute(
+            "INSERT INTO segments (segment_key, name, source, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+            ["lapsed", "Lapsed", "{}", "test", datetime.now(UTC)],
+        )
+        s.execute(
+            "INSERT INTO segment_members (segment_key, contact_id) SELECT 'lapsed', contact_id FROM identities "
+            "WHERE kind = 'anonymous_id' AND value = ?",
+            [browser["anonymousId"]],
+        )
+    with server.client() as api:
+        for key, text in (("for-buyers", for_buyers), ("by-persona", by_persona), ("by-segment", by_segment)):
+            assert api.put(f"/v1/surveys/{key}", content=text).status_code == 200, key
+    with server.client(server.write_key) as writer:
+
+        def offered(person: dict[str, str]) -> set[str]:
+            r = writer.get("/v1/visitors/surveys", params={"token": person["token"]})
+            assert r.status_code == 200, r.text
+            return {s["key"] for s in r.json()["surveys"]}
+
+        assert offered(buyer) == {"for-buyers", "by-persona"}
+        assert offered(browser) == {"by-segment"}
+        assert offered(stranger) == set()  # no events yet: in no stage, persona or segment
+
+
+def test_results_by_stage_persona_touchpoint_page_and_channel(server: LiveServer) -> None:
+    from percorso.analytics.stages import get_journey, update
+
+    with server.client() as api:
+        assert api.put("/v1/surveys/nps-after-purchase", content=NPS).status_code == 200
+        none = api.get("/v1/surveys/nps-after-purchase/results", params={"by": "stage"})
+        assert none.status_code == 400 and none.json()["field"] == "journey", none.text
+        put = api.put(
+            "/v1/journeys/shop", content=AUDIENCE_JOURNEY, headers={"content-type": "application/yaml"}
+        )
+        assert put.status_code == 200
+    # Two buyers who got their parcel (10 and 9), one who opened a ticket (2), one browser (6).
+    people = [
+        ("buyer", "Parcel Delivered", 10),
+        ("buyer", "Parcel Delivered", 9),
+        ("buyer", "Ticket Opened", 2),
+    ]
+    people.append(("browser", "Ticket Opened", 6))
+    with server.client(server.write_key) as writer:
+        for kind, touch, score in people:
+            person = visitor(writer)
+            anonymous = person["anonymousId"]
+            assert (
+                writer.post(
+                    "/v1/page", json={"anonymousId": anonymous, "properties": {"path": "/"}}
+                ).status_code
+                == 200
+            )
+            if kind == "buyer":
+                order = {"anonymousId": anonymous, "event": "Order Completed"}
+                assert writer.post("/v1/track", json=order).status_code == 200
+            assert (
+                writer.post("/v1/track", json={"anonymousId": anonymous, "event": touch}).status_code == 200
+            )
+            answer = {"token": person["token"], "answers": {"score": score}, "page": f"/thanks/{kind}"}
+            assert writer.post("/v1/surveys/nps-after-purchase/answers", json=answer).status_code == 201
+    update(server.store, get_journey(server.store, "shop"))
+    period = {
+        "from": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+        "to": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    }
+    with server.client() as api:
+
+        def breakdown(by: str) -> dict[str | None, tuple[int, float]]:
+            r = api.get("/v1/surveys/nps-after-purchase/results", params={**period, "by": by})
+            assert r.status_code == 200, r.text
+            return {g["group"]: (g["answers"], g["nps"]) for g in r.json()["breakdown"]}
+
+        # Buyers: 10, 9, 2 -> 2 promoters, 1 detractor of 3 = 33.3; the browser's 6 is a detractor.
+        assert breakdown("stage") == {"buy": (3, 33.3), "aware": (1, -100.0)}
+        assert breakdown("persona") == {"buyers": (3, 33.3), "browsers": (1, -100.0)}
+        assert breakdown("touchpoint") == {"delivery": (2, 100.0), "support": (2, -100.0)}
+        assert breakdown("page") == {"/thanks/buyer": (3, 33.3), "/thanks/browser": (1, -100.0)}
+        assert breakdown("channel") == {"survey": (4, 0.0)}
+        # One number everywhere: the map's emotion per stage counts the same answers.
+        stages = {
+            st["stage"]: st["emotion"]
+            for st in api.get("/v1/journeys/shop/map", params=period).json()["stages"]
+        }
+        assert (stages["buy"]["nps_responses"], stages["buy"]["nps"]) == (3, 33.3)
+        assert (stages["aware"]["nps_responses"], stages["aware"]["nps"]) == (1, -100.0)
+        assert api.get("/v1/surveys/nps-after-purchase/results", params={"by": "mood"}).status_code == 400
+        api_touchpoints = api.get(
+            "/v1/surveys/nps-after-purchase/results", params={**period, "by": "touchpoint"}
+        ).json()["breakdown"]
+
+    from percorso.web.dashboard.users import add_user
+    from tests.test_dashboard import signed_in
+
+    add_user(server.store, "anna@example.it", "a long enough secret", role="viewer")
+    dashboard = signed_in(server, ("anna@example.it", "a long enough secret"))
+    try:
+        days = {"from": period["from"][:10], "to": period["to"][:10]}
+        twin = dashboard.get("/surveys/nps-after-purchase.json", params={**days, "by": "touchpoint"}).json()
+        assert twin["breakdown"] == api_touchpoints and twin["breakdowns"][0] == "stage"
+        dashboard.cookies.set("percorso_lang", "it")
+        html = dashboard.get("/surveys/nps-after-purchase", params=days).text
+        assert "Fase al momento della risposta" in html
+        assert 'data-group="buy" data-score="33.3"' in html and "Acquisto" in html
+        bad = dashboard.get("/surveys/nps-after-purchase", params={**days, "by": "mood"})
+        assert bad.status_code == 400 and "by is one of stage, persona" in bad.text
+    finally:
+        dashboard.close()

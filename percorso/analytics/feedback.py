@@ -16,9 +16,12 @@ from datetime import datetime
 from statistics import NormalDist
 from typing import Any
 
+from percorso.analytics.personas import persona_sql
+from percorso.analytics.sql import RESOLVED_EVENTS, condition_sql
 from percorso.feedback.definition import SCALES, Survey
+from percorso.journey.definition import Journey, display
 from percorso.store import Store
-from percorso.store.base import like_literal
+from percorso.store.base import Session, like_literal
 
 ANSWERED = "Survey Answered"
 SHOWN = "Survey Shown"  # sent by percorso.js when it shows a survey
@@ -86,6 +89,111 @@ def survey_results(
         {"period": row[0].date().isoformat(), **_score(question.kind, row[1:])} for row in by_period
     ]
     return result
+
+
+BREAKDOWNS = ("stage", "persona", "touchpoint", "page", "channel")
+#: How far back an answer looks for the touchpoint it is about (the last one before it).
+TOUCHPOINT_LOOKBACK = "1 day"
+
+
+def survey_breakdown(
+    store: Store,
+    survey: Survey,
+    start: datetime,
+    end: datetime,
+    by: str,
+    journey: Journey | None = None,
+    lang: str = "en",
+) -> list[dict[str, Any]]:
+    """The survey's score per group of answers over ``[start, end)``:
+
+    - ``stage``: the stage of ``journey`` the contact was in when answering (the map's emotion
+      lane counts the same answers in the same stages);
+    - ``persona``: each persona of ``journey`` the contact is in now (one answer can count in
+      several);
+    - ``touchpoint``: the journey's touchpoint of the contact's last event in the day before the
+      answer (what the answer is most likely about);
+    - ``page``: the page the survey was answered on; ``channel``: where (survey widget, email).
+
+    Groups are ordered by answers, largest first; ``group`` None gathers answers with no group."""
+    if by not in BREAKDOWNS:
+        raise ValueError(f"by must be one of {', '.join(BREAKDOWNS)}, not {by!r}")
+    if by in ("stage", "persona", "touchpoint") and journey is None:
+        raise ValueError(f"a breakdown by {by} needs a journey")
+    question = survey.scored()
+    if question is None:
+        return []
+    with store.session() as s:
+        survey_sql, survey_param = s.json_text("e.properties", "survey")
+        score_sql, score_params = s.json_number("e.properties", "score")
+        answers = (
+            f"SELECT e.message_id, e.timestamp AS answered_at, e.channel, e.page_path, i.contact_id, {score_sql} AS score "
+            f"FROM {RESOLVED_EVENTS} WHERE e.type = 'track' AND e.event = ? AND {survey_sql} = ? "
+            "AND e.timestamp >= ? AND e.timestamp < ?"
+        )
+        params: list[Any] = [*score_params, ANSWERED, survey_param, survey.key, start, end]
+        grouped, group_params = _grouping(s, by, journey)
+        rows = s.rows(
+            f"WITH a AS ({answers}), g AS ({grouped}) "
+            "SELECT grp, count(score), sum(CASE WHEN score >= 9 THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN score <= 6 THEN 1 ELSE 0 END), sum(CASE WHEN score >= 4 THEN 1 ELSE 0 END), "
+            "avg(score), stddev_samp(score) FROM g WHERE score IS NOT NULL GROUP BY grp ORDER BY 2 DESC, 1",
+            [*params, *group_params],
+        )
+    names: dict[str, str] = {}
+    if journey is not None:
+        names = {
+            "stage": {st.key: display(st.name, lang) for st in journey.stages},
+            "persona": {p.key: display(p.name, lang) for p in journey.personas},
+            "touchpoint": {t.key: display(t.name, lang) for t in journey.touchpoints},
+        }.get(by, {})
+    return [
+        {
+            "group": row[0],
+            "name": names.get(row[0], row[0]) if row[0] else None,
+            **_score(question.kind, row[1:]),
+        }
+        for row in rows
+    ]
+
+
+def _grouping(s: Session, by: str, journey: Journey | None) -> tuple[str, list[Any]]:
+    """``SELECT grp, score`` over the answers ``a``, one row per answer and group."""
+    if by in ("channel", "page"):
+        return f"SELECT {'channel' if by == 'channel' else 'page_path'} AS grp, score FROM a", []
+    assert journey is not None
+    if by == "stage":
+        return (
+            "SELECT se.stage AS grp, a.score FROM a LEFT JOIN stage_entries se ON se.journey_key = ? "
+            "AND se.contact_id = a.contact_id AND se.entered_at <= a.answered_at AND (se.left_at IS NULL OR se.left_at > a.answered_at)",
+            [journey.key],
+        )
+    if by == "persona":
+        if not journey.personas:
+            return "SELECT CAST(NULL AS TEXT) AS grp, score FROM a", []
+        members = [persona_sql(s, p) for p in journey.personas]
+        union = " UNION ALL ".join(f"SELECT ? AS persona, m.contact_id FROM ({m.text}) m" for m in members)
+        union_params = [x for p, m in zip(journey.personas, members, strict=True) for x in (p.key, *m.params)]
+        return (
+            f"SELECT pm.persona AS grp, a.score FROM a LEFT JOIN ({union}) pm ON pm.contact_id = a.contact_id",
+            union_params,
+        )
+    cases, tp_params = [], []
+    for t in journey.touchpoints:
+        conds = [condition_sql(s, c) for c in t.match]
+        cases.append("WHEN " + " OR ".join(f"({c.text})" for c in conds) + " THEN ?")
+        tp_params += [p for c in conds for p in c.params] + [t.key]
+    if not cases:
+        return "SELECT CAST(NULL AS TEXT) AS grp, score FROM a", []
+    return (
+        "SELECT t.tp AS grp, a.score FROM a LEFT JOIN (SELECT message_id, tp, row_number() OVER "
+        "(PARTITION BY message_id ORDER BY seen_at DESC, event_id DESC) AS rn FROM (SELECT a.message_id, "
+        f"e.timestamp AS seen_at, e.message_id AS event_id, CASE {' '.join(cases)} END AS tp FROM a "
+        "JOIN identities i ON i.contact_id = a.contact_id JOIN events e ON e.identity_id = i.identity_id "
+        f"WHERE e.timestamp <= a.answered_at AND e.timestamp > a.answered_at - INTERVAL '{TOUCHPOINT_LOOKBACK}' "
+        "AND e.message_id <> a.message_id) x WHERE tp IS NOT NULL) t ON t.message_id = a.message_id AND t.rn = 1",
+        tp_params,
+    )
 
 
 def _score(kind: str, row: Any) -> dict[str, Any]:

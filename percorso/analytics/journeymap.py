@@ -58,7 +58,7 @@ def journey_map(
     overview = stage_overview(store, journey, since=start, until=end, lang=lang, contacts=contacts)
     activity, feedback = _activity(store, journey, start, end, contacts)
     pains: list[dict[str, Any]] = []
-    if with_pain_points and journey.funnels:
+    if with_pain_points:
         pains = find_pain_points(
             store, journey, start=start, end=end, as_of=min(end, datetime.now(UTC)), lang=lang
         )["pain_points"]
@@ -325,6 +325,9 @@ def _assign_pains(journey: Journey, pains: list[dict[str, Any]]) -> dict[str, li
     funnels = {f.key: f for f in journey.funnels}
     out: dict[str, list[dict[str, Any]]] = {}
     for pain in pains:
+        if pain.get("stage"):  # found in a stage (score drops, frustrated clicks)
+            out.setdefault(pain["stage"], []).append(pain)
+            continue
         funnel = funnels.get(pain["funnel"])
         stage_key = ""
         if funnel is not None:

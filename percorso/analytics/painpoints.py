@@ -11,6 +11,9 @@ look for a place that is significantly worse than its own baseline:
 ``errors``         the same for error events (``*Failed*``, ``*Error*``);
 ``slow``           a segment takes far longer than everyone else between two steps.
 
+Beside the funnels, :mod:`percorso.analytics.experience` finds stages whose NPS or CSAT dropped
+(``score_drop``) and clicked elements full of rage and dead clicks (``frustration``).
+
 The counting (funnel reach, per-week and per-segment counts, trouble and loop counts) runs as SQL
 inside the store; only the small aggregated tables reach Python, where a two-proportion z-test
 gives each finding a significance. A finding is reported when ``z >= min_z`` (default 4, a
@@ -32,7 +35,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from percorso.analytics.experience import frustration_spots, score_drops
 from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, materialized
+from percorso.analytics.significance import p_value, z_test
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql
 from percorso.analytics.summaries import summaries
 from percorso.journey.definition import Condition, Journey, display, duration_seconds
@@ -90,21 +95,6 @@ def _label(condition: Condition) -> str:
     return "step"
 
 
-def z_test(x1: int, n1: int, x2: int, n2: int) -> float:
-    """z for 'proportion 1 is higher than proportion 2' (pooled two-proportion test)."""
-    if n1 == 0 or n2 == 0:
-        return 0.0
-    p = (x1 + x2) / (n1 + n2)
-    if p in (0.0, 1.0):
-        return 0.0
-    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
-    return (x1 / n1 - x2 / n2) / se
-
-
-def p_value(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
 def find_pain_points(
     store: Store,
     journey: Journey,
@@ -137,6 +127,10 @@ def find_pain_points(
                         journey=journey,  # for the `persona` dimension
                     )
                     findings += _detect(s, trouble, f, spec, settings)
+    with store.session() as s:
+        s.tune_for_analytics()
+        findings += score_drops(s, journey, start, end, settings, lang)
+        findings += frustration_spots(s, journey, start, end, settings)
     findings.sort(key=lambda p: (-p["contacts_affected"], -p["z"]))
     for rank, finding in enumerate(findings, 1):
         finding["rank"] = rank

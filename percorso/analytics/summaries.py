@@ -75,6 +75,14 @@ _ENGLISH = {
     "loop": lambda f: (
         f"{_pct(f['share'])} of contacts go back from {f['next']} to {f['step']} within an hour"
     ),
+    "score_drop": lambda f: (
+        f"{f['metric']} in {f['stage']} fell to {_score(f, 'en')} from {_score(f, 'en', 'before')} "
+        "in the period before"
+    ),
+    "frustration": lambda f: (
+        f"{_pct(f['share'])} of clicks on {f['selector']} ({f['page']}) are rage or dead clicks "
+        f"(rest of the site: {_pct(f['baseline'])})"
+    ),
 }
 
 _ITALIAN = {
@@ -100,4 +108,22 @@ _ITALIAN = {
     "loop": lambda f: (
         f"{_il(f['share'], capital=True)} dei contatti torna da «{f['next']}» a «{f['step']}» entro un'ora"
     ),
+    "score_drop": lambda f: (
+        f"{_article(f['metric'])}{f['metric']} in «{f['stage']}» è sceso a {_score(f, 'it')} da {_score(f, 'it', 'before')} "
+        "nel periodo precedente"
+    ),
+    "frustration": lambda f: (
+        f"{_il(f['share'], capital=True)} dei clic su {f['selector']} ({f['page']}) sono clic di rabbia "
+        f"o a vuoto (resto del sito: {_il(f['baseline'])})"
+    ),
 }
+
+
+def _article(metric: str) -> str:
+    return "L'" if metric == "NPS" else "Il "
+
+
+def _score(facts: dict[str, Any], lang: str, which: str = "now") -> str:
+    """An NPS as a whole number, a CSAT as a whole percentage."""
+    value = facts[which]
+    return f"{value:.0f}" if facts["metric"] == "NPS" else f"{value:.0f}%"

@@ -37,6 +37,9 @@ from percorso.journey.definition import (
 )
 
 QuestionId = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="lower-case id")]
+SegmentKey = Annotated[
+    str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="a saved segment")
+]
 Percent = Annotated[float, msgspec.Meta(gt=0, le=100)]
 
 #: The scored kinds and their scales: (lowest, highest).
@@ -56,12 +59,22 @@ class Question(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 class Target(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Who sees it: page patterns (``*`` wildcards), after an event in the visit, devices, a sample."""
+    """Who sees it: page patterns (``*`` wildcards), after an event in the visit, devices, a sample
+    (checked in the browser); and the audience (checked by the server): the visitor's current
+    ``stages`` or ``personas`` in ``journey``, saved ``segments``. Each list given must match one
+    of its entries; every list given must match."""
 
     pages: list[str] = []
     event: str | None = None
     devices: list[Literal["desktop", "mobile", "tablet"]] = []
     sample: Percent = 100.0
+    journey: Key | None = None
+    stages: list[Key] = []
+    personas: list[Key] = []
+    segments: list[SegmentKey] = []
+
+    def has_audience(self) -> bool:
+        return bool(self.stages or self.personas or self.segments)
 
 
 class Show(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -162,6 +175,12 @@ def semantic_problems(survey: Survey, node: Any = None, source: str = "<survey>"
             ["questions", i, "kind"],
             f"a survey has one scored question (nps, csat or ces); questions[{scored[0]}] is already one",
         )
+    target = survey.target
+    if (target.stages or target.personas) and target.journey is None:
+        field = "stages" if target.stages else "personas"
+        add(["target", field], f"{field} belong to a journey: name it in target.journey")
+    if target.journey is not None and not (target.stages or target.personas):
+        add(["target", "journey"], "names a journey but no stages or personas of it to target")
     for i, pattern in enumerate(survey.target.pages):
         if not pattern.startswith("/") and not pattern.startswith("*"):
             add(["target", "pages", i], f"{pattern!r} is not a page path: start it with / (e.g. /checkout/*)")

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from percorso.feedback.definition import Survey, survey_from_data
+from percorso.feedback.definition import Survey, SurveyError, survey_from_data
 from percorso.store import Store
 from percorso.values import read_json
 
@@ -20,6 +20,11 @@ class SurveyNotFound(LookupError):
 
 def save_survey(store: Store, survey: Survey, source: str, *, now: datetime | None = None) -> dict[str, Any]:
     """Stores the survey; a changed definition becomes a new version, the same one changes nothing."""
+    from percorso.feedback.audience import audience_problems
+
+    problems = audience_problems(store, survey, source)
+    if problems:
+        raise SurveyError(problems)
     now = now or datetime.now(UTC)
     encoded = msgspec.json.encode(survey).decode()
     with store.writing() as s:
@@ -73,6 +78,16 @@ def active_surveys(store: Store) -> list[Survey]:
             "SELECT survey_key, CAST(definition AS TEXT) FROM surveys WHERE status = 'active' ORDER BY survey_key"
         )
     return [survey_from_data(read_json(text), None, f"stored survey {key}") for key, text in rows]
+
+
+def visitor_contact(store: Store, anonymous_id: str) -> int | None:
+    """The live contact the browser's anonymous id belongs to (None before its first event)."""
+    with store.session() as s:
+        rows = s.rows(
+            "SELECT i.contact_id FROM identities i WHERE i.kind = 'anonymous_id' AND i.value = ?",
+            [anonymous_id],
+        )
+    return int(rows[0][0]) if rows else None
 
 
 def survey_history(

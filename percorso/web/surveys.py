@@ -10,9 +10,11 @@ import msgspec
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
-from percorso.analytics.feedback import ANSWERED, survey_results
+from percorso.analytics.feedback import ANSWERED, survey_breakdown, survey_results
+from percorso.analytics.stages import StageError, get_journey
 from percorso.automation.engine import bucket
 from percorso.events import MessageError, new_received_at, parse_message
+from percorso.feedback.audience import in_audience
 from percorso.feedback.definition import (
     AnswerError,
     Survey,
@@ -28,10 +30,11 @@ from percorso.feedback.store import (
     list_surveys,
     save_survey,
     survey_history,
+    visitor_contact,
 )
-from percorso.journey.definition import duration_seconds
+from percorso.journey.definition import Journey, JourneyError, duration_seconds
 from percorso.web.auth import require_secret, require_write, visitor_of
-from percorso.web.documents import document_body
+from percorso.web.documents import document_body, problems_error
 from percorso.web.errors import ApiError
 from percorso.web.openapi import (
     DOCUMENT_SECRET_KEY,
@@ -90,7 +93,10 @@ def schema() -> dict[str, Any]:
 )
 async def put_survey(request: Request, key: SurveyKey) -> dict[str, Any]:
     survey = await document_body(request, key, load_survey, SurveyError, "invalid_survey")
-    return save_survey(request.app.state.store, survey, "api")
+    try:
+        return save_survey(request.app.state.store, survey, "api")
+    except SurveyError as exc:
+        raise problems_error("invalid_survey", exc.problems) from None
 
 
 @router.get("/surveys/{key}", summary="A survey's definition", responses=NOT_FOUND)
@@ -110,13 +116,36 @@ def results(
     start: Annotated[DateTime | None, Query(alias="from")] = None,
     end: Annotated[DateTime | None, Query(alias="to")] = None,
     period: Literal["day", "week", "month"] = "week",
+    by: Annotated[
+        Literal["stage", "persona", "touchpoint", "page", "channel"] | None,
+        Query(description="also the score per stage, persona, touchpoint, page or channel"),
+    ] = None,
+    journey: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[a-z][a-z0-9_-]{0,62}$",
+            description="the journey of stage, persona and touchpoint (default: the survey's, else the only one)",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     survey, _, _ = _survey(request, key)
     end = end or datetime.now(UTC)
     start = start or end - timedelta(days=90)
     if start >= end:
         raise ApiError(400, "invalid_request", "from must be before to", "from")
-    return survey_results(request.app.state.store, survey, start, end, period=period)
+    store = request.app.state.store
+    result = survey_results(store, survey, start, end, period=period)
+    if by is not None:
+        chosen = None
+        if by in ("stage", "persona", "touchpoint"):
+            try:
+                chosen = get_journey(store, journey or survey.target.journey)
+            except StageError as exc:
+                raise ApiError(400, "invalid_request", str(exc), "journey") from None
+            result["journey"] = chosen.key
+        result["by"] = by
+        result["breakdown"] = survey_breakdown(store, survey, start, end, by, chosen)
+    return result
 
 
 class Answers(RequestBody):
@@ -180,15 +209,30 @@ def visitor_surveys(
     request: Request,
     token: Annotated[str, Query(max_length=400, description="the token POST /v1/visitors gave this browser")],
 ) -> dict[str, Any]:
-    """Server-side rules: once per contact (or again after ``show.every``), never once
-    ``stop_after`` answers arrived, and a stable ``target.sample`` of visitors. Pages, devices,
-    the event that opens it and the delay are the browser's to check: they are in the answer."""
+    """Server-side rules: the audience (stages, personas, segments), once per contact (or again
+    after ``show.every``), never once ``stop_after`` answers arrived, and a stable
+    ``target.sample`` of visitors. Pages, devices, the event that opens it and the delay are the
+    browser's to check: they are in the answer."""
     state = request.app.state
     visitor = visitor_of(request, token)
     surveys = active_surveys(state.store)
     seen, totals = survey_history(state.store, visitor, [s.key for s in surveys])
     now = datetime.now(UTC)
     shown = []
+    audience = [s for s in surveys if s.target.has_audience()]
+    if audience:
+        contact = visitor_contact(state.store, visitor)
+        journeys: dict[str, Journey | None] = {}
+        for key in {s.target.journey for s in audience if s.target.journey is not None}:
+            try:
+                journeys[key] = get_journey(state.store, key)
+            except (StageError, JourneyError):
+                journeys[key] = None  # removed since: its stages and personas match nobody
+        with state.store.session() as session:
+            for survey in audience:
+                journey = journeys.get(survey.target.journey) if survey.target.journey else None
+                if not in_audience(session, survey, journey, contact):
+                    surveys.remove(survey)
     for survey in surveys:
         history = seen.get(survey.key, {})
         last = max(history.values()) if history else None

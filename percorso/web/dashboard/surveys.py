@@ -1,5 +1,6 @@
 """Dashboard pages: surveys — each survey's score (NPS, CSAT or CES) with its interval, answers
-over time and the comments, searchable; the same numbers as ``GET /v1/surveys/{key}/results``."""
+over time, the score per stage, persona, touchpoint, page or channel, and the comments,
+searchable; the same numbers as ``GET /v1/surveys/{key}/results``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from percorso.analytics.feedback import survey_comments, survey_results
+from percorso.analytics.feedback import BREAKDOWNS, survey_breakdown, survey_comments, survey_results
+from percorso.analytics.stages import StageError, get_journey
 from percorso.feedback.store import SurveyNotFound, get_survey, list_surveys
 from percorso.journey.definition import display
 from percorso.web.dashboard.filters import PageError, period
@@ -40,6 +42,14 @@ def survey_page(request: Request, session: Viewer, key: str) -> Response:
         raise PageError(f"there is no survey {key!r}", "key", 404) from None
     span = period(request)
     q = (request.query_params.get("q") or "").strip()[:200] or None
+    try:
+        journey = get_journey(store, request.query_params.get("journey") or survey.target.journey)
+    except StageError:
+        journey = None  # no journey, or several and none named: no stage, persona or touchpoint
+    choices = [b for b in BREAKDOWNS if journey is not None or b in ("page", "channel")]
+    by = request.query_params.get("by") or choices[0]
+    if by not in choices:
+        raise PageError(f"by is one of {', '.join(choices)}", "by")
     data: dict[str, Any] = {
         "key": key,
         "name": display(survey.name, language(request)),
@@ -49,5 +59,9 @@ def survey_page(request: Request, session: Viewer, key: str) -> Response:
         "q": q,
         "result": survey_results(store, survey, span.start, span.end),
         "comments": survey_comments(store, survey, span.start, span.end, q=q),
+        "journey": journey.key if journey else None,
+        "by": by,
+        "breakdowns": choices,
+        "breakdown": survey_breakdown(store, survey, span.start, span.end, by, journey, language(request)),
     }
     return page(request, "survey.html", data, active="surveys")

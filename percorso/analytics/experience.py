@@ -1,0 +1,234 @@
+"""Pain points from what customers say and do on the site, beside the funnel detectors of
+:mod:`percorso.analytics.painpoints` and ranked with them:
+
+``score_drop``   a stage whose NPS (or CSAT) fell against the period before of the same length:
+                 the answers are counted in the stage the contact was in when answering, as the
+                 map's emotion lane counts them; the difference is tested with its standard error
+                 (for NPS, each answer is +1, 0 or -1: ``var = p + d - (p - d)²``; for CSAT a
+                 two-proportion test of the satisfied share);
+``frustration``  a clicked element (page and selector) where far more clicks are rage clicks or
+                 dead clicks (percorso.js heatmap capture) than on the rest of the site.
+
+The same thresholds as the funnel detectors hold: ``z >= min_z``, an effect of at least
+``min_effect`` (NPS on its -1..+1 scale, shares as fractions) and ``min_contacts`` people on
+each side. The counting runs as SQL in the store; Python only tests the aggregated rows.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from percorso.analytics.heatmap import CLICK
+from percorso.analytics.significance import p_value, z_test
+from percorso.analytics.sql import RESOLVED_EVENTS
+from percorso.analytics.summaries import summaries
+from percorso.journey.definition import Journey, display
+from percorso.store.base import Session
+
+if TYPE_CHECKING:
+    from percorso.analytics.painpoints import Settings
+
+NPS_SCORES = [str(n) for n in range(11)]
+RATINGS = [str(n) for n in range(1, 6)]
+
+
+def _finding(kind: str, *, where: str, what: str, stage: str | None, z: float, affected: float,
+             link: str, evidence: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    texts = summaries(kind, facts)
+    z = round(z, 2)
+    return {
+        "kind": kind,
+        "funnel": None,
+        "funnel_name": where,
+        "step": what,
+        "step_index": None,
+        "stage": stage,
+        "segment": None,
+        "when": None,
+        "contacts_affected": round(affected),
+        "z": z,
+        "p_value": float(f"{p_value(z):.3g}"),
+        "evidence": evidence,
+        "link": link,
+        "summary": texts["en"],
+        "summaries": texts,
+    }
+
+
+def score_drops(
+    s: Session, journey: Journey, start: datetime, end: datetime, cfg: Settings, lang: str = "en"
+) -> list[dict[str, Any]]:
+    """Stages whose NPS or CSAT in ``[start, end)`` is significantly below the period before."""
+    if journey.subject != "contact":
+        return []
+    before = start - (end - start)
+    extracted, extract_params = [], []
+    for key in ("score", "survey", "rating", "kind"):
+        may, may_p = s.json_may_have("e.properties", key)
+        value, value_p = s.json_text("e.properties", key)
+        extracted.append(f"CASE WHEN {may} THEN {value} END AS {key}")
+        extract_params += [may_p, value_p]
+    nps_list = ", ".join("?" for _ in NPS_SCORES)
+    rating_list = ", ".join("?" for _ in RATINGS)
+    rows = s.rows(
+        f"WITH x0 AS (SELECT i.contact_id, e.timestamp AS ts, {', '.join(extracted)} FROM {RESOLVED_EVENTS} "
+        "WHERE e.type = 'track' AND e.timestamp >= ? AND e.timestamp < ?), "
+        "x AS (SELECT contact_id, ts, "
+        "CASE WHEN (lower(survey) = 'nps' OR lower(kind) = 'nps') "
+        f"AND score IN ({nps_list}) THEN CAST(score AS INTEGER) END AS nps, "
+        f"CASE WHEN rating IN ({rating_list}) THEN CAST(rating AS INTEGER) "
+        "WHEN (lower(survey) = 'csat' OR lower(kind) = 'csat') "
+        f"AND score IN ({rating_list}) THEN CAST(score AS INTEGER) END AS csat FROM x0) "
+        "SELECT se.stage, CASE WHEN x.ts >= ? THEN 1 ELSE 0 END, count(x.nps), "
+        "sum(CASE WHEN x.nps >= 9 THEN 1 ELSE 0 END), sum(CASE WHEN x.nps <= 6 THEN 1 ELSE 0 END), "
+        "count(x.csat), sum(CASE WHEN x.csat >= 4 THEN 1 ELSE 0 END) "
+        "FROM x JOIN stage_entries se ON se.journey_key = ? AND se.contact_id = x.contact_id "
+        "AND se.entered_at <= x.ts AND (se.left_at IS NULL OR se.left_at > x.ts) "
+        "WHERE x.nps IS NOT NULL OR x.csat IS NOT NULL GROUP BY 1, 2",
+        [
+            *extract_params, before, end,
+            *NPS_SCORES, *RATINGS, *RATINGS,
+            start, journey.key,
+        ],
+    )  # fmt: skip
+    counts: dict[tuple[str, int], tuple[int, int, int, int, int]] = {
+        (stage, int(now)): tuple(int(v or 0) for v in rest)  # type: ignore[misc]
+        for stage, now, *rest in rows
+    }
+    names = {st.key: display(st.name, lang) for st in journey.stages}
+    findings = []
+    for stage in journey.stage_keys():
+        then = counts.get((stage, 0), (0, 0, 0, 0, 0))
+        now = counts.get((stage, 1), (0, 0, 0, 0, 0))
+        link = f"/surveys?from={quote(start.isoformat())}&to={quote(end.isoformat())}"
+        n1, p1, d1 = then[0], then[1], then[2]
+        n2, p2, d2 = now[0], now[1], now[2]
+        if n1 >= cfg.min_contacts and n2 >= cfg.min_contacts:
+            nps1, nps2 = (p1 - d1) / n1, (p2 - d2) / n2
+            var1 = p1 / n1 + d1 / n1 - nps1 * nps1
+            var2 = p2 / n2 + d2 / n2 - nps2 * nps2
+            se = math.sqrt(var1 / n1 + var2 / n2)
+            z = (nps1 - nps2) / se if se > 0 else 0.0
+            if z >= cfg.min_z and nps1 - nps2 >= cfg.min_effect:
+                findings.append(
+                    _finding(
+                        "score_drop",
+                        where="NPS",
+                        what=names[stage],
+                        stage=stage,
+                        z=z,
+                        affected=n2 * (nps1 - nps2),
+                        link=link,
+                        evidence={
+                            "nps_now": round(100 * nps2, 1),
+                            "nps_before": round(100 * nps1, 1),
+                            "answers_now": n2,
+                            "answers_before": n1,
+                        },
+                        facts={
+                            "metric": "NPS",
+                            "stage": names[stage],
+                            "now": 100 * nps2,
+                            "before": 100 * nps1,
+                        },
+                    )
+                )
+        c1, s1, c2, s2 = then[3], then[4], now[3], now[4]
+        if c1 >= cfg.min_contacts and c2 >= cfg.min_contacts:
+            share1, share2 = s1 / c1, s2 / c2
+            z = z_test(s1, c1, s2, c2)
+            if z >= cfg.min_z and share1 - share2 >= cfg.min_effect:
+                findings.append(
+                    _finding(
+                        "score_drop",
+                        where="CSAT",
+                        what=names[stage],
+                        stage=stage,
+                        z=z,
+                        affected=c2 * (share1 - share2),
+                        link=link,
+                        evidence={
+                            "csat_now": round(100 * share2, 1),
+                            "csat_before": round(100 * share1, 1),
+                            "answers_now": c2,
+                            "answers_before": c1,
+                        },
+                        facts={
+                            "metric": "CSAT",
+                            "stage": names[stage],
+                            "now": 100 * share2,
+                            "before": 100 * share1,
+                        },
+                    )
+                )
+    return findings
+
+
+def frustration_spots(
+    s: Session, journey: Journey, start: datetime, end: datetime, cfg: Settings
+) -> list[dict[str, Any]]:
+    """Clicked elements whose share of rage and dead clicks stands out from the rest of the site."""
+    fields, field_params = s.json_columns(
+        "e.properties", {"selector": "text", "rage": "text", "dead": "text"}
+    )
+    clicks = (
+        f"SELECT e.page_path, {fields}, i.contact_id, e.timestamp AS ts FROM {RESOLVED_EVENTS} "
+        "WHERE e.type = 'track' AND e.event = ? AND e.timestamp >= ? AND e.timestamp < ?"
+    )
+    params = [*field_params, CLICK, start, end]
+    frustrated = "CASE WHEN rage = 'true' OR dead = 'true' THEN 1 ELSE 0 END"
+    rows = s.rows(
+        f"SELECT page_path, selector, count(*), sum({frustrated}), "
+        f"count(DISTINCT CASE WHEN rage = 'true' OR dead = 'true' THEN contact_id END), "
+        "sum(CASE WHEN rage = 'true' THEN 1 ELSE 0 END), sum(CASE WHEN dead = 'true' THEN 1 ELSE 0 END) "
+        f"FROM ({clicks}) c WHERE selector IS NOT NULL AND page_path IS NOT NULL GROUP BY 1, 2",
+        params,
+    )
+    total = sum(int(r[2]) for r in rows)
+    total_bad = sum(int(r[3] or 0) for r in rows)
+    spots = []
+    for page, selector, n, bad, people, rage, dead in rows:
+        n, bad, people = int(n), int(bad or 0), int(people or 0)
+        rest_n, rest_bad = total - n, total_bad - bad
+        if people < cfg.min_contacts or rest_n < cfg.min_contacts:
+            continue
+        share, baseline = bad / n, rest_bad / rest_n
+        z = z_test(bad, n, rest_bad, rest_n)
+        if z >= cfg.min_z and share - baseline >= cfg.min_effect:
+            spots.append((page, selector, n, people, int(rage or 0), int(dead or 0), share, baseline, z))
+    findings = []
+    for page, selector, n, people, rage, dead, share, baseline, z in spots:
+        stage = None
+        if journey.subject == "contact":
+            # The stage most of the frustrated clicks were made in.
+            top = s.rows(
+                f"SELECT se.stage, count(*) FROM ({clicks}) c JOIN stage_entries se ON se.journey_key = ? "
+                "AND se.contact_id = c.contact_id AND se.entered_at <= c.ts AND (se.left_at IS NULL OR se.left_at > c.ts) "
+                "WHERE c.page_path = ? AND c.selector = ? AND (c.rage = 'true' OR c.dead = 'true') "
+                "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1",
+                [*params, journey.key, page, selector],
+            )
+            stage = top[0][0] if top else None
+        findings.append(
+            _finding(
+                "frustration",
+                where=page,
+                what=selector,
+                stage=stage,
+                z=z,
+                affected=people,
+                link=f"/heatmaps?page={quote(page)}&from={quote(start.isoformat())}&to={quote(end.isoformat())}",
+                evidence={
+                    "clicks": n,
+                    "rage_clicks": rage,
+                    "dead_clicks": dead,
+                    "frustrated_share": round(share, 4),
+                    "site_share": round(baseline, 4),
+                },
+                facts={"page": page, "selector": selector, "share": share, "baseline": baseline},
+            )
+        )
+    return findings
