@@ -535,3 +535,59 @@ def test_results_by_stage_persona_touchpoint_page_and_channel(server: LiveServer
         assert bad.status_code == 400 and "by is one of stage, persona" in bad.text
     finally:
         dashboard.close()
+
+
+def test_comment_themes_in_english_and_italian(server: LiveServer) -> None:
+    from percorso.feedback.themes import themes, words
+
+    # Function words go, negations stay in phrases, Italian elisions split, a word counts once per comment.
+    assert words("L'ordine non è mai arrivato") == ["ordine", "non", "è", "mai", "arrivato"]
+    found = themes(
+        [
+            ("Pacco rotto, pacco rotto!", 2),
+            ("Il pacco è arrivato rotto", 4),
+            ("The parcel never arrived", 0),
+            ("Parcel never arrived, again", 1),
+            ("Great parcel", None),
+        ]
+    )
+    words_found = {w["theme"]: (w["comments"], w["mean_score"]) for w in found["words"]}
+    assert words_found["pacco"] == (2, 3.0) and words_found["rotto"] == (2, 3.0)
+    assert words_found["parcel"] == (3, 0.5) and "the" not in words_found and "never" not in words_found
+    phrases = {p["theme"]: p["comments"] for p in found["phrases"]}
+    assert phrases == {"never arrived": 2}  # "parcel never" ends on a negation: not a theme
+
+    with server.client() as api:
+        assert api.put("/v1/surveys/nps-after-purchase", content=NPS).status_code == 200
+    comments = [(2, "Consegna lenta e pacco rotto"), (3, "consegna lenta, di nuovo"), (10, "Prodotto ottimo")]
+    comments.append((9, "prodotto ottimo, consegna veloce"))
+    with server.client(server.write_key) as writer:
+        for score, why in comments:
+            person = visitor(writer)
+            answer = {"token": person["token"], "answers": {"score": score, "why": why}}
+            assert writer.post("/v1/surveys/nps-after-purchase/answers", json=answer).status_code == 201
+    with server.client() as api:
+        r = api.get("/v1/surveys/nps-after-purchase/comments", params={"q": "lenta"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert sorted(c["score"] for c in body["comments"]) == [2, 3]  # the search narrows the list …
+        assert body["themes"]["comments_read"] == 4  # … not the themes, read from every comment
+        by_theme = {p["theme"]: (p["comments"], p["mean_score"]) for p in body["themes"]["phrases"]}
+        assert by_theme == {"consegna lenta": (2, 2.5), "prodotto ottimo": (2, 9.5)}
+        assert {w["theme"]: w["comments"] for w in body["themes"]["words"]}["consegna"] == 3
+        assert api.get("/v1/surveys/nope/comments").status_code == 404
+        assert api.get("/v1/surveys/nps-after-purchase/comments", params={"limit": 0}).status_code == 400
+
+    from percorso.web.dashboard.users import add_user
+    from tests.test_dashboard import signed_in
+
+    add_user(server.store, "anna@example.it", "a long enough secret", role="viewer")
+    dashboard = signed_in(server, ("anna@example.it", "a long enough secret"))
+    try:
+        dashboard.cookies.set("percorso_lang", "it")
+        html = dashboard.get("/surveys/nps-after-purchase").text
+        assert 'data-theme="consegna lenta" data-comments="2"' in html and "Temi" in html
+        twin = dashboard.get("/surveys/nps-after-purchase.json").json()
+        assert twin["themes"] == body["themes"]
+    finally:
+        dashboard.close()

@@ -19,6 +19,7 @@ from typing import Any
 from percorso.analytics.personas import persona_sql
 from percorso.analytics.sql import RESOLVED_EVENTS, condition_sql
 from percorso.feedback.definition import SCALES, Survey
+from percorso.feedback.themes import themes
 from percorso.journey.definition import Journey, display
 from percorso.store import Store
 from percorso.store.base import Session, like_literal
@@ -261,3 +262,27 @@ def survey_comments(
         }
         for at, score, comment, contact in rows
     ]
+
+
+#: The newest comments a theme view reads (a period with more is read from its newest).
+THEME_COMMENTS = 5000
+
+
+def comment_themes(store: Store, survey: Survey, start: datetime, end: datetime) -> dict[str, Any]:
+    """The words and phrases the survey's comments in ``[start, end)`` share
+    (:mod:`percorso.feedback.themes`), from the newest :data:`THEME_COMMENTS`."""
+    with store.session() as s:
+        survey_sql, survey_param = s.json_text("e.properties", "survey")
+        comment_sql, comment_param = s.json_text("e.properties", "comment")
+        score_sql, score_params = s.json_number("e.properties", "score")
+        rows = s.rows(
+            f"SELECT {comment_sql}, {score_sql} FROM events e WHERE e.type = 'track' AND e.event IN (?, ?) "
+            f"AND {survey_sql} = ? AND e.timestamp >= ? AND e.timestamp < ? AND {comment_sql} IS NOT NULL "
+            "ORDER BY e.timestamp DESC, e.message_id DESC LIMIT ?",
+            [
+                comment_param, *score_params, ANSWERED, COMMENTED, survey_param, survey.key, start, end,
+                comment_param, THEME_COMMENTS,
+            ],
+        )  # fmt: skip
+    found = themes((str(comment), score) for comment, score in rows)
+    return {"comments_read": len(rows), **found}

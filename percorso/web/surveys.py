@@ -10,7 +10,13 @@ import msgspec
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
-from percorso.analytics.feedback import ANSWERED, survey_breakdown, survey_results
+from percorso.analytics.feedback import (
+    ANSWERED,
+    comment_themes,
+    survey_breakdown,
+    survey_comments,
+    survey_results,
+)
 from percorso.analytics.stages import StageError, get_journey
 from percorso.automation.engine import bucket
 from percorso.events import MessageError, new_received_at, parse_message
@@ -146,6 +152,34 @@ def results(
         result["by"] = by
         result["breakdown"] = survey_breakdown(store, survey, start, end, by, chosen)
     return result
+
+
+@router.get(
+    "/surveys/{key}/comments",
+    summary="The newest comments (a literal search with q) and the themes they share",
+    responses=responses(NOT_FOUND, INVALID),
+)
+def comments(
+    request: Request,
+    key: SurveyKey,
+    start: Annotated[DateTime | None, Query(alias="from")] = None,
+    end: Annotated[DateTime | None, Query(alias="to")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, pattern=NO_NUL, description="words in the comment")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    survey, _, _ = _survey(request, key)
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(days=90)
+    if start >= end:
+        raise ApiError(400, "invalid_request", "from must be before to", "from")
+    store = request.app.state.store
+    return {
+        "survey": survey.key,
+        "comments": survey_comments(store, survey, start, end, q=q, limit=limit),
+        "themes": comment_themes(store, survey, start, end),
+    }
 
 
 class Answers(RequestBody):

@@ -9,7 +9,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from percorso.analytics.feedback import BREAKDOWNS, survey_breakdown, survey_comments, survey_results
+from percorso.analytics.feedback import (
+    BREAKDOWNS,
+    comment_themes,
+    survey_breakdown,
+    survey_comments,
+    survey_results,
+)
 from percorso.analytics.stages import StageError, get_journey
 from percorso.feedback.store import SurveyNotFound, get_survey, list_surveys
 from percorso.journey.definition import display
@@ -59,6 +65,7 @@ def survey_page(request: Request, session: Viewer, key: str) -> Response:
         "q": q,
         "result": survey_results(store, survey, span.start, span.end),
         "comments": survey_comments(store, survey, span.start, span.end, q=q),
+        "themes": comment_themes(store, survey, span.start, span.end),
         "journey": journey.key if journey else None,
         "by": by,
         "breakdowns": choices,
