@@ -591,3 +591,40 @@ def test_comment_themes_in_english_and_italian(server: LiveServer) -> None:
         assert twin["themes"] == body["themes"]
     finally:
         dashboard.close()
+
+
+def test_a_recurring_survey_is_offered_again_after_its_period(server: LiveServer) -> None:
+    monthly = CSAT.replace("key: delivery-csat", "key: monthly") + "show: {every: 30d}\n"
+    weekly = CSAT.replace("key: delivery-csat", "key: weekly") + "show: {every: 7d}\n"
+    once = CSAT.replace("key: delivery-csat", "key: once")
+    with server.client() as api:
+        for key, text in (("monthly", monthly), ("weekly", weekly), ("once", once)):
+            assert api.put(f"/v1/surveys/{key}", content=text).status_code == 200
+    with server.client(server.write_key) as writer:
+        person = visitor(writer)
+
+        def offered() -> set[str]:
+            r = writer.get("/v1/visitors/surveys", params={"token": person["token"]})
+            assert r.status_code == 200, r.text
+            return {s["key"] for s in r.json()["surveys"]}
+
+        assert offered() == {"monthly", "weekly", "once"}
+        # All three answered ten days ago (as the widget records them, with the visitor's id).
+        ten_days_ago = (datetime.now(UTC) - timedelta(days=10)).isoformat()
+        for key in ("monthly", "weekly", "once"):
+            answered = {
+                "anonymousId": person["anonymousId"],
+                "event": "Survey Answered",
+                "timestamp": ten_days_ago,
+                "properties": {"survey": key, "kind": "csat", "score": 4},
+            }
+            assert writer.post("/v1/track", json=answered).status_code == 200
+        # A week has passed, a month has not; without `every`, never again.
+        assert offered() == {"weekly"}
+        shown = {
+            "anonymousId": person["anonymousId"],
+            "event": "Survey Shown",
+            "properties": {"survey": "weekly"},
+        }
+        assert writer.post("/v1/track", json=shown).status_code == 200
+        assert offered() == set()  # shown just now: the week starts again

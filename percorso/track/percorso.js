@@ -27,6 +27,7 @@
   var KEY = "percorso:";
   var MAX_BATCH = 20;
   var FLUSH_MS = 1000;
+  var beaconed = ""; // the last batch handed to sendBeacon (its last messageId and length)
   var POLL_MS = 20000;
   var stub = window.percorso;
   if (stub && stub.initialized) return;
@@ -193,7 +194,11 @@
     if (leaving && window.navigator.sendBeacon) {
       // The page is going: the browser sends this after we are gone, and a beacon has no answer.
       // The batch stays stored: the next page sends it again and sees the answer; the server
-      // stores each messageId once, so the second copy costs nothing.
+      // stores each messageId once, so the second copy costs nothing. Hiding and leaving both
+      // come here: the same batch goes once.
+      var last = batch[batch.length - 1].messageId + "/" + batch.length;
+      if (last === beaconed) return;
+      beaconed = last;
       window.navigator.sendBeacon(url, new Blob([body], { type: "text/plain" }));
       return;
     }
