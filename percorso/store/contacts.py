@@ -375,8 +375,11 @@ def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
             "DELETE FROM events WHERE identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)",
             [live_id],
         )
+        # Every id the person had: a conflict recorded before a merge names the merged id.
+        every = "(SELECT contact_id FROM contacts WHERE contact_id = ? OR merged_into = ?)"
         s.execute(
-            "DELETE FROM identity_conflicts WHERE contact_id = ? OR other_contact_id = ?", [live_id, live_id]
+            f"DELETE FROM identity_conflicts WHERE contact_id IN {every} OR other_contact_id IN {every}",
+            [live_id, live_id, live_id, live_id],
         )
         s.execute(
             "DELETE FROM stage_entries WHERE contact_id = ? OR contact_id IN "
@@ -384,7 +387,6 @@ def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
             [live_id, live_id],
         )
         # Automations: their state, history, queued messages and unsubscribes name the contact too.
-        every = "(SELECT contact_id FROM contacts WHERE contact_id = ? OR merged_into = ?)"
         for table in (
             "enrollment_log",
             "outbox",
