@@ -64,11 +64,12 @@ def test_kill_dash_nine_loses_no_acknowledged_message(engine, request, tmp_path:
     sent: list[list[dict]] = []
     lock = threading.Lock()
     stop = threading.Event()
+    in_flight = [0]  # requests sent and not yet answered
 
     def load(worker: int) -> None:
         n = 0
         with httpx.Client(base_url=url, auth=(write_key, ""), timeout=5) as client:
-            while not stop.is_set() and n < 2000:
+            while not stop.is_set():
                 batch = [
                     {
                         "type": "track",
@@ -81,10 +82,14 @@ def test_kill_dash_nine_loses_no_acknowledged_message(engine, request, tmp_path:
                 n += 50
                 with lock:
                     sent.append(batch)
+                    in_flight[0] += 1
                 try:
                     r = client.post("/v1/batch", json={"batch": batch})
                 except httpx.HTTPError:
                     return  # the server is gone
+                finally:
+                    with lock:
+                        in_flight[0] -= 1
                 if r.status_code == 200:
                     with lock:
                         acked.update(m["messageId"] for m in batch)
@@ -92,13 +97,24 @@ def test_kill_dash_nine_loses_no_acknowledged_message(engine, request, tmp_path:
     threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
-    server.send_signal(signal.SIGKILL)
+    # Kill on progress, not on the clock: once 1,000 messages were acknowledged, at a moment
+    # when requests are on the wire.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with lock:
+            if len(acked) >= 1000 and in_flight[0] > 0:
+                killed_with = in_flight[0]
+                server.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.001)
+    else:
+        pytest.fail(f"the load did not reach 1,000 acknowledged messages ({len(acked)})")
     server.wait(timeout=10)
     stop.set()
     for t in threads:
         t.join(timeout=30)
-    assert len(acked) >= 500, "the load did not run long enough before the kill"
+    unanswered = [b for b in sent if b[0]["messageId"] not in acked]
+    assert killed_with >= 1 and unanswered, "the kill landed after the last acknowledgement"
 
     server = start_server(env, port)  # restart on the same store (DuckDB replays its WAL)
     try:
