@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -111,6 +112,7 @@ class LiveServer:
     store: Store
     write_key: str
     secret_key: str
+    app: Any = None  # the FastAPI application, for a test that sets its clocks
 
     def client(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, auth=(key or self.secret_key, ""), timeout=30)
@@ -142,7 +144,7 @@ def server(store: Store, settings: Settings) -> Iterator[LiveServer]:
         time.sleep(0.02)
     _, write_key = store.create_api_key("write", "tests")
     _, secret_key = store.create_api_key("secret", "tests")
-    yield LiveServer(f"http://127.0.0.1:{port}", store, write_key, secret_key)
+    yield LiveServer(f"http://127.0.0.1:{port}", store, write_key, secret_key, app)
     instance.should_exit = True
     thread.join(timeout=10)
 

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from fastapi.routing import APIRoute
 
 from percorso.config import Settings
@@ -144,7 +143,6 @@ def test_every_dashboard_page_needs_a_session(settings: Settings, server: LiveSe
     assert checked >= 15
 
 
-@pytest.mark.parametrize("engine", ["duckdb"], indirect=True)
 def test_a_viewer_changes_nothing_an_editor_cannot_administer(server: LiveServer) -> None:
     add_user(server.store, "vera@example.it", "viewer passphrase 3", role="viewer")
     add_user(server.store, "edo@example.it", "editor passphrase 2", role="editor")
