@@ -507,18 +507,37 @@ def test_first_run_does_not_replay_history(store: Store, classifier: Any, smtp: 
         assert s.rows("SELECT count(*) FROM enrollments")[0][0] == 0
 
 
-def test_enrollment_records_time(store: Store) -> None:
-    clock = ManualClock(MORNING)
-    assert clock.advance(hours=24) == MORNING + timedelta(hours=24)
+class TwoSenders(Inbox):
+    """Holds the first message until a second SMTP connection delivers too: two workers that
+    share the outbox both send, however the threads are scheduled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: set[Any] = set()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import asyncio
+
+        self.peers.add(session.peer)
+        for _ in range(3000):  # 30 s at most, then the assertions below say what happened
+            if len(self.peers) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        return await super().handle_DATA(server, session, envelope)
 
 
 def test_two_workers_on_postgres_share_due_work_without_duplicates(
-    pg_url: str, tmp_path: Any, classifier: Any, smtp: Any
+    pg_url: str, tmp_path: Any, classifier: Any
 ) -> None:
     from percorso.config import Settings
     from percorso.store import open_store
 
-    inbox, smtp_settings = smtp
+    inbox = TwoSenders()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    smtp_settings = SmtpSettings(
+        host="127.0.0.1", port=controller.port, sender="Casa Aurora <news@casa-aurora.example>"
+    )
     settings = Settings(data_dir=tmp_path, database_url=pg_url, pool_size=4)
     stores = [open_store(settings) for _ in range(2)]
     try:
@@ -546,13 +565,17 @@ def test_two_workers_on_postgres_share_due_work_without_duplicates(
         ids = [str(m["Message-ID"]) for m in inbox.messages]
         assert len(ids) == 300 and len(set(ids)) == 300
         assert sorted(str(m["To"]) for m in inbox.messages) == sorted(f"{u}@example.it" for u in users)
-        assert workers[0].stats["due"] > 0 and workers[1].stats["due"] > 0  # both did part of it
+        assert len(inbox.peers) >= 2
+        assert workers[0].stats["delivered"] > 0 and workers[1].stats["delivered"] > 0  # both sent
+        assert workers[0].stats["delivered"] + workers[1].stats["delivered"] == 300
+        assert workers[0].stats["due"] + workers[1].stats["due"] == 300  # each timer handled once
         with stores[0].session() as s:
             assert s.rows("SELECT count(*) FROM outbox WHERE status = 'sent'")[0][0] == 300
             assert s.rows("SELECT count(*) FROM enrollments WHERE step = 'confirmed'")[0][0] == 300
     finally:
         for store in stores:
             store.close()
+        controller.stop()
 
 
 def test_erasure_removes_automation_state(store: Store, classifier: Any, smtp: Any) -> None:

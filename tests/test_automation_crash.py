@@ -364,22 +364,25 @@ def test_kill_dash_nine_embedded_server(sink: tuple[Sink, int, str], tmp_path: P
 
 
 class StallingInbox(Sink):
-    """An SMTP server that keeps the first message waiting ``stall`` seconds before accepting it."""
+    """An SMTP server that holds the first message (``holding`` is set) until ``release`` is set."""
 
-    def __init__(self, stall: float) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.stall = stall
         self.stalled = False
+        self.holding = threading.Event()
+        self.release = threading.Event()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if not self.stalled:
             self.stalled = True
-            await asyncio.sleep(self.stall)
+            self.holding.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)
         return await super().handle_DATA(server, session, envelope)
 
 
 def test_a_stalled_sender_leaves_the_messages_taken_from_it(store: Store, classifier: Any) -> None:
-    inbox = StallingInbox(stall=2.0)
+    inbox = StallingInbox()
     port = free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
@@ -411,9 +414,16 @@ def test_a_stalled_sender_leaves_the_messages_taken_from_it(store: Store, classi
         # The first worker claims all six and stalls on the first, past the claim timeout...
         first = threading.Thread(target=stalled.deliver)
         first.start()
-        time.sleep(1.0)
-        # ...so another takes them over and sends all six.
-        assert other.deliver() == 6
+        assert inbox.holding.wait(30), "the first message never reached the server"
+        # ...so another takes them over, once the claim has timed out, and sends all six.
+        deadline = time.monotonic() + 30
+        taken = 0
+        while not taken:
+            assert time.monotonic() < deadline, "the stalled claims were never taken over"
+            taken = other.deliver()
+            time.sleep(0.05)
+        assert taken == 6
+        inbox.release.set()
         first.join(timeout=30)
         # Back from its stall, the first finds its claims gone and sends nothing more: only the
         # message that was in flight during the stall arrives twice, with its Message-ID.
