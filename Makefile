@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint bench bench-quick bench-automation serve screenshots chromium browser-libs
+.PHONY: demo test test-stress lint bench bench-quick bench-automation serve screenshots chromium browser-libs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: $(STAMP)
 ## Set up and run the whole test suite (DuckDB and PostgreSQL, and the browser tests), with lint and type checks.
 test: lint chromium browser-libs
 	$(BIN)/python -m pytest
+
+## The whole suite with two CPU-bound processes beside it (not in CI): no test may lean on an idle machine.
+test-stress: lint chromium browser-libs
+	$(BIN)/python scripts/burn.py 2 -- $(BIN)/python -m pytest
 
 ## Debian's Chromium for the browser tests (Playwright drives it; no browser download).
 chromium:

@@ -87,3 +87,39 @@ def test_rudder_library_identify_traits_and_page_category_are_kept(server):
     assert profile["traits"] == {"email": "Luca@Example.it", "plan": "member"}
     page = next(e for e in timeline if e["type"] == "page")
     assert page["name"] == "Shoes" and page["properties"] == {"path": "/shoes", "category": "Shop"}
+
+
+def test_segment_library_retries_after_429_and_loses_nothing(server):
+    from percorso.web.throttle import RateLimiter
+
+    # A collector limit of 5 requests per second per key, so the client meets 429.
+    refused: list[float] = []
+    limiter = RateLimiter(capacity=5, rate=5)
+    take = limiter.take
+
+    def counting(key: str) -> float:
+        wait = take(key)
+        if wait:
+            refused.append(wait)
+        return wait
+
+    limiter.take = counting  # type: ignore[method-assign]
+    server.app.state.collect_limiter = limiter
+    failures: list = []
+    # One request per event: 20 requests at a limit of 5 per second.
+    client = Client(
+        server.write_key,
+        host=server.url,
+        upload_size=1,
+        upload_interval=0.01,
+        on_error=lambda e, batch: failures.append(e),
+    )
+    for n in range(20):
+        client.track(user_id="u-429", event="Step Done", properties={"n": n}, message_id=f"r429-{n}")
+    client.flush()
+    client.shutdown()
+    assert failures == []
+    assert refused, "the limit was never reached: the test proves nothing"
+    with server.store.session() as s:
+        stored = s.rows("SELECT message_id FROM events WHERE user_id = 'u-429' ORDER BY message_id")
+    assert sorted(r[0] for r in stored) == sorted(f"r429-{n}" for n in range(20))
