@@ -146,3 +146,72 @@ def test_two_servers_store_each_message_once_and_share_revocations(pg_env: dict[
             server.send_signal(signal.SIGTERM)
         for server in servers:
             server.wait(timeout=30)
+
+
+WELCOME = """
+key: welcome
+name: Welcome
+trigger: {event: Signed Up}
+steps:
+  - id: hello
+    email: {category: transactional, subject: "Welcome", text: "Hello."}
+"""
+
+
+def test_a_worker_in_another_process_is_woken_by_notify(pg_env: dict[str, str], tmp_path: Path) -> None:
+    """The worker polls once a minute here; an event stored by the server process must reach it
+    through LISTEN/NOTIFY, in seconds."""
+    from aiosmtpd.controller import Controller
+
+    from tests.test_automation_crash import Sink
+
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    env = {**pg_env, "PERCORSO_SMTP_HOST": "127.0.0.1", "PERCORSO_SMTP_PORT": str(controller.port)}
+    assert cli(env, "migrate").returncode == 0
+    (tmp_path / "welcome.yaml").write_text(WELCOME, encoding="utf-8")
+    applied = cli(env, "automation", "apply", str(tmp_path / "welcome.yaml"))
+    assert applied.returncode == 0, applied.stderr
+    write_key = (
+        cli(env, "keys", "create", "--kind", "write", "--name", "site").stdout.strip().splitlines()[-1]
+    )
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "percorso", "worker", "--interval", "60"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    port = free_port()
+    server = start_server({**env, "PERCORSO_AUTOMATION_WORKER": "0"}, port)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(write_key, ""), timeout=30)
+
+        def sign_up(n: int) -> None:
+            event = {"type": "track", "event": "Signed Up", "userId": f"n{n}", "messageId": f"notify-{n}"}
+            assert (
+                client.post(
+                    "/v1/track", json={**event, "context": {"traits": {"email": f"n{n}@example.it"}}}
+                ).status_code
+                == 200
+            )
+
+        def emails_within(count: int, seconds: float) -> float:
+            started = time.monotonic()
+            while sink.counts()[0] < count:
+                assert time.monotonic() - started < seconds, (tmp_path / "worker.log").read_text()[-2000:]
+                time.sleep(0.05)
+            return time.monotonic() - started
+
+        sign_up(1)
+        emails_within(1, 90)  # the worker's first pass, or its wake-up: either way it is idle after
+        sign_up(2)
+        took = emails_within(2, 10)  # far inside the 60 s poll: only NOTIFY can have woken it
+        assert took < 10
+    finally:
+        server.send_signal(signal.SIGTERM)
+        worker.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        worker.wait(timeout=30)
+        controller.stop()
