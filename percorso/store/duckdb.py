@@ -108,7 +108,10 @@ class DuckDBSession(Session):
         try:
             return {row[0] for row in self.con.execute(_INSERT).fetchall()}
         finally:
-            self.con.unregister("percorso_batch")
+            try:
+                self.con.unregister("percorso_batch")
+            except duckdb.TransactionException:
+                pass  # the insert failed and aborted the transaction: keep its error, not this one
 
     def member(self, expression: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         if not values:
@@ -198,6 +201,9 @@ class DuckDBStore(Store):
         con.begin()
         try:
             yield DuckDBSession(con)
+        except duckdb.ConversionException as exc:
+            con.rollback()
+            raise DataRejected(str(exc)) from None  # as PostgreSQL's DataError: the value, not the store
         except BaseException:
             con.rollback()
             raise
