@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -108,10 +109,9 @@ class DuckDBSession(Session):
         try:
             return {row[0] for row in self.con.execute(_INSERT).fetchall()}
         finally:
-            try:
+            # When the insert failed it aborted the transaction: keep its error, not this one.
+            with contextlib.suppress(duckdb.TransactionException):
                 self.con.unregister("percorso_batch")
-            except duckdb.TransactionException:
-                pass  # the insert failed and aborted the transaction: keep its error, not this one
 
     def member(self, expression: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         if not values:
