@@ -7,6 +7,7 @@ import email
 import email.policy
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -655,3 +656,66 @@ def test_unsubscribe_link_suppresses_later_marketing(server: Any, classifier: An
     engine.run_until_idle()
     steps = {s["id"]: s for s in automation_stats(store, "again")["steps"]}
     assert steps["benefits"]["outcomes"] == {"queued": 1, "suppressed": 1}
+
+
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_an_event_committed_late_behind_the_cursor_is_still_handled(
+    store: Store, classifier: Any, smtp: Any
+) -> None:
+    """On PostgreSQL a request's transaction can commit after a later one: its events land behind
+    the worker's cursor. The worker re-reads the last seconds before its cursor and enrolls them."""
+    _, smtp_settings = smtp
+    clock = ManualClock(MORNING)
+    save_automation(store, load_automation(REMINDER), "test")
+    engine = make_engine(store, smtp_settings, clock)
+    person(store, classifier, "slow")  # the contact exists: the late transaction only appends its event
+    with store.session() as s:
+        identity = s.rows("SELECT identity_id FROM identities WHERE kind = 'user_id' AND value = 'slow'")[0][
+            0
+        ]
+    received = datetime.now(UTC)
+    late = parse_message(
+        json.dumps(
+            {"type": "track", "userId": "slow", "event": "Registration Submitted", "messageId": "late-1"}
+        ).encode(),
+        received_at=received,
+        classifier=classifier,
+    )
+    late.identity_id = int(identity)
+    inserted, commit = threading.Event(), threading.Event()
+
+    def slow_request() -> None:
+        with store.session() as s:  # a transaction that stays open
+            s.insert_events([late])
+            inserted.set()
+            commit.wait(30)
+
+    writer = threading.Thread(target=slow_request)
+    writer.start()
+    assert inserted.wait(30)
+    # A later request commits first, and the worker moves its cursor past both.
+    send(store, classifier, "quick", event="Registration Submitted")
+    engine.decide()
+    with store.session() as s:
+        assert [r[0] for r in s.rows("SELECT contact_id FROM enrollments")] != []
+        cursor = s.rows("SELECT received_at FROM automation_cursor WHERE name = 'events'")[0][0]
+    assert cursor > received
+    commit.set()
+    writer.join(timeout=30)
+
+    def enrolled() -> set[str]:
+        with store.session() as s:
+            return {
+                str(r[0])
+                for r in s.rows(
+                    "SELECT i.value FROM enrollments en JOIN identities i ON i.contact_id = en.contact_id "
+                    "WHERE i.kind = 'user_id'"
+                )
+            }
+
+    deadline = time.monotonic() + 10
+    while "slow" not in enrolled():  # the re-read runs at most once a second
+        assert time.monotonic() < deadline, enrolled()
+        engine.decide()
+        time.sleep(0.1)
+    assert enrolled() == {"quick", "slow"}
