@@ -320,3 +320,52 @@ def test_conflicts_are_recorded(store, classifier, email_first):
         conflicts = s.rows("SELECT kind, value FROM identity_conflicts")
     assert conflicts == [("anonymous_id", "tablet")]
     assert store.counts()["contacts"] == 2
+
+
+@pytest.mark.parametrize("later", ["older_contact", "newer_contact"])
+def test_on_a_merge_the_profile_updated_last_wins_key_by_key(store, classifier, later):
+    """docs/identity.md: on a merge, the profile updated most recently wins key by key: its
+    values replace the other's where both have the key; keys only one of them has are kept."""
+    import json as _json
+
+    from percorso.store.contacts import find_contact, resolve_contact
+
+    early, late = T0 + timedelta(hours=1), T0 + timedelta(hours=2)
+    old_at, new_at = (late, early) if later == "older_contact" else (early, late)
+    first = [  # two people, two stored contacts (the first one is older: it survives the merge)
+        {
+            "type": "identify",
+            "userId": "marta",
+            "traits": {"plan": "free", "city": "Milano"},
+            "timestamp": old_at,
+        },
+        {
+            "type": "identify",
+            "anonymousId": "tablet",
+            "traits": {"plan": "gold", "phone": "+39 02 1234"},
+            "timestamp": new_at,
+        },
+    ]
+    merge = [
+        {"type": "alias", "previousId": "tablet", "userId": "marta", "timestamp": T0 + timedelta(hours=3)}
+    ]
+    for n, batch in enumerate((first, merge)):
+        store.ingest(
+            [
+                parse_message(
+                    _json.dumps(
+                        {**m, "messageId": f"k{n}-{i}", "timestamp": m["timestamp"].isoformat()}
+                    ).encode(),
+                    received_at=T0 + timedelta(days=1),
+                    classifier=classifier,
+                )
+                for i, m in enumerate(batch)
+            ]
+        )
+    tablet, marta = find_contact(store, "anonymous_id", "tablet"), find_contact(store, "user_id", "marta")
+    with store.session() as s:
+        live, row = resolve_contact(s, tablet)
+    assert live == marta
+    traits = row["traits"] if isinstance(row["traits"], dict) else _json.loads(row["traits"])
+    winner = "free" if later == "older_contact" else "gold"
+    assert traits == {"plan": winner, "city": "Milano", "phone": "+39 02 1234"}, traits

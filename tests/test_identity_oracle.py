@@ -111,3 +111,44 @@ def test_the_store_matches_the_reference(
             for c, kind, value in s.rows("SELECT contact_id, kind, value FROM identities")
         }
     check(obs, list(stored), {int(m[1:]): int(c) for m, c in per_event.items()}, owner)
+
+
+def test_concurrent_merges_from_several_connections_match_the_reference(store: Store, classifier) -> None:
+    """Merges of stored contacts sent at once from four threads (four connections on PostgreSQL)
+    end in exactly the components a union-find of all the observations gives."""
+    import random
+    import threading
+
+    rng = random.Random(7)
+    # 40 visitors already stored, each its own contact ...
+    visitors = [Observation(anonymous_id=f"v{i}") for i in range(40)]
+    store.ingest(to_events(visitors, classifier))
+    # ... then emails link them in overlapping chains, sent by four clients at once.
+    links = [
+        Observation(anonymous_id=f"v{rng.randrange(40)}", email=f"e{rng.randrange(15)}@x.it")
+        for _ in range(120)
+    ]
+    chunks = [links[i::4] for i in range(4)]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        events = to_events(chunks[n], classifier)
+        for i, event in enumerate(events):
+            event.message_id = f"link-{n}-{i}"
+        barrier.wait()
+        try:
+            for start in range(0, len(events), 3):
+                store.ingest(events[start : start + 3])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    stored, _ = stored_partition(store)
+    expected = {c for c in reference(visitors + links)}
+    assert set(stored) == expected
