@@ -290,3 +290,46 @@ def test_the_collector_limits_each_key(server: LiveServer, clock: Clock) -> None
     assert fast.post("/v1/track", json={**event, "messageId": "later"}).status_code == 200
     assert fast.post("/v1/track", json={**event, "messageId": "later-2"}).status_code == 429
     assert RateLimiter(capacity=0, rate=0).take("k") == 0  # 0 turns the limit off
+
+
+def test_password_checks_past_the_queue_are_refused_with_503(
+    site: LiveServer, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One check at a time, one waiting: a third sign-in is refused at once (503, Retry-After)
+    instead of piling up. The check is held, not slowed: it waits for the test to let it go."""
+    import threading
+
+    from percorso.web.dashboard import signin
+
+    real = signin.sign_in
+    entered, release = threading.Event(), threading.Event()
+
+    def held(*args: object) -> object:
+        entered.set()
+        assert release.wait(30)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(signin, "sign_in", held)
+    guard = signin.SignInGuard.from_settings(settings)
+    guard.gate = Gate(1, queue=1, patience=30)
+    site.app.state.sign_in_guard = guard
+    answers: dict[str, int] = {}
+
+    def attempt(name: str, who: tuple[str, str]) -> None:
+        answers[name] = Browser(site, f"203.0.113.{len(name)}").sign_in(*who).status_code
+
+    first = threading.Thread(target=attempt, args=("first", ANNA))
+    first.start()
+    assert entered.wait(30)  # the first holds the only slot
+    second = threading.Thread(target=attempt, args=("second-", ENZO))
+    second.start()
+    deadline = time.monotonic() + 30
+    while guard.gate._limiter is None or guard.gate._limiter.statistics().tasks_waiting < 1:
+        assert time.monotonic() < deadline, "the second never queued"
+        time.sleep(0.01)
+    third = Browser(site, "203.0.113.99").sign_in(*ANNA)
+    assert third.status_code == 503 and third.headers["retry-after"] == "1", third.text
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert answers == {"first": 303, "second-": 303}  # the queued one was served, not refused
