@@ -97,6 +97,8 @@ class LocalInbox:
             payload = json.loads(body)
         except ValueError:
             payload = {"raw": body.decode("utf-8", "replace")}
+        if not isinstance(payload, dict):  # any JSON may arrive here, not only percorso's
+            payload = {"raw": payload}
         record = {"path": path, "headers": headers, "payload": payload, "signature": signed}
         with self._lock:
             self.webhooks.append(record)
@@ -106,7 +108,8 @@ class LocalInbox:
             (self.save_dir / f"webhook-{number:05d}.json").write_text(json.dumps(record, indent=2))
         if self.echo is not None:
             when = str(payload.get("decided_at") or datetime.now(UTC).isoformat())[:16].replace("T", " ")
-            contact = (payload.get("contact") or {}).get("email")
+            person = payload.get("contact")
+            contact = person.get("email") if isinstance(person, dict) else person
             self.echo(
                 f"{when} UTC  webhook  {path}  {payload.get('automation')}/{payload.get('step')} "
                 f"for {contact} ({signed})"
