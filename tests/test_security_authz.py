@@ -38,7 +38,9 @@ PUBLIC_PAGES = {
     "/logout",
     "/lang",
     "/percorso.js",
-}  # sign in, sign out, the language switch; the tracker
+    "/docs",
+    "/docs/oauth2-redirect",
+}  # sign in, sign out, the language switch; the tracker; the API reference (the public schema)
 # Routes that take the write key: the collector and what the browser tracker reads.
 # analytics.js' short paths (/v1/t, /v1/b, ...) are the same endpoints under other names.
 WRITE_KEY_ROUTES = re.compile(

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi_offline import FastAPIOffline
 
 from percorso import __version__
 from percorso.analytics.worker import StageWorker
@@ -73,7 +74,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             if owned:
                 active.close()
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs loads Swagger UI from percorso itself
+    # (/static-offline-docs), not from a CDN, so the API reference works offline.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="percorso",
         version=__version__,
         summary="Customer journey platform: Segment-compatible collector and REST API",
