@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from percorso.automation.engine import Engine, EngineSettings
+from percorso.demo.command import demo_journey
 from percorso.demo.shop import prepare_shop, shop_app
 from percorso.web.dashboard.users import add_user
 from tests.conftest import LiveServer, free_port
@@ -131,5 +132,17 @@ def test_a_visit_to_the_demo_shop_shows_on_the_dashboard(
     add_user(server.store, "anna@example.it", "a long enough secret", role="admin")
     dashboard = signed_in(server, ("anna@example.it", "a long enough secret"))
     page_html = dashboard.get(f"/contacts/{contact['id']}").text
-    dashboard.close()
     assert "Survey Answered" in page_html and "Order Completed" in page_html
+
+    # The clicks are on the heatmaps (the survey's and the message's own buttons are not).
+    heat = dashboard.get("/heatmaps.json", params={"page": "/prodotti/*", "band": "desktop"}).json()
+    assert heat["result"]["clicks"] >= 1, heat["result"]  # "add to cart", sent as the page was left
+    assert "#add" in {e["selector"] for e in heat["result"]["elements"]}
+
+    # And on the journey map the demo draws: the answer counts in the stage Giulia was in.
+    journey = demo_journey(server.store)
+    twin = dashboard.get("/map.json", params={"journey": journey}).json()
+    dashboard.close()
+    feeling = {s["stage"]: s["emotion"] for s in twin["map"]["stages"]}
+    answered = [k for k, e in feeling.items() if e.get("nps_responses")]
+    assert len(answered) == 1 and feeling[answered[0]]["nps"] == 100.0, feeling

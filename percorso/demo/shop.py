@@ -89,7 +89,9 @@ def shop_app(percorso_url: str, write_key: str) -> FastAPI:
     """The shop's pages; each loads percorso.js from ``percorso_url``."""
     templates = Environment(loader=FileSystemLoader(PAGES), autoescape=select_autoescape(["html"]))
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    load = {"host": percorso_url, "writeKey": write_key}
+    # Every page records clicks and scroll depth, so a newcomer finds their own visit on the
+    # dashboard's heatmaps.
+    load = {"host": percorso_url, "writeKey": write_key, "heatmaps": {"pages": ["*"]}}
 
     def render(name: str, title: str, **values: Any) -> HTMLResponse:
         return HTMLResponse(templates.get_template(name).render(load=load, title=title, **values))
