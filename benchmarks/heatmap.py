@@ -2,7 +2,8 @@
 
 Writes N ``Heatmap Click`` events (as percorso.js sends them: selector, x, y, width, rage, dead,
 band in the properties) and N / 10 ``Page Scrolled`` events into a fresh embedded DuckDB store,
-with SQL (loading 10M through HTTP would take the collector minutes and is measured elsewhere);
+with SQL (loading 10M through HTTP would take the collector minutes and is measured elsewhere),
+then their typed copy in ``heatmap_clicks`` (store/clicks.py);
 half the clicks are on ``/checkout``, the rest over 99 other pages. Then times
 :func:`percorso.analytics.heatmap.heatmap` for ``/checkout`` (half the clicks), for one of the
 small pages, and for every page at once (``*``), best of three each. PostgreSQL with
@@ -49,6 +50,8 @@ FROM {series}
 
 
 def fill(store: Any, events: int, start: datetime) -> float:
+    from percorso.store.clicks import copy_clicks
+
     started = time.perf_counter()
     with store.session() as s:
         if store.engine == "duckdb":
@@ -59,6 +62,9 @@ def fill(store: Any, events: int, start: datetime) -> float:
             series = "generate_series(0, {n} - 1) t(i)"
         for sql, n in ((FILL, events), (SCROLLS, events // 10)):
             s.execute(sql.format(json=s.json_type, series=series.format(n=n), **values))
+        # The typed copy the collector makes of each click as it stores it, made here for all of
+        # them at once (as migration 11 does for clicks stored before it).
+        copy_clicks(s)
     store.analyze()
     return round(time.perf_counter() - started, 1)
 

@@ -89,3 +89,26 @@ def test_the_heatmap_page_and_its_twin(server: LiveServer) -> None:
         assert dashboard.get("/heatmaps.json", params={"page": "/*"}).json()["site"] is None
     finally:
         dashboard.close()
+
+
+def test_clicks_stored_before_the_typed_copy_are_copied_by_the_migration(server: LiveServer) -> None:
+    """Migration 11 copies the clicks stored before it into heatmap_clicks: the heatmap is the
+    same after the upgrade as for clicks sent after it. A retried click is copied once."""
+    click = {"type": "track", "event": "Heatmap Click", "anonymousId": "old", "messageId": "old-1",
+             "context": {"page": {"path": "/old"}},
+             "properties": {"x": 10, "y": 10, "width": 100, "selector": "#a", "rage": True, "band": "desktop"}}  # fmt: skip
+    with server.client(server.write_key) as writer:
+        assert writer.post("/v1/track", json=click).status_code == 200
+        assert writer.post("/v1/track", json=click).status_code == 200  # the retry stores nothing
+    with server.client() as api:
+        period = {"page": "/old", "from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+        before = api.get("/v1/heatmaps", params=period).json()
+    assert (before["clicks"], before["rage_clicks"]) == (1, 1)
+    store = server.store
+    with store.session() as s:  # as a store was before migration 11
+        s.execute("DROP TABLE heatmap_clicks")
+        s.execute("DELETE FROM schema_migrations WHERE version = 11")
+    store.migrate()
+    with server.client() as api:
+        after = api.get("/v1/heatmaps", params=period).json()
+    assert after == before

@@ -21,7 +21,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from percorso.analytics.heatmap import CLICK
 from percorso.analytics.significance import p_value, z_test
 from percorso.analytics.sql import RESOLVED_EVENTS
 from percorso.analytics.summaries import summaries
@@ -171,19 +170,16 @@ def frustration_spots(
     s: Session, journey: Journey, start: datetime, end: datetime, cfg: Settings
 ) -> list[dict[str, Any]]:
     """Clicked elements whose share of rage and dead clicks stands out from the rest of the site."""
-    fields, field_params = s.json_columns(
-        "e.properties", {"selector": "text", "rage": "text", "dead": "text"}
-    )
+    # From the typed copy of the clicks (store/clicks.py).
     clicks = (
-        f"SELECT e.page_path, {fields}, i.contact_id, e.timestamp AS ts FROM {RESOLVED_EVENTS} "
-        "WHERE e.type = 'track' AND e.event = ? AND e.timestamp >= ? AND e.timestamp < ?"
+        "SELECT c.page_path, c.selector, c.rage, c.dead, i.contact_id, c.timestamp AS ts FROM heatmap_clicks c "
+        "JOIN identities i ON i.identity_id = c.identity_id WHERE c.timestamp >= ? AND c.timestamp < ?"
     )
-    params = [*field_params, CLICK, start, end]
-    frustrated = "CASE WHEN rage = 'true' OR dead = 'true' THEN 1 ELSE 0 END"
+    params: list[Any] = [start, end]
     rows = s.rows(
-        f"SELECT page_path, selector, count(*), sum({frustrated}), "
-        f"count(DISTINCT CASE WHEN rage = 'true' OR dead = 'true' THEN contact_id END), "
-        "sum(CASE WHEN rage = 'true' THEN 1 ELSE 0 END), sum(CASE WHEN dead = 'true' THEN 1 ELSE 0 END) "
+        "SELECT page_path, selector, count(*), sum(CASE WHEN rage OR dead THEN 1 ELSE 0 END), "
+        "count(DISTINCT CASE WHEN rage OR dead THEN contact_id END), "
+        "sum(CASE WHEN rage THEN 1 ELSE 0 END), sum(CASE WHEN dead THEN 1 ELSE 0 END) "
         f"FROM ({clicks}) c WHERE selector IS NOT NULL AND page_path IS NOT NULL GROUP BY 1, 2",
         params,
     )
@@ -207,7 +203,7 @@ def frustration_spots(
             top = s.rows(
                 f"SELECT se.stage, count(*) FROM ({clicks}) c JOIN stage_entries se ON se.journey_key = ? "
                 "AND se.contact_id = c.contact_id AND se.entered_at <= c.ts AND (se.left_at IS NULL OR se.left_at > c.ts) "
-                "WHERE c.page_path = ? AND c.selector = ? AND (c.rage = 'true' OR c.dead = 'true') "
+                "WHERE c.page_path = ? AND c.selector = ? AND (c.rage OR c.dead) "
                 "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1",
                 [*params, journey.key, page, selector],
             )

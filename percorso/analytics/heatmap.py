@@ -9,14 +9,12 @@ percorso.js sends (docs/tracker.md#heatmaps): for a page pattern, a period and a
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from percorso.analytics.sql import like_pattern
 from percorso.store import Store
 
-CLICK = "Heatmap Click"
 SCROLLED = "Page Scrolled"
 COLUMNS = 20
 ROW_PIXELS = 50
@@ -31,48 +29,33 @@ def heatmap(
         raise ValueError(f"band must be one of {', '.join(BANDS)}, not {band!r}")
     with store.session() as s:
         s.tune_for_analytics()
-        where = "e.type = 'track' AND e.event = ? AND e.page_path LIKE ? ESCAPE '\\' AND e.timestamp >= ? AND e.timestamp < ?"
+        # Clicks from their typed copy (store/clicks.py); scroll depths from the events.
+        clicked = "c.page_path LIKE ? ESCAPE '\\' AND c.timestamp >= ? AND c.timestamp < ?"
         base: list[Any] = [like_pattern(page), start, end]
-        fields, field_params = s.json_columns(
-            "e.properties",
-            {
-                "selector": "text",
-                "x": "number",
-                "y": "number",
-                "width": "number",
-                "rage": "text",
-                "dead": "text",
-                "band": "text",
-            },
+        if band is not None:
+            clicked += " AND c.band = ?"
+        click_params = [*base, *([] if band is None else [band])]
+        totals = s.rows(
+            "SELECT count(*), sum(CASE WHEN c.rage THEN 1 ELSE 0 END), sum(CASE WHEN c.dead THEN 1 ELSE 0 END) "
+            f"FROM heatmap_clicks c WHERE {clicked}",
+            click_params,
+        )[0]
+        grid = s.rows(
+            f"SELECT least(CAST(floor(c.x / c.width * {COLUMNS}) AS INTEGER), {COLUMNS - 1}) AS col, "
+            f"CAST(floor(c.y / {ROW_PIXELS}) AS INTEGER) AS row_index, count(*) FROM heatmap_clicks c "
+            f"WHERE {clicked} AND c.x IS NOT NULL AND c.y IS NOT NULL AND c.width > 0 AND c.x >= 0 AND c.y >= 0 "
+            "GROUP BY 1, 2 ORDER BY 2, 1",
+            click_params,
         )
-        table = f"heat_clicks_{uuid.uuid4().hex[:12]}"  # this query's own, whatever runs beside it
-        s.execute(
-            f"CREATE TEMP TABLE {table} AS SELECT {fields} FROM events e WHERE {where}",
-            [*field_params, CLICK, *base],
+        elements = s.rows(
+            "SELECT c.selector, count(*) AS n, sum(CASE WHEN c.rage THEN 1 ELSE 0 END), "
+            f"sum(CASE WHEN c.dead THEN 1 ELSE 0 END) FROM heatmap_clicks c WHERE {clicked} "
+            "AND c.selector IS NOT NULL GROUP BY c.selector ORDER BY n DESC, c.selector LIMIT ?",
+            [*click_params, top],
         )
+        where = "e.type = 'track' AND e.event = ? AND e.page_path LIKE ? ESCAPE '\\' AND e.timestamp >= ? AND e.timestamp < ?"
         banded = "TRUE" if band is None else "band = ?"
         band_params = [] if band is None else [band]
-        try:
-            totals = s.rows(
-                "SELECT count(*), sum(CASE WHEN rage = 'true' THEN 1 ELSE 0 END), "
-                f"sum(CASE WHEN dead = 'true' THEN 1 ELSE 0 END) FROM {table} WHERE {banded}",
-                band_params,
-            )[0]
-            grid = s.rows(
-                f"SELECT least(CAST(floor(x / width * {COLUMNS}) AS INTEGER), {COLUMNS - 1}) AS col, "
-                f"CAST(floor(y / {ROW_PIXELS}) AS INTEGER) AS row_index, count(*) FROM {table} "
-                f"WHERE {banded} AND x IS NOT NULL AND y IS NOT NULL AND width > 0 AND x >= 0 AND y >= 0 "
-                "GROUP BY 1, 2 ORDER BY 2, 1",
-                band_params,
-            )
-            elements = s.rows(
-                "SELECT selector, count(*) AS n, sum(CASE WHEN rage = 'true' THEN 1 ELSE 0 END), "
-                f"sum(CASE WHEN dead = 'true' THEN 1 ELSE 0 END) FROM {table} WHERE {banded} AND selector IS NOT NULL "
-                "GROUP BY selector ORDER BY n DESC, selector LIMIT ?",
-                [*band_params, top],
-            )
-        finally:
-            s.execute(f"DROP TABLE {table}")
         scroll_fields, scroll_params = s.json_columns("e.properties", {"depth": "number", "band": "text"})
         reach = s.rows(
             f"SELECT count(depth), {', '.join(f'sum(CASE WHEN depth >= {d} THEN 1 ELSE 0 END)' for d in range(10, 101, 10))} "

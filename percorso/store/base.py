@@ -396,6 +396,7 @@ class Store(ABC):
                 "automation_triggers",
                 "trigger_occurrences",
                 "surveys",
+                "heatmap_clicks",
             ):
                 s.execute(f"DELETE FROM {table}")
 

@@ -336,6 +336,7 @@ def export_contact(store: Store, contact_id: int) -> dict[str, Any]:
 ERASED_FROM = (
     "stage_progress",
     "account_stage_entries",
+    "heatmap_clicks",
     "events",
     "identity_conflicts",
     "stage_entries",
@@ -371,10 +372,11 @@ def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
             [live_id],
         )
         s.execute(f"DELETE FROM account_stage_entries WHERE message_id IN ({mine})", [live_id])
-        s.execute(
-            "DELETE FROM events WHERE identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)",
-            [live_id],
-        )
+        for table in ("heatmap_clicks", "events"):
+            s.execute(
+                f"DELETE FROM {table} WHERE identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)",
+                [live_id],
+            )
         # Every id the person had: a conflict recorded before a merge names the merged id.
         every = "(SELECT contact_id FROM contacts WHERE contact_id = ? OR merged_into = ?)"
         s.execute(

@@ -15,6 +15,7 @@ import msgspec
 from percorso.events import Event
 from percorso.identity import USER_ID, GraphSlice, IdentityPlan, Observation, plan_batch
 from percorso.store.base import Session
+from percorso.store.clicks import CLICK, copy_clicks
 from percorso.values import read_json
 
 _encode = msgspec.json.encode
@@ -62,7 +63,13 @@ def write_batch(s: Session, events: list[Event], now: datetime) -> set[str]:
         for event, identity in zip(subset, identity_ids, strict=True):
             event.identity_id = identity
         apply_profile_updates(s, subset, contact_ids, plan, now)
-    return s.insert_events(batch)
+    stored = s.insert_events(batch)
+    clicks = [
+        e.message_id for e in batch if e.event == CLICK and e.type == "track" and e.message_id in stored
+    ]
+    if clicks:  # heatmap clicks are also kept in typed columns (store/clicks.py)
+        copy_clicks(s, clicks)
+    return stored
 
 
 def load_graph_slice(s: Session, observations: list[Observation]) -> GraphSlice:

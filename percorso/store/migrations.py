@@ -54,6 +54,12 @@ def repair_outside_numbers(s: Session) -> None:
                     )
 
 
+def _copy_stored_clicks(s: Session) -> None:
+    from percorso.store.clicks import copy_clicks
+
+    copy_clicks(s)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -419,5 +425,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             updated_at TIMESTAMPTZ NOT NULL
         )
         """,
+    ),
+    Migration(
+        11,
+        "heatmap clicks in typed columns (copied from the Heatmap Click events stored so far)",
+        """
+        CREATE TABLE heatmap_clicks (
+            message_id TEXT PRIMARY KEY,
+            identity_id BIGINT NOT NULL,
+            timestamp TIMESTAMPTZ NOT NULL,
+            page_path TEXT,
+            selector TEXT,
+            x DOUBLE PRECISION,
+            y DOUBLE PRECISION,
+            width DOUBLE PRECISION,
+            band TEXT,
+            rage BOOLEAN NOT NULL,
+            dead BOOLEAN NOT NULL
+        );
+        --pg CREATE INDEX heatmap_clicks_page ON heatmap_clicks (page_path, timestamp);
+        --pg CREATE INDEX heatmap_clicks_identity ON heatmap_clicks (identity_id)
+        """,
+        repair=_copy_stored_clicks,
     ),
 )
