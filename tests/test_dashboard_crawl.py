@@ -214,6 +214,13 @@ def check_site(demo_site: LiveServer, who: tuple[str, str], lang: str) -> dict[s
             if found:
                 problems[url] = found
         assert problems == {}, problems
+        from percorso import __version__
+
+        reminder = pages.get(f"{demo_site.url}/automations/registration-reminder")
+        assert reminder is not None and reminder.status_code == 200
+        # The footer names the app's version, not the automation's; a holdout step is not "no holdout".
+        assert f"percorso {__version__}" in visible_text(reminder.text)
+        assert "data-holdout-waiting" in reminder.text or "data-uplift" in reminder.text
         return pages
     finally:
         client.close()

@@ -116,6 +116,7 @@ def _detail(request: Request, key: str) -> dict[str, Any]:
         "version": version,
         "status": status,
         "has_goal": automation.goal is not None,
+        "holdout_share": next((st.holdout for st in automation.steps if st.holdout is not None), None),
         "totals": stats["totals"],
         "steps": steps,
         "groups": stats["groups"],

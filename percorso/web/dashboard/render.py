@@ -108,7 +108,7 @@ def html(
         "csrf": session.csrf_token if session else "",
         "nav": NAV,
         "active": active,
-        "version": __version__,
+        "app_version": __version__,  # not "version": pages have versions of their own (automations)
         "query_with": lambda **kw: query_with(request, **kw),
         **context,
     }
