@@ -33,8 +33,11 @@ def dashboard_pages(settings: Settings, server: LiveServer) -> Iterator[str]:
             elif hasattr(route, "original_router"):
                 yield from walk(route.original_router.routes)
 
+    # Not dashboard pages: sign-in, and the API reference (Swagger UI draws the OpenAPI schema,
+    # never stored data, with FastAPI's own inline start-up script; tests/test_api_docs_browser.py).
+    outside = {"/login", "/docs", "/docs/oauth2-redirect"}
     for route in walk(create_app(settings, server.store).routes):
-        if not route.include_in_schema and "GET" in route.methods and route.path != "/login":
+        if not route.include_in_schema and "GET" in route.methods and route.path not in outside:
             yield route.path
 
 
