@@ -216,6 +216,10 @@ def check_site(demo_site: LiveServer, who: tuple[str, str], lang: str) -> dict[s
         assert problems == {}, problems
         from percorso import __version__
 
+        # Recent activity: the contacts active last, one row each, nothing from the future.
+        recent = client.get("/index.json").json()["recent_activity"]
+        assert len(recent) == 12 and len({r["contact_id"] for r in recent}) == 12, recent
+        assert [r["timestamp"] for r in recent] == sorted((r["timestamp"] for r in recent), reverse=True)
         reminder = pages.get(f"{demo_site.url}/automations/registration-reminder")
         assert reminder is not None and reminder.status_code == 200
         # The footer names the app's version, not the automation's; a holdout step is not "no holdout".

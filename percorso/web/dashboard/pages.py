@@ -15,7 +15,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from percorso.analytics.journeymap import journey_map
-from percorso.analytics.sql import Sql
+from percorso.analytics.sql import CUSTOMER_EVENT, RESOLVED_EVENTS, Sql
 from percorso.journey.definition import display
 from percorso.store import Store
 from percorso.web.dashboard.filters import Filters, PageError, journey_filters
@@ -200,12 +200,18 @@ def _recent(request: Request, limit: int = 12) -> list[dict[str, Any]]:
 
 
 def _latest_events(store: Store, limit: int) -> list[dict[str, Any]]:
+    """The contacts active most recently (by when things happened, up to now), one row each with
+    their latest action: among the newest events, so the query stays a top-N however large the
+    store; percorso's own automation events are not customer activity."""
     with store.session() as s:
         rows = s.dicts(
-            "SELECT e.timestamp, e.type, coalesce(e.event, e.name, e.page_path, e.type) AS what, e.channel, "
-            "i.contact_id FROM events e JOIN identities i ON i.identity_id = e.identity_id "
-            "ORDER BY e.received_at DESC, e.timestamp DESC LIMIT ?",
-            [limit],
+            "SELECT timestamp, type, what, channel, contact_id FROM (SELECT l.*, row_number() OVER "
+            "(PARTITION BY l.contact_id ORDER BY l.timestamp DESC, l.message_id DESC) AS rn FROM "
+            "(SELECT e.timestamp, e.message_id, e.type, coalesce(e.event, e.name, e.page_path, e.type) AS what, "
+            f"e.channel, i.contact_id FROM {RESOLVED_EVENTS} WHERE e.timestamp <= ? AND {CUSTOMER_EVENT} "
+            "ORDER BY e.timestamp DESC, e.message_id DESC LIMIT ?) l) x WHERE rn = 1 "
+            "ORDER BY timestamp DESC, contact_id LIMIT ?",
+            [datetime.now(UTC), 40 * limit, limit],
         )
     return [{**r, "timestamp": r["timestamp"].isoformat()} for r in rows]
 
