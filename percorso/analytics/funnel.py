@@ -643,7 +643,9 @@ def _duration_label(seconds: int) -> str:
     return f"{seconds}s"
 
 
-def dropped_contacts(store: Store, spec: FunnelSpec, step: int, limit: int = 1000) -> list[dict[str, Any]]:
+def dropped_contacts(
+    store: Store, spec: FunnelSpec, step: int, limit: int = 1000, offset: int = 0
+) -> list[dict[str, Any]]:
     """Contacts who dropped after ``step``: reached it, not the next one, and their window has
     closed (or, in strict mode, their next event was another one) — an audience for a follow-up.
     Contacts removed by an exclusion step are not in it."""
@@ -660,6 +662,6 @@ def dropped_contacts(store: Store, spec: FunnelSpec, step: int, limit: int = 100
             "(SELECT min(value) FROM identities WHERE contact_id = r.cid AND kind = 'email') AS email "
             f"FROM reached r WHERE {step_time} IS NOT NULL AND t{step + 1} IS NULL "
             f"AND (t1 + ? <= ? OR brk = {step}) AND xat IS NULL "
-            "ORDER BY r.cid LIMIT ?",
-            [*base.params, spec.window_seconds, _as_of(spec), limit],
+            "ORDER BY r.cid LIMIT ? OFFSET ?",
+            [*base.params, spec.window_seconds, _as_of(spec), limit, offset],
         )

@@ -34,7 +34,7 @@ from percorso.web.dashboard.twins import Editor, Viewer, both_on
 router = APIRouter(include_in_schema=False)
 both = both_on(router)
 
-DROPPED_LIMIT = 500
+DROPPED_PAGE = 100  # contacts per page of a drop-off list
 SEGMENT_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -185,18 +185,38 @@ def funnels_page(request: Request, session: Viewer) -> Response:
             data["result"] = entry.value
             data["computed_at"] = entry.computed_at.isoformat()
             if form["dropped"]:
+                # The step table's count, paged: every contact it counts can be listed.
+                total = int(entry.value["total"]["steps"][form["dropped"] - 1].get("dropped") or 0)
+                pages = max(1, -(-total // DROPPED_PAGE))
+                number = _page_number(request, pages)
                 data["dropped"] = {
                     "step": form["dropped"],
                     "label": form["steps"][form["dropped"] - 1],
+                    "total": total,
+                    "page": number,
+                    "pages": pages,
+                    "first": (number - 1) * DROPPED_PAGE + 1,
                     "contacts": [
                         {**c, "reached_at": datetime.fromtimestamp(c["reached_at_epoch"], UTC).isoformat()}
-                        for c in dropped_contacts(store, spec, form["dropped"], limit=DROPPED_LIMIT)
+                        for c in dropped_contacts(
+                            store,
+                            spec,
+                            form["dropped"],
+                            limit=DROPPED_PAGE,
+                            offset=(number - 1) * DROPPED_PAGE,
+                        )
                     ],
-                    "limit": DROPPED_LIMIT,
                 }
         except FunnelError as exc:
             raise PageError(str(exc), exc.field) from None
     return page(request, "funnels.html", data, active="funnels")
+
+
+def _page_number(request: Request, pages: int) -> int:
+    raw = request.query_params.get("page") or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= pages:
+        raise PageError(f"page: {raw[:20]!r} is not a page of this list (1–{pages})", "page")
+    return int(raw)
 
 
 @router.post("/funnels/segment")
