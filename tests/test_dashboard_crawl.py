@@ -216,6 +216,12 @@ def check_site(demo_site: LiveServer, who: tuple[str, str], lang: str) -> dict[s
         assert problems == {}, problems
         from percorso import __version__
 
+        # Money in the journey's currency, written as the language writes it.
+        revenue = re.search(r'data-kpi-name="(?:Revenue|Fatturato)"[^>]*>([^<]*)<', client.get("/map").text)
+        assert revenue is not None
+        assert re.fullmatch(r"€[\d,]+\.\d\d" if lang == "en" else r"[\d.]+,\d\d\s€", revenue.group(1)), (
+            revenue.group(1)
+        )
         # Recent activity: the contacts active last, one row each, nothing from the future.
         recent = client.get("/index.json").json()["recent_activity"]
         assert len(recent) == 12 and len({r["contact_id"] for r in recent}) == 12, recent

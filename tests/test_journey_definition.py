@@ -133,3 +133,20 @@ def test_cli_init_validate_schema(tmp_path):
     assert invalid.exit_code == 2 and ":11: error: stages[1]" in invalid.output
     schema = runner.invoke(app, ["journey", "schema"])
     assert schema.exit_code == 0 and json.loads(schema.output)["title"] == "percorso journey"
+
+
+def test_the_currency_is_an_iso_code() -> None:
+    from percorso.journey import load_journey, template_text
+    from percorso.journey.definition import JourneyError
+
+    text = template_text("five-stages")
+    assert load_journey(text).currency == "EUR"
+    assert load_journey(text.replace("version: 1\n", "version: 1\ncurrency: CHF\n", 1)).currency == "CHF"
+    with pytest.raises(JourneyError) as caught:
+        load_journey(text.replace("version: 1\n", "version: 1\ncurrency: EUX\n", 1), "shop.yaml")
+    problem = caught.value.problems[0]
+    assert (
+        problem.field == "currency"
+        and problem.line == 5
+        and "not an ISO 4217 currency code" in problem.message
+    )

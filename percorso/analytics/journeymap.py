@@ -87,7 +87,7 @@ def journey_map(
                 "touchpoints": _touchpoints(journey, act["touchpoints"], lang),
                 "emotion": _emotion(fb),
                 "pain_points": by_stage_pains.get(stage.key, []),
-                "kpis": _kpis(stage, numbers, act, fb, lang),
+                "kpis": _kpis(stage, numbers, act, fb, lang, journey.currency),
             }
         )
     return {
@@ -288,7 +288,12 @@ def _touchpoints(journey: Journey, counts: dict[str, int], lang: str) -> list[di
 
 
 def _kpis(
-    stage: Any, numbers: dict[str, Any], act: dict[str, Any], fb: dict[str, Any], lang: str
+    stage: Any,
+    numbers: dict[str, Any],
+    act: dict[str, Any],
+    fb: dict[str, Any],
+    lang: str,
+    currency: str = "EUR",
 ) -> list[dict[str, Any]]:
     emotion = _emotion(fb)
     out = []
@@ -315,6 +320,7 @@ def _kpis(
                 "value": value,
                 "target": kpi.target,
                 "on_target": None if kpi.target is None or value is None else value >= kpi.target,
+                **({"currency": currency} if kpi.metric == "revenue" else {}),
             }
         )
     return out

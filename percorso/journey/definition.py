@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 import yaml
+from babel.numbers import is_currency
 
 KEY_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 Key = Annotated[
@@ -154,6 +155,7 @@ class Journey(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     stages: Annotated[list[Stage], msgspec.Meta(min_length=2, max_length=30)]
     subject: Literal["contact", "account"] = "contact"  # accounts follow Segment group calls (B2B)
     progression: Literal["forward", "loop"] = "forward"
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")] = "EUR"
     description: str | None = None
     touchpoints: list[Touchpoint] = []
     personas: list[Persona] = []
@@ -259,6 +261,8 @@ def semantic_problems(journey: Journey, node: Any = None, source: str = "<journe
     def add(path: list[str | int], message: str) -> None:
         problems.append(Problem(source, _line_of(node, path), _dotted(path), message))
 
+    if not is_currency(journey.currency):
+        add(["currency"], f"{journey.currency!r} is not an ISO 4217 currency code (e.g. EUR, GBP, CHF, USD)")
     for section in ("stages", "touchpoints", "personas", "funnels"):
         seen: dict[str, int] = {}
         for i, item in enumerate(getattr(journey, section)):

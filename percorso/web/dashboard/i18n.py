@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from babel import Locale
 from babel.dates import format_date, format_datetime
-from babel.numbers import format_decimal, format_percent
+from babel.numbers import format_currency, format_decimal, format_percent
 
 LANGS = ("en", "it")
 DEFAULT = "en"
@@ -65,6 +65,12 @@ class Translator:
             return "–"
         fmt = "#,##0" + ("." + "0" * digits if digits else "")
         return format_decimal(value, format=fmt, locale=self.locale)
+
+    def money(self, value: Any, currency: str) -> str:
+        """An amount in ``currency`` as this language writes it (``€1,234.50`` / ``1.234,50 €``)."""
+        if value is None:
+            return "–"
+        return format_currency(value, currency, locale=self.locale)
 
     def pct(self, value: Any, digits: int = 1) -> str:
         if value is None:
