@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,6 +236,16 @@ def test_funnel_page_and_twin(site: LiveServer) -> None:
     ]
     assert total["entered"] >= total["converted"] > 0
     assert len(twin["dropped"]["contacts"]) == twin["dropped"]["total"] == total["steps"][0]["dropped"]
+    # The demo runs to today: its last weeks' windows are open, shown apart (dashed) from the
+    # weeks whose conversion is final, not as a fall.
+    month = "step=Product+Viewed&step=Order+Completed&window=30d"
+    trend = client.get(f"/funnels.json?{month}").json()["result"]["trend"]
+    assert trend[0]["complete"] and not trend[-1]["complete"]
+    assert all(w["complete"] == (w["closed"] == w["entered"]) for w in trend)
+    checkout = client.get(f"/funnels?{month}").text
+    chart = json.loads(re.search(r'id="chart-trend">(.*?)</script>', checkout, re.S).group(1))  # type: ignore[union-attr]
+    assert chart["values"][-1] is None and chart["provisional"][-1] == trend[-1]["conversion"]
+    assert chart["values"][0] == trend[0]["conversion"] and "data-trend-open" in checkout
     # A long drop-off list is paged: every contact the step table counts is listed, once.
     query = "step=Product+Viewed&step=Order+Completed&dropped=1"
     long = client.get(f"/funnels.json?{query}").json()

@@ -552,6 +552,8 @@ def funnel_in(
                 "in_progress": int(open_),
                 "conversion": _ratio(converted, entered),
                 "closed": int(closed),  # entries whose window has ended
+                # every window of the period has ended: its conversion is final, else a lower bound
+                "complete": int(closed) == int(entered),
                 "steps": [int(entered), *(int(c) for c in counts)],
             }
             for b, entered, converted, open_, closed, *counts in trend_rows

@@ -94,7 +94,13 @@
       o.xAxis = { type: "category", data: d.labels };
       o.yAxis = d.percent === false ? { type: "value", scale: true } :
         { type: "value", axisLabel: { formatter: function (v) { return Math.round(v * 100) + "%"; } } };
-      o.series = [{ type: "line", data: d.values, smooth: true }];
+      o.series = [{ type: "line", data: d.values, smooth: true, name: (d.names || [])[0] }];
+      if (d.provisional) {
+        // periods still open: a dashed line, as their numbers may still grow
+        o.series.push({ type: "line", data: d.provisional, smooth: true, name: (d.names || [])[1],
+                        lineStyle: { type: "dashed" }, itemStyle: { opacity: 0.6 } });
+        o.legend = { bottom: 0 };
+      }
       return o;
     },
     sankey: function (d) {
