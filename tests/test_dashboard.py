@@ -246,6 +246,12 @@ def test_funnel_page_and_twin(site: LiveServer) -> None:
     chart = json.loads(re.search(r'id="chart-trend">(.*?)</script>', checkout, re.S).group(1))  # type: ignore[union-attr]
     assert chart["values"][-1] is None and chart["provisional"][-1] == trend[-1]["conversion"]
     assert chart["values"][0] == trend[0]["conversion"] and "data-trend-open" in checkout
+    # The funnel chart's bars never pass the first step: each is what reached it plus, faint,
+    # what the step before lost on the way.
+    funnel_chart = json.loads(re.search(r'id="chart-funnel">(.*?)</script>', checkout, re.S).group(1))  # type: ignore[union-attr]
+    reached = funnel_chart["converted"]
+    assert [a + b for a, b in zip(reached, funnel_chart["lost"], strict=True)][1:] == reached[:-1]
+    assert funnel_chart["lost"][0] == 0 and max(reached) == reached[0]
     # A long drop-off list is paged: every contact the step table counts is listed, once.
     query = "step=Product+Viewed&step=Order+Completed&dropped=1"
     long = client.get(f"/funnels.json?{query}").json()

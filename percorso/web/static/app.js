@@ -57,8 +57,10 @@
       o.xAxis = { type: "category", data: d.labels, axisLabel: { interval: 0, width: 110, overflow: "truncate" } };
       o.yAxis = { type: "value" };
       o.series = [
+        // Each bar: the contacts who reached the step, and above them, faint, those of the step
+        // before who did not (in progress, excluded or dropped): the two add up to the step before.
         { name: d.names[0], type: "bar", stack: "f", data: d.converted, label: { show: true, position: "inside" } },
-        { name: d.names[1], type: "bar", stack: "f", data: d.dropped, itemStyle: { color: "#fda29b" } }
+        { name: d.names[1], type: "bar", stack: "f", data: d.lost, itemStyle: { color: "#fda29b", opacity: 0.55 } }
       ];
       o.legend = { top: 0, data: d.names };
       o.grid.top = 36;
@@ -185,7 +187,9 @@
       chart.on("click", function (p) {
         var link = el.getAttribute("data-click");
         var last = Number(el.getAttribute("data-click-max") || Infinity);
-        if (link && p.dataIndex != null && p.dataIndex + 1 <= last) window.location.href = link.replace("{step}", String(p.dataIndex + 1));
+        // a bar lists who dropped after its step; its faint top, who dropped after the step before
+        var step = p.dataIndex != null ? p.dataIndex + 1 - (p.seriesIndex === 1 ? 1 : 0) : 0;
+        if (link && step >= 1 && step <= last) window.location.href = link.replace("{step}", String(step));
       });
     });
   }
