@@ -301,3 +301,56 @@ def test_cli_map(tmp_path):
         app, ["map", "--data-dir", str(tmp_path), "--from", "2026-06-02", "--to", "2026-06-01"]
     )
     assert backwards.exit_code == 2 and "--from" in backwards.output
+
+
+SIGNAL_JOURNEY = """\
+version: 1
+key: shop
+name: Shop
+stages:
+  - {key: browse, name: Browse, enter: {any: [{event: Cart Viewed}]}}
+  - {key: buy, name: Buy, enter: {any: [{event: Order Completed}]}}
+funnels:
+  - key: checkout
+    name: Checkout
+    window: 1d
+    steps: [{event: Cart Viewed}, {event: Payment Started}, {event: Order Completed}]
+"""
+
+
+def test_errors_and_support_are_found_whatever_their_names(store: Store) -> None:
+    """Errors named payment_error and support reached through a channel named support_chat are
+    trouble by default (any case, any separator); a journey's own signals replace the defaults."""
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+    from tests.test_stages import Feed
+
+    feed = Feed(store)
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    messages = []
+    for n in range(200):
+        who = {"userId": f"c{n}"}
+        at = start + timedelta(hours=n)
+        messages += [
+            feed.msg(who, at, "Cart Viewed"),
+            feed.msg(who, at + timedelta(minutes=1), "Payment Started"),
+        ]
+        if n % 5 == 0:  # 40 of 200 hit an error while paying, and write to support
+            messages.append(feed.msg(who, at + timedelta(minutes=2), "payment_error"))
+            messages.append(
+                feed.msg(who, at + timedelta(minutes=3), "Message Sent", context={"channel": "support_chat"})
+            )
+        else:
+            messages.append(feed.msg(who, at + timedelta(minutes=4), "Order Completed"))
+    feed.send(*messages)
+    journey = load(SIGNAL_JOURNEY)
+    save(store, journey, "test")
+    end = start + timedelta(days=10)
+
+    def kinds(j) -> set[tuple[str, str]]:
+        found = find_pain_points(store, j, start=start, end=end, as_of=end)["pain_points"]
+        return {(p["kind"], p["step"]) for p in found if p["kind"] in ("errors", "support")}
+
+    assert kinds(journey) == {("errors", "Payment Started"), ("support", "Payment Started")}
+    own = load(SIGNAL_JOURNEY + "signals: {errors: [{event: 'Oops*'}], support: [{channel: phone}]}\n")
+    assert kinds(own) == set()  # the journey says what trouble is: nothing here matches it

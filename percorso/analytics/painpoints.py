@@ -38,14 +38,21 @@ from typing import Any
 from percorso.analytics.experience import frustration_spots, score_drops
 from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, materialized
 from percorso.analytics.significance import p_value, z_test
-from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql
+from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
 from percorso.analytics.summaries import summaries
 from percorso.journey.definition import Condition, Journey, display, duration_seconds
 from percorso.store import Store
 from percorso.store.base import Session
 
-SUPPORT = "(e.channel IN ('support', 'call-center'))"
-ERRORS = "(e.event LIKE '%Failed%' OR e.event LIKE '%Error%' OR e.event LIKE '%Errore%')"
+# Trouble after a step, unless the journey names its own (``signals``): any case, any separator —
+# "Payment Failed", payment_error, "Errore di pagamento", checkout-fallito; contact with support
+# by channel (support, call-center, helpdesk, chat …) or by event (a ticket, "Support …").
+SUPPORT = (
+    "(lower(e.channel) LIKE 'support%' OR lower(e.channel) LIKE '%call%' OR lower(e.channel) LIKE '%help%' "
+    "OR lower(e.channel) LIKE '%chat%' OR lower(e.channel) LIKE 'assistenza%' "
+    "OR lower(e.event) LIKE '%ticket%' OR lower(e.event) LIKE 'support%' OR lower(e.event) LIKE 'assistenza%')"
+)
+ERRORS = "(lower(e.event) LIKE '%fail%' OR lower(e.event) LIKE '%error%' OR lower(e.event) LIKE '%fallit%')"
 TROUBLE = {"support": SUPPORT, "errors": ERRORS}
 TROUBLE_HORIZON = 48 * 3600  # trouble counts up to 48 h after a step (or until the next step)
 LOOP_HORIZON = 3600  # going back to the previous step within an hour of reaching the next
@@ -114,7 +121,9 @@ def find_pain_points(
         with store.session() as s:
             s.tune_for_analytics()
             longest = max(f.window_seconds for f in funnels)
-            with _trouble_events(s, start, end + timedelta(seconds=longest + TROUBLE_HORIZON)) as trouble:
+            with _trouble_events(
+                s, journey, start, end + timedelta(seconds=longest + TROUBLE_HORIZON)
+            ) as trouble:
                 for f in funnels:
                     spec = FunnelSpec(
                         steps=f.steps,
@@ -171,17 +180,34 @@ def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
     }
 
 
+def trouble_sql(s: Session, journey: Journey) -> tuple[Sql, Sql]:
+    """The predicates of support contacts and of errors: the journey's ``signals``, or the defaults."""
+    signals = journey.signals
+    out = []
+    for kind, default in (("support", SUPPORT), ("errors", ERRORS)):
+        conditions = getattr(signals, kind) if signals is not None else None
+        if not conditions:
+            out.append(Sql(default))
+            continue
+        parts = [condition_sql(s, c) for c in conditions]
+        out.append(
+            Sql("(" + " OR ".join(f"({p.text})" for p in parts) + ")", [x for p in parts for x in p.params])
+        )
+    return out[0], out[1]
+
+
 @contextmanager
-def _trouble_events(s: Session, start: datetime, end: datetime) -> Iterator[str]:
+def _trouble_events(s: Session, journey: Journey, start: datetime, end: datetime) -> Iterator[str]:
     """Support contacts and error events of the period (and the horizon after it), read once
     for every funnel into a temporary table; yields its name."""
     name = f"percorso_trouble_{uuid.uuid4().hex[:12]}"
+    support, errors = trouble_sql(s, journey)
     s.execute(
         f"CREATE TEMPORARY TABLE {name} AS SELECT i.contact_id AS cid, {EPOCH} AS ts, "
-        f"CASE WHEN {SUPPORT} THEN 1 ELSE 0 END AS support, CASE WHEN {ERRORS} THEN 1 ELSE 0 END AS errors, "
+        f"CASE WHEN {support.text} THEN 1 ELSE 0 END AS support, CASE WHEN {errors.text} THEN 1 ELSE 0 END AS errors, "
         f"e.event, e.channel FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? "
-        f"AND ({SUPPORT} OR {ERRORS})",
-        [start, end],
+        f"AND ({support.text} OR {errors.text})",
+        [*support.params, *errors.params, start, end, *support.params, *errors.params],
     )
     yield name
     s.execute(f"DROP TABLE {name}")

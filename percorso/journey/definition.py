@@ -146,6 +146,14 @@ class Funnel(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     exclude: list[FunnelExclusion] = []
 
 
+class Signals(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What counts as trouble after a funnel step, for the ``errors`` and ``support`` pain-point
+    detectors; each list replaces the default (docs/analytics.md#pain-points)."""
+
+    errors: list[Condition] | None = None
+    support: list[Condition] | None = None
+
+
 class Journey(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A customer journey: ordered stages, touchpoints grouped into lanes, personas."""
 
@@ -160,6 +168,7 @@ class Journey(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     touchpoints: list[Touchpoint] = []
     personas: list[Persona] = []
     funnels: list[Funnel] = []
+    signals: Signals | None = None
 
     def stage_keys(self) -> list[str]:
         return [s.key for s in self.stages]
