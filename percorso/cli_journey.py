@@ -411,6 +411,20 @@ def stages_stuck(
     emit(rows, _format(options.get("fmt", "table")), title=f"stuck in {stage}")
 
 
+def period_note(store: Any, start: datetime, end: datetime) -> str | None:
+    """When ``[start, end)`` holds no event: what the store does hold, and how to ask for it."""
+    with store.session() as s:
+        if s.rows("SELECT 1 FROM events WHERE timestamp >= ? AND timestamp < ? LIMIT 1", [start, end]):
+            return None
+        first, last = s.rows("SELECT min(timestamp), max(timestamp) FROM events")[0]
+    if first is None:
+        return "the store holds no events yet: send some, or `percorso import FILE`"
+    return (
+        f"no events between {start.date()} and {end.date()}; the store holds events from {first.date()} "
+        f"to {last.date()}: try --from {first.date()} --to {(last + timedelta(days=1)).date()}"
+    )
+
+
 def painpoints_command(
     journey: Annotated[str | None, typer.Option(help="Journey key (default: the only one stored)")] = None,
     since: Annotated[
@@ -437,7 +451,7 @@ def painpoints_command(
     from percorso.analytics.funnel import FunnelError
     from percorso.analytics.painpoints import Settings, find_pain_points
     from percorso.analytics.stages import StageError, get_journey
-    from percorso.cli import console, emit, fail, opened, settings_for
+    from percorso.cli import console, emit, err, fail, opened, settings_for
 
     output = _format(fmt)
     now = datetime.now(UTC)
@@ -451,8 +465,7 @@ def painpoints_command(
     try:
         with opened(settings_for(data_dir)) as store:
             chosen = get_journey(store, journey)
-            if not chosen.funnels:
-                raise StageError("journey", f"{chosen.key} defines no funnels: add a `funnels:` section")
+            note = period_note(store, start, end)
             result = find_pain_points(
                 store, chosen, start=start, end=end, as_of=min(now, end), settings=cfg, lang=lang
             )
@@ -475,6 +488,8 @@ def painpoints_command(
         for p in result["pain_points"]
     ]
     emit(rows, output, title=f"pain points in {chosen.key}, {start.date()} → {end.date()}")
+    if note:  # on standard error: csv and json on standard output stay data
+        err.print(f"[yellow]{note}[/]", soft_wrap=True)
     if fmt == "table":
         console.print(
             f"[dim]contacts = contacts affected beyond the baseline; z = significance (reported from {min_z}); "
@@ -499,7 +514,7 @@ def map_command(
     from percorso.analytics.journeymap import journey_map
     from percorso.analytics.personas import PersonaError
     from percorso.analytics.stages import StageError, get_journey
-    from percorso.cli import console, emit, fail, opened, settings_for
+    from percorso.cli import console, emit, err, fail, opened, settings_for
 
     output = _format(fmt)
     if lang not in ("en", "it"):
@@ -511,6 +526,7 @@ def map_command(
     try:
         with opened(settings_for(data_dir)) as store:
             chosen = get_journey(store, journey)
+            note = period_note(store, start, end)
             result = journey_map(
                 store, chosen, persona=persona, start=start, end=end, lang=lang, with_pain_points=pain_points
             )
@@ -539,6 +555,8 @@ def map_command(
         )
     who = f", persona {result['persona']['name']}" if result["persona"] else ""
     emit(rows, output, title=f"{result['name']}{who}: {start.date()} → {end.date()}")
+    if note:  # on standard error: csv and json on standard output stay data
+        err.print(f"[yellow]{note}[/]", soft_wrap=True)
     if fmt == "table":
         for s in result["stages"]:
             for p in s["pain_points"]:

@@ -240,8 +240,18 @@ def test_cli(tmp_path):
     assert table.exit_code == 0 and "loop" in table.output
     several = runner.invoke(app, ["painpoints", *data])
     assert several.exit_code == 2 and "several journeys" in several.output
-    no_funnels = runner.invoke(app, ["painpoints", *data, "--journey", "five-e"])
-    assert no_funnels.exit_code == 2 and "funnels" in no_funnels.output
+    # A journey without funnels still has the detectors that need none (score drops, clicks).
+    no_funnels = runner.invoke(app, ["painpoints", *data, "--journey", "five-e", *period, "--format", "json"])
+    assert no_funnels.exit_code == 0 and json.loads(no_funnels.output)["funnels"] == []
+    # A period with no events says so, and where the data is.
+    empty = runner.invoke(
+        app,
+        ["painpoints", *data, "--journey", "customer-journey", "--from", "2020-01-01", "--to", "2020-02-01"],
+    )
+    assert empty.exit_code == 0
+    assert "no events between 2020-01-01 and 2020-02-01; the store holds events from" in " ".join(
+        empty.output.split()
+    )
     bad = runner.invoke(app, ["painpoints", *data, "--journey", "customer-journey", "--min-effect", "5"])
     assert bad.exit_code == 2 and "--min-effect" in bad.output
     bad_dim = runner.invoke(app, ["painpoints", *data, "--journey", "customer-journey", "-d", "colour"])
