@@ -42,7 +42,14 @@ def people(store, classifier):
                 "type": "identify",
                 "anonymousId": "v1",
                 "userId": "anna",
-                "traits": {"email": "anna@example.it", "plan": "member", "city": "Milano"},
+                "traits": {
+                    "email": "anna@example.it",
+                    "plan": "member",
+                    "city": "Milano",
+                    "firstName": "Anna",
+                    "lastName": "Colombo",
+                    "phone": "+39 02 555 0101",
+                },
             },
             {"type": "track", "userId": "anna", "event": "Store Visit", "context": {"channel": "store"}},
             {"type": "identify", "userId": "bruno", "traits": {"email": "bruno@example.it", "plan": "free"}},
@@ -67,6 +74,10 @@ def test_search_filters(server, classifier):
         assert ids(channel="email") == ["bruno"]
         assert ids(known="false") == [None]
         assert ids(q="brun") == ["bruno"]
+        # By name, every word in any order, and by phone: what a CX agent has at hand.
+        assert ids(q="Anna Colombo") == ["anna"] and ids(q="colombo an") == ["anna"]
+        assert ids(q="Anna Rossi") == [] and ids(q="555 0101") == ["anna"]
+        assert ids(q="%") == []  # literally a percent sign, which no one has
         assert ids(last_seen_before=(T0 + timedelta(minutes=5)).isoformat()) == ["bruno"]
         bad = api.get("/v1/contacts", params={"limit": 0})
         assert bad.status_code == 400 and bad.json()["field"] == "limit"

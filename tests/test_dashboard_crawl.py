@@ -8,6 +8,7 @@ error."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import deque
 from html.parser import HTMLParser
@@ -222,6 +223,17 @@ def check_site(demo_site: LiveServer, who: tuple[str, str], lang: str) -> dict[s
         assert re.fullmatch(r"€[\d,]+\.\d\d" if lang == "en" else r"[\d.]+,\d\d\s€", revenue.group(1)), (
             revenue.group(1)
         )
+        # A name the demo prints finds its contact.
+        with demo_site.store.session() as s:
+            named = s.rows(
+                "SELECT contact_id, CAST(traits AS TEXT) FROM contacts WHERE merged_into IS NULL "
+                "AND CAST(traits AS TEXT) LIKE '%lastName%' ORDER BY contact_id LIMIT 1"
+            )[0]
+        traits = json.loads(named[1])
+        found = client.get(
+            "/contacts.json", params={"q": f"{traits['firstName']} {traits['lastName']}"}
+        ).json()
+        assert int(named[0]) in {c["id"] for c in found["contacts"]}, found
         # Recent activity: the contacts active last, one row each, nothing from the future.
         recent = client.get("/index.json").json()["recent_activity"]
         assert len(recent) == 12 and len({r["contact_id"] for r in recent}) == 12, recent

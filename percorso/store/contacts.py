@@ -44,6 +44,10 @@ class ContactQuery:
     cursor: str | None = None
 
 
+#: Traits a search by name reads (Segment's reserved traits, in both spellings), and the phone.
+NAME_TRAITS = ("name", "firstName", "lastName", "first_name", "last_name", "phone", "company")
+
+
 def _json_text(s: Session, column: str) -> str:
     """SQL reading one top-level key of a JSON column as text; takes the key as a parameter."""
     if s.json_type == "JSONB":
@@ -114,12 +118,25 @@ def search_contacts(store: Store, query: ContactQuery) -> dict[str, Any]:
             where.append("c.contact_id IN (SELECT contact_id FROM identities WHERE kind = ? AND value = ?)")
             params += [EMAIL, email]
         if query.q:
+            # An identifier holding the text, the contact's id, or a name (or phone) holding every
+            # word typed, in any order ("Giulia Colombo", "colombo g"). A substring, literally: %
+            # and _ in what the user typed are not wildcards.
+            fields = ", ".join(f"{_json_text(s, 'c.traits')}" for _ in NAME_TRAITS)
+            named = f"lower(concat_ws(' ', {fields}))"
+            words = query.q.lower().split()[:8]
             where.append(
                 "(c.contact_id IN (SELECT contact_id FROM identities WHERE lower(value) LIKE ? ESCAPE '\\') "
-                "OR CAST(c.contact_id AS TEXT) = ?)"
+                "OR CAST(c.contact_id AS TEXT) = ?"
+                + (
+                    " OR (" + " AND ".join(f"{named} LIKE ? ESCAPE '\\'" for _ in words) + ")"
+                    if words
+                    else ""
+                )
+                + ")"
             )
-            # A substring, literally: % and _ in what the user typed are not wildcards.
             params += [f"%{like_literal(query.q.lower())}%", query.q]
+            for word in words:
+                params += [*(_json_key(s, k) for k in NAME_TRAITS), f"%{like_literal(word)}%"]
         for key, value in query.traits:
             if not _TRAIT_KEY.match(key):
                 raise BadQuery(f"trait.{key}", "trait names are letters, digits, '_', '-', '.' and spaces")
