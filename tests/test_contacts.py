@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -200,3 +201,34 @@ def test_later_traits_win_and_late_old_traits_only_fill_gaps(store, classifier):
 
     traits = contact_profile(store, find_contact(store, "user_id", "eva"))["traits"]
     assert traits == {"plan": "member", "city": "Roma", "phone": "+39 02 1234"}
+
+
+def test_the_timeline_reads_nested_properties_as_fields_not_json(server):
+    from percorso.web.dashboard.users import add_user
+    from tests.test_dashboard import signed_in
+
+    event = {
+        "type": "track",
+        "userId": "nina",
+        "event": "Order Completed",
+        "properties": {
+            "order": {"total": 120.5, "currency": "EUR"},
+            "products": [{"name": "Lampada Luna"}],
+            "tags": ["gift", "promo"],
+        },
+    }
+    with server.client(server.write_key) as writer:
+        assert writer.post("/v1/track", json=event).status_code == 200
+    with server.store.session() as s:
+        contact = s.rows("SELECT contact_id FROM identities WHERE value = 'nina'")[0][0]
+    add_user(server.store, "ada@example.it", "a long enough secret", role="viewer")
+    dashboard = signed_in(server, ("ada@example.it", "a long enough secret"))
+    try:
+        page = dashboard.get(f"/contacts/{contact}").text
+    finally:
+        dashboard.close()
+    details = re.search(r'<span class="details small">(.*?)</span></span>\s*</', page, re.S)
+    assert details is not None
+    text = re.sub(r"<[^>]+>", " ", details.group(1))
+    assert "order.total" in text and "120.5" in text and "products.1.name" in text and "gift, promo" in text
+    assert "{" not in text and "&#34;" not in details.group(1) and "&quot;" not in details.group(1)

@@ -84,12 +84,36 @@ def _what(event: dict[str, Any]) -> str:
 
 
 def _details(values: dict[str, Any], limit: int = 8) -> list[list[str]]:
-    """A few ``name: value`` pairs to show under a moment (all text is escaped by the template)."""
-    out = []
-    for key, value in list(values.items())[:limit]:
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-        out.append([str(key), text if len(text) <= 160 else text[:159] + "…"])
-    return out
+    """A few ``name: value`` pairs to show under a moment (all text is escaped by the template):
+    nested objects read as ``answers.score 9``, lists of plain values as ``a, b``, lists of
+    objects by position (``products.1.name``), never as JSON."""
+    pairs: list[tuple[str, Any]] = []
+
+    def walk(key: str, value: Any) -> None:
+        if len(pairs) >= limit:
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{key}.{k}" if key else str(k), v)
+        elif isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+            for i, v in enumerate(value, 1):
+                walk(f"{key}.{i}", v)
+        elif isinstance(value, list):
+            pairs.append((key, ", ".join("–" if v is None else str(v) for v in value)))
+        else:
+            pairs.append(
+                (
+                    key,
+                    "–"
+                    if value is None
+                    else value
+                    if isinstance(value, str)
+                    else json.dumps(value, default=str),
+                )
+            )
+
+    walk("", values)
+    return [[k, v if len(v) <= 160 else v[:159] + "…"] for k, v in pairs[:limit]]
 
 
 def _stamp(value: str) -> datetime:
