@@ -234,9 +234,14 @@ def contact_profile(store: Store, contact_id: int) -> dict[str, Any]:
     """Merged traits, identifiers, first/last seen and counts by channel for one contact."""
     with store.session() as s:
         live_id, row = resolve_contact(s, contact_id)
+        # An identifier was first seen on the first event that carried it (events keep the
+        # identifiers they arrived with), not when it was stored: imports store old history late.
         identities = s.dicts(
-            "SELECT kind, value, created_at FROM identities WHERE contact_id = ? ORDER BY identity_id",
-            [live_id],
+            "SELECT i.kind, i.value, i.created_at, (SELECT min(e.timestamp) FROM events e WHERE e.identity_id IN "
+            "(SELECT identity_id FROM identities WHERE contact_id = ?) AND ((i.kind = 'anonymous_id' AND "
+            "e.anonymous_id = i.value) OR (i.kind = 'user_id' AND e.user_id = i.value) OR (i.kind = 'email' AND "
+            "lower(e.email) = i.value))) AS first_event FROM identities i WHERE i.contact_id = ? ORDER BY i.identity_id",
+            [live_id, live_id],
         )
         channels = s.rows(
             "SELECT e.channel, count(*), min(e.timestamp), max(e.timestamp) FROM events e "
@@ -265,7 +270,12 @@ def contact_profile(store: Store, contact_id: int) -> dict[str, Any]:
         # Channels the contact left (an email's unsubscribe link): marketing there stops.
         "unsubscribed": [{"channel": r[0], "at": iso_utc(r[1]), "source": r[2]} for r in unsubscribed],
         "identifiers": [
-            {"kind": i["kind"], "value": i["value"], "firstSeen": iso_utc(i["created_at"])}
+            {
+                "kind": i["kind"],
+                "value": i["value"],
+                "firstSeen": iso_utc(i["first_event"] or i["created_at"]),
+                "storedAt": iso_utc(i["created_at"]),
+            }
             for i in identities
         ],
         "mergedContacts": [int(r[0]) for r in merged],
