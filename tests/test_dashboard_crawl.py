@@ -223,6 +223,12 @@ def check_site(demo_site: LiveServer, who: tuple[str, str], lang: str) -> dict[s
         assert re.fullmatch(r"€[\d,]+\.\d\d" if lang == "en" else r"[\d.]+,\d\d\s€", revenue.group(1)), (
             revenue.group(1)
         )
+        # The map's actions are said as people say them, not "page: Home".
+        actions = " ".join(
+            re.findall(r'<span class="name" title="[^"]*">([^<]*)</span>', client.get("/map").text)
+        )
+        assert "page: " not in actions and "identify:" not in actions
+        assert ("Ha visto “" if lang == "it" else "Viewed “") in actions, actions
         # A name the demo prints finds its contact.
         with demo_site.store.session() as s:
             named = s.rows(
