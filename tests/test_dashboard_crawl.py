@@ -229,6 +229,11 @@ def check_site(demo_site: LiveServer, who: tuple[str, str], lang: str) -> dict[s
         )
         assert "page: " not in actions and "identify:" not in actions
         assert ("Ha visto “" if lang == "it" else "Viewed “") in actions, actions
+        # One number everywhere: the map's checkout KPI is the Funnels page's checkout conversion.
+        stages = client.get("/map.json").json()["map"]["stages"]
+        kpi = next(k for st in stages for k in st["kpis"] if k["metric"] == "funnel")
+        total = client.get("/funnels.json", params={"funnel": "checkout"}).json()["result"]["total"]
+        assert kpi["value"] == round(total["converted"] / total["entered"], 4), (kpi, total)
         # A name the demo prints finds its contact.
         with demo_site.store.session() as s:
             named = s.rows(

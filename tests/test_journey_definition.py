@@ -150,3 +150,16 @@ def test_the_currency_is_an_iso_code() -> None:
         and problem.line == 5
         and "not an ISO 4217 currency code" in problem.message
     )
+
+
+def test_a_funnel_kpi_names_a_funnel_of_the_journey() -> None:
+    from percorso.journey import load_journey, template_text
+    from percorso.journey.definition import JourneyError
+
+    text = template_text("five-stages").replace(
+        "metric: funnel, funnel: checkout", "metric: funnel, funnel: chekout"
+    )
+    with pytest.raises(JourneyError) as caught:
+        load_journey(text, "shop.yaml")
+    problem = caught.value.problems[0]
+    assert problem.field == "stages[2].kpis[1].funnel" and "checkout, registration" in problem.message

@@ -56,6 +56,7 @@ def journey_map(
             else only
         )
     overview = stage_overview(store, journey, since=start, until=end, lang=lang, contacts=contacts)
+    funnels = _funnel_conversions(store, journey, start, end) if contacts is None else {}
     activity, feedback = _activity(store, journey, start, end, contacts)
     pains: list[dict[str, Any]] = []
     if with_pain_points:
@@ -87,7 +88,7 @@ def journey_map(
                 "touchpoints": _touchpoints(journey, act["touchpoints"], lang),
                 "emotion": _emotion(fb),
                 "pain_points": by_stage_pains.get(stage.key, []),
-                "kpis": _kpis(stage, numbers, act, fb, lang, journey.currency),
+                "kpis": _kpis(stage, numbers, act, fb, lang, journey.currency, funnels),
             }
         )
     return {
@@ -287,6 +288,27 @@ def _touchpoints(journey: Journey, counts: dict[str, int], lang: str) -> list[di
     return sorted(out, key=lambda t: -t["events"])
 
 
+def _funnel_conversions(
+    store: Store, journey: Journey, start: datetime, end: datetime
+) -> dict[str, float | None]:
+    """The conversion of each funnel a KPI names, over the map's period: the same function and
+    spec as the Funnels page's preset for that funnel, so both show one number."""
+    from percorso.analytics.funnel import FunnelSpec, funnel
+    from percorso.analytics.painpoints import journey_funnels
+
+    wanted = {k.funnel for st in journey.stages for k in st.kpis if k.metric == "funnel"}
+    out: dict[str, float | None] = {}
+    for f in journey_funnels(journey):
+        if f.key in wanted:
+            spec = FunnelSpec(
+                steps=f.steps, start=start, end=end, window_seconds=f.window_seconds,
+                order=f.order, exclusions=f.exclusions,
+            )  # fmt: skip
+            total = funnel(store, spec, trend=False, distribution=False)["total"]
+            out[f.key] = round(total["converted"] / total["entered"], 4) if total["entered"] else None
+    return out
+
+
 def _kpis(
     stage: Any,
     numbers: dict[str, Any],
@@ -294,6 +316,7 @@ def _kpis(
     fb: dict[str, Any],
     lang: str,
     currency: str = "EUR",
+    funnels: dict[str, float | None] | None = None,
 ) -> list[dict[str, Any]]:
     emotion = _emotion(fb)
     out = []
@@ -313,6 +336,9 @@ def _kpis(
             value = emotion["nps"]
         elif kpi.metric == "csat":
             value = emotion["csat"]
+        elif kpi.metric == "funnel":
+            # Under a persona, channel or segment filter the funnel is not narrowed: no number.
+            value = (funnels or {}).get(kpi.funnel or "")
         out.append(
             {
                 "name": display(kpi.name, lang),

@@ -67,13 +67,16 @@ class Entry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     within: Duration | None = None
 
 
-KpiMetric = Literal["contacts", "conversion", "median_time_in_stage", "events", "revenue", "nps", "csat"]
+KpiMetric = Literal[
+    "contacts", "conversion", "median_time_in_stage", "events", "revenue", "nps", "csat", "funnel"
+]
 
 
 class Kpi(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     name: Name | str
     metric: KpiMetric
     event: str | None = None  # for "events" and "revenue"
+    funnel: Key | None = None  # for "funnel": the conversion of this funnel of the journey
     target: float | None = None
 
 
@@ -278,6 +281,14 @@ def semantic_problems(journey: Journey, node: Any = None, source: str = "<journe
             if item.key in seen:
                 add([section, i, "key"], f"{item.key!r} is already the key of {section}[{seen[item.key]}]")
             seen.setdefault(item.key, i)
+    funnel_keys = [f.key for f in journey.funnels]
+    for i, stage in enumerate(journey.stages):
+        for j, kpi in enumerate(stage.kpis):
+            if kpi.metric == "funnel" and kpi.funnel not in funnel_keys:
+                add(
+                    ["stages", i, "kpis", j, "funnel"],
+                    f"a funnel KPI names one of the journey's funnels ({', '.join(funnel_keys) or 'none defined'})",
+                )
     for i, stage in enumerate(journey.stages):
         if not stage.enter.any:
             add(["stages", i, "enter", "any"], "lists no condition: the stage could never be entered")
