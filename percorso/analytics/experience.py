@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
-from percorso.analytics.significance import p_value, z_test
+from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import RESOLVED_EVENTS
 from percorso.analytics.summaries import summaries
 from percorso.journey.definition import Journey, display
 from percorso.store.base import Session
-
-if TYPE_CHECKING:
-    from percorso.analytics.painpoints import Settings
 
 NPS_SCORES = [str(n) for n in range(11)]
 RATINGS = [str(n) for n in range(1, 6)]

@@ -37,7 +37,7 @@ from typing import Any
 
 from percorso.analytics.experience import frustration_spots, score_drops
 from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, materialized
-from percorso.analytics.significance import p_value, z_test
+from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
 from percorso.analytics.summaries import summaries
 from percorso.journey.definition import Condition, Journey, display, duration_seconds
@@ -56,15 +56,6 @@ ERRORS = "(lower(e.event) LIKE '%fail%' OR lower(e.event) LIKE '%error%' OR lowe
 TROUBLE = {"support": SUPPORT, "errors": ERRORS}
 TROUBLE_HORIZON = 48 * 3600  # trouble counts up to 48 h after a step (or until the next step)
 LOOP_HORIZON = 3600  # going back to the previous step within an hour of reaching the next
-
-
-@dataclass(frozen=True)
-class Settings:
-    min_z: float = 4.0
-    min_effect: float = 0.05
-    min_slow_ratio: float = 1.5
-    min_contacts: int = 30
-    dimensions: tuple[str, ...] = ("platform",)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,22 @@
-"""One-sided significance of a difference of shares, shared by the pain-point detectors."""
+"""What the pain-point detectors share: their thresholds, and the one-sided significance of a
+difference of shares."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A finding is reported when ``z >= min_z`` and the effect is at least ``min_effect`` (1.5x
+    for times), with ``min_contacts`` on each side; segments over ``dimensions``."""
+
+    min_z: float = 4.0
+    min_effect: float = 0.05
+    min_slow_ratio: float = 1.5
+    min_contacts: int = 30
+    dimensions: tuple[str, ...] = ("platform",)
 
 
 def z_test(x1: int, n1: int, x2: int, n2: int) -> float:
