@@ -30,7 +30,7 @@ from types import BuiltinMethodType
 from typing import Any
 
 from jinja2 import nodes, pass_context
-from jinja2.runtime import Context, Undefined
+from jinja2.runtime import Context, Macro, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.visitor import NodeTransformer
 
@@ -39,6 +39,7 @@ MAX_VALUE_CHARS = 1_000_000  # any one string, list or number (in digits) a temp
 MAX_OUTPUT_CHARS = 2_000_000  # all output of one render, including what blocks collect
 MAX_STEPS = 1_000_000  # loop iterations, calls and filters in one render
 MAX_RENDER_SECONDS = 0.5  # per part; an ordinary email renders in about a millisecond
+MAX_MACRO_DEPTH = 100  # macros calling macros: a bound found at once, however fast the machine
 _MAX_INT_BITS = int(MAX_VALUE_CHARS * 3.33)  # about MAX_VALUE_CHARS decimal digits
 
 _STEP = "percorso_step"
@@ -51,12 +52,13 @@ class RenderLimit(Exception):
 
 
 class _Budget:
-    __slots__ = ("deadline", "output", "steps")
+    __slots__ = ("deadline", "depth", "output", "steps")
 
     def __init__(self) -> None:
         self.deadline = time.monotonic() + MAX_RENDER_SECONDS
         self.steps = 0
         self.output = 0
+        self.depth = 0
 
     def step(self) -> None:
         self.steps += 1
@@ -369,10 +371,23 @@ class EmailSandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _step()
         check_call(__obj, args, kwargs)
-        return check_size(super().call(__context, __obj, *args, **kwargs))
+        budget = _budget.get() if isinstance(__obj, Macro) else None
+        if budget is None:
+            return check_size(super().call(__context, __obj, *args, **kwargs))
+        budget.depth += 1
+        try:
+            if budget.depth > MAX_MACRO_DEPTH:
+                raise RenderLimit(
+                    f"macros call macros more than {MAX_MACRO_DEPTH} levels deep (a macro that calls "
+                    "itself without end?)"
+                )
+            return check_size(super().call(__context, __obj, *args, **kwargs))
+        finally:
+            budget.depth -= 1
 
 
 __all__ = [
+    "MAX_MACRO_DEPTH",
     "MAX_OUTPUT_CHARS",
     "MAX_RENDER_SECONDS",
     "MAX_SOURCE_CHARS",
