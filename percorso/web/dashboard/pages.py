@@ -206,7 +206,9 @@ def _latest_events(store: Store, limit: int) -> list[dict[str, Any]]:
     with store.session() as s:
         rows = s.dicts(
             "SELECT timestamp, type, what, channel, contact_id FROM (SELECT l.*, row_number() OVER "
-            "(PARTITION BY l.contact_id ORDER BY l.timestamp DESC, l.message_id DESC) AS rn FROM "
+            # an action beats an identify call made at the same moment (one request sends both)
+            "(PARTITION BY l.contact_id ORDER BY l.timestamp DESC, CASE WHEN l.type IN ('identify', 'alias', 'group') "
+            "THEN 1 ELSE 0 END, l.message_id DESC) AS rn FROM "
             "(SELECT e.timestamp, e.message_id, e.type, coalesce(e.event, e.name, e.page_path, e.type) AS what, "
             f"e.channel, i.contact_id FROM {RESOLVED_EVENTS} WHERE e.timestamp <= ? AND {CUSTOMER_EVENT} "
             "ORDER BY e.timestamp DESC, e.message_id DESC LIMIT ?) l) x WHERE rn = 1 "
