@@ -220,6 +220,7 @@ class Store(ABC):
 
     def schema_version(self) -> int:
         with self.session() as s:
+            s.lock_identity_graph()  # processes starting at once: one creates the table
             s.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
