@@ -21,14 +21,12 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from percorso.analytics.feedback import answer_columns, score_columns
 from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import RESOLVED_EVENTS
 from percorso.analytics.summaries import summaries
 from percorso.journey.definition import Journey, display
 from percorso.store.base import Session
-
-NPS_SCORES = [str(n) for n in range(11)]
-RATINGS = [str(n) for n in range(1, 6)]
 
 
 def _finding(kind: str, *, where: str, what: str, stage: str | None, z: float, affected: float,
@@ -61,35 +59,20 @@ def score_drops(
     if journey.subject != "contact":
         return []
     before = start - (end - start)
-    extracted, extract_params = [], []
-    for key in ("score", "survey", "rating", "kind"):
-        may, may_p = s.json_may_have("e.properties", key)
-        value, value_p = s.json_text("e.properties", key)
-        extracted.append(f"CASE WHEN {may} THEN {value} END AS {key}")
-        extract_params += [may_p, value_p]
-    nps_list = ", ".join("?" for _ in NPS_SCORES)
-    rating_list = ", ".join("?" for _ in RATINGS)
+    answers, answer_params = answer_columns(s)
+    scores, score_params = score_columns()
     rows = s.rows(
-        f"WITH x0 AS (SELECT i.contact_id, e.timestamp AS ts, {', '.join(extracted)} FROM {RESOLVED_EVENTS} "
+        f"WITH x0 AS (SELECT i.contact_id, e.timestamp AS ts, {answers} FROM {RESOLVED_EVENTS} "
         "WHERE e.type = 'track' AND e.timestamp >= ? AND e.timestamp < ?), "
-        "x AS (SELECT contact_id, ts, "
-        "CASE WHEN (lower(survey) = 'nps' OR lower(kind) = 'nps') "
-        f"AND score IN ({nps_list}) THEN CAST(score AS INTEGER) END AS nps, "
-        f"CASE WHEN rating IN ({rating_list}) THEN CAST(rating AS INTEGER) "
-        "WHEN (lower(survey) = 'csat' OR lower(kind) = 'csat') "
-        f"AND score IN ({rating_list}) THEN CAST(score AS INTEGER) END AS csat FROM x0) "
+        f"x AS (SELECT contact_id, ts, {scores} FROM x0) "
         "SELECT se.stage, CASE WHEN x.ts >= ? THEN 1 ELSE 0 END, count(x.nps), "
         "sum(CASE WHEN x.nps >= 9 THEN 1 ELSE 0 END), sum(CASE WHEN x.nps <= 6 THEN 1 ELSE 0 END), "
         "count(x.csat), sum(CASE WHEN x.csat >= 4 THEN 1 ELSE 0 END) "
         "FROM x JOIN stage_entries se ON se.journey_key = ? AND se.contact_id = x.contact_id "
         "AND se.entered_at <= x.ts AND (se.left_at IS NULL OR se.left_at > x.ts) "
         "WHERE x.nps IS NOT NULL OR x.csat IS NOT NULL GROUP BY 1, 2",
-        [
-            *extract_params, before, end,
-            *NPS_SCORES, *RATINGS, *RATINGS,
-            start, journey.key,
-        ],
-    )  # fmt: skip
+        [*answer_params, before, end, *score_params, start, journey.key],
+    )
     counts: dict[tuple[str, int], tuple[int, int, int, int, int]] = {
         (stage, int(now)): tuple(int(v or 0) for v in rest)  # type: ignore[misc]
         for stage, now, *rest in rows

@@ -29,6 +29,38 @@ SHOWN = "Survey Shown"  # sent by percorso.js when it shows a survey
 COMMENTED = "Survey Commented"  # a comment added after a score given from an email
 DISMISSED = "Survey Dismissed"
 Z95 = NormalDist().inv_cdf(0.975)
+NPS_SCORES = [str(n) for n in range(11)]
+RATINGS = [str(n) for n in range(1, 6)]
+
+
+def answer_columns(s: Session) -> tuple[str, list[Any]]:
+    """The columns a score is read from, for a query over events ``e``: ``score``, ``survey``,
+    ``rating`` and ``kind``, each parsed only from events whose properties may hold the key (a
+    cheap test), so JSON is parsed on few rows. ``survey`` names the kind in imported data
+    (``{"survey": "nps"}``); percorso's own surveys name themselves there and give ``kind``."""
+    columns, params = [], []
+    for key in ("score", "survey", "rating", "kind"):
+        may, may_p = s.json_may_have("e.properties", key)
+        value, value_p = s.json_text("e.properties", key)
+        columns.append(f"CASE WHEN {may} THEN {value} END AS {key}")
+        params += [may_p, value_p]
+    return ", ".join(columns), params
+
+
+def score_columns() -> tuple[str, list[Any]]:
+    """``nps`` (0-10) and ``csat`` (1-5) as integers, or NULL, from the columns of
+    :func:`answer_columns`: the one classification of an answer every page shares (the map's
+    emotion lane, the pain points' score drops, a contact's latest score)."""
+    nps_list = ", ".join("?" for _ in NPS_SCORES)
+    rating_list = ", ".join("?" for _ in RATINGS)
+    text = (
+        "CASE WHEN (lower(survey) = 'nps' OR lower(kind) = 'nps') "
+        f"AND score IN ({nps_list}) THEN CAST(score AS INTEGER) END AS nps, "
+        f"CASE WHEN rating IN ({rating_list}) THEN CAST(rating AS INTEGER) "
+        "WHEN (lower(survey) = 'csat' OR lower(kind) = 'csat') "
+        f"AND score IN ({rating_list}) THEN CAST(score AS INTEGER) END AS csat"
+    )
+    return text, [*NPS_SCORES, *RATINGS, *RATINGS]
 
 
 def nps_interval(n: int, promoters: int, detractors: int) -> tuple[float, float] | None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
+from percorso.analytics.feedback import answer_columns, score_columns
 from percorso.analytics.painpoints import find_pain_points
 from percorso.analytics.personas import find_persona, journey_persona_sql
 from percorso.analytics.sql import MEMBERSHIPS, Sql, Subject, condition_sql, subject
@@ -19,8 +20,6 @@ from percorso.journey.definition import Journey, display
 from percorso.store import Store
 
 TOP_ACTIONS = 5
-NPS_SCORES = [str(n) for n in range(11)]
-RATINGS = [str(n) for n in range(1, 6)]
 
 
 def journey_map(
@@ -160,37 +159,23 @@ def _activity(
             number, number_params = s.json_number("e.properties", "revenue")
             revenue = f"CASE WHEN e.event IN ({', '.join('?' for _ in revenue_events)}) THEN {number} END"
             revenue_params = [*revenue_events, *number_params]
-        extracted, extract_params = [], []
-        # ``survey`` names the kind in imported data ({"survey": "nps"}); percorso's own surveys
-        # name themselves there and give the kind in ``kind`` (see analytics/feedback.py).
-        for key in ("score", "survey", "rating", "kind"):
-            may, may_p = s.json_may_have("e.properties", key)
-            value, value_p = s.json_text("e.properties", key)
-            extracted.append(f"CASE WHEN {may} THEN {value} END AS {key}")
-            extract_params += [may_p, value_p]
-        nps_list = ", ".join("?" for _ in NPS_SCORES)
-        rating_list = ", ".join("?" for _ in RATINGS)
+        answers, answer_params = answer_columns(s)
+        scores, score_params = score_columns()
         rows = s.rows(
             f"WITH {windows}, x0 AS (SELECT se.stage_index, se.sid, e.event, e.type, e.name, "
-            f"e.channel, {touchpoint} AS touchpoint, {revenue} AS revenue, {', '.join(extracted)} "
+            f"e.channel, {touchpoint} AS touchpoint, {revenue} AS revenue, {answers} "
             f"FROM {_subject_events(subj)} "
             "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ?), "
-            "x AS (SELECT stage_index, event, type, name, channel, touchpoint, revenue, "
-            "CASE WHEN (lower(survey) = 'nps' OR lower(kind) = 'nps') "
-            f"AND score IN ({nps_list}) THEN CAST(score AS INTEGER) END AS nps, "
-            f"CASE WHEN rating IN ({rating_list}) THEN CAST(rating AS INTEGER) "
-            "WHEN (lower(survey) = 'csat' OR lower(kind) = 'csat') "
-            f"AND score IN ({rating_list}) THEN CAST(score AS INTEGER) END AS csat "
-            "FROM x0) "
+            f"x AS (SELECT stage_index, event, type, name, channel, touchpoint, revenue, {scores} FROM x0) "
             # grouped by the raw columns (cheaper than building each event's action name)
             "SELECT stage_index, event, type, name, channel, touchpoint, count(*), sum(revenue), count(nps), "
             "sum(CASE WHEN nps >= 9 THEN 1 ELSE 0 END), sum(CASE WHEN nps <= 6 THEN 1 ELSE 0 END), "
             "count(csat), sum(CASE WHEN csat >= 4 THEN 1 ELSE 0 END) FROM x GROUP BY 1, 2, 3, 4, 5, 6",
             [
                 end, journey.key, end, end, start, *fp,
-                *tp_params, *revenue_params, *extract_params,
+                *tp_params, *revenue_params, *answer_params,
                 start, end,
-                *NPS_SCORES, *RATINGS, *RATINGS,
+                *score_params,
             ],
         )  # fmt: skip
     activity: dict[int, dict[str, Any]] = {}

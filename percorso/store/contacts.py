@@ -97,7 +97,8 @@ def cursor_id(text: str) -> int:
     return int(text)
 
 
-def _traits(value: Any) -> dict[str, Any]:
+def decoded_traits(value: Any) -> dict[str, Any]:
+    """A contact's traits column as a dict (JSON text on DuckDB, a JSONB value on PostgreSQL)."""
     if isinstance(value, str):
         decoded = read_json(value)
         return decoded if isinstance(decoded, dict) else {}
@@ -190,7 +191,7 @@ def search_contacts(store: Store, query: ContactQuery) -> dict[str, Any]:
             "id": int(r["contact_id"]),
             "email": r["email"],
             "userId": r["user_id"],
-            "traits": _traits(r["traits"]),
+            "traits": decoded_traits(r["traits"]),
             "consent": r["consent"],
             "firstSeen": iso_utc(r["first_seen"]),
             "lastSeen": iso_utc(r["last_seen"]),
@@ -264,7 +265,7 @@ def contact_profile(store: Store, contact_id: int) -> dict[str, Any]:
         "id": live_id,
         "requestedId": contact_id,
         "createdAt": iso_utc(row["created_at"]),
-        "traits": _traits(row["traits"]),
+        "traits": decoded_traits(row["traits"]),
         "consent": row["consent"],
         "consentUpdatedAt": iso_utc(row["consent_updated_at"]),
         # Channels the contact left (an email's unsubscribe link): marketing there stops.
@@ -336,7 +337,7 @@ def export_contact(store: Store, contact_id: int) -> dict[str, Any]:
         item = event_to_json(r)
         for key in ("integrations",):
             if r.get(key) and r[key] != "{}":
-                item[key] = _traits(r[key])
+                item[key] = decoded_traits(r[key])
         for key in (
             "ip",
             "user_agent",

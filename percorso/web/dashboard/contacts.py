@@ -15,11 +15,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from percorso.analytics.customer import customer_summary
 from percorso.analytics.stages import StageError, contact_stages, get_journey, list_journeys
 from percorso.automation.stats import contact_automations
 from percorso.automation.store import list_automations
 from percorso.events import iso_utc
-from percorso.journey.definition import display
+from percorso.journey.definition import Journey, display
 from percorso.store.contacts import (
     BadQuery,
     ContactNotFound,
@@ -257,16 +258,23 @@ def contacts_page(request: Request, session: Viewer) -> Response:
     return page(request, "contacts.html", data, active="contacts")
 
 
-def _stages(request: Request, contact_id: int, lang: str) -> dict[str, Any] | None:
+def _journey(request: Request) -> tuple[Journey | None, list[str]]:
+    """The journey the page shows the contact in (``?journey=``, else the first) and all keys."""
     store = store_of(request)
-    journeys = list_journeys(store)
+    journeys = [str(j["key"]) for j in list_journeys(store)]
     if not journeys:
-        return None
-    wanted = request.query_params.get("journey") or str(journeys[0]["key"])
+        return None, []
+    wanted = request.query_params.get("journey") or journeys[0]
     try:
-        journey = get_journey(store, wanted)
+        return get_journey(store, wanted), journeys
     except StageError as exc:
         raise PageError(str(exc), "journey", 404) from None
+
+
+def _stages(
+    request: Request, journey: Journey, journeys: list[str], contact_id: int, lang: str
+) -> dict[str, Any]:
+    store = store_of(request)
     names = {s.key: display(s.name, lang) for s in journey.stages}
     entries = []
     for row in contact_stages(store, journey, contact_id):
@@ -285,7 +293,7 @@ def _stages(request: Request, contact_id: int, lang: str) -> dict[str, Any] | No
     return {
         "journey": journey.key,
         "name": display(journey.name, lang),
-        "journeys": [str(j["key"]) for j in journeys],
+        "journeys": journeys,
         "entries": entries,
     }
 
@@ -304,6 +312,8 @@ def contact_page(request: Request, session: Viewer, contact_id: str) -> Response
         live = int(profile["id"])
         timeline = contact_timeline(store, live, limit=TIMELINE_SIZE, cursor=cursor, channel=channel)
         steps = contact_automations(store, live)
+        journey, journeys = _journey(request)
+        summary = customer_summary(store, journey, live, now=datetime.now(UTC), lang=lang)
     except ContactNotFound:
         raise _not_found(wanted) from None
     except BadQuery as exc:
@@ -317,7 +327,8 @@ def contact_page(request: Request, session: Viewer, contact_id: str) -> Response
     touched = sorted({s["automation"] for s in steps})
     data = {
         "contact": profile,
-        "stages": _stages(request, live, lang),
+        "summary": summary,
+        "stages": _stages(request, journey, journeys, live, lang) if journey else None,
         "automations": [{"key": k, "name": names.get(k, k)} for k in touched],
         "timeline": merge_timeline(
             events, [] if channel else steps, newer_than=newer_than, before=before, names=names

@@ -7,15 +7,16 @@ by the switcher, the signed-in user's saved choice, the browser's ``Accept-Langu
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 from babel import Locale
-from babel.dates import format_date, format_datetime
+from babel.dates import format_date, format_datetime, format_timedelta
 from babel.numbers import format_currency, format_decimal, format_percent
+from babel.units import format_unit
 
 LANGS = ("en", "it")
 DEFAULT = "en"
@@ -91,6 +92,29 @@ class Translator:
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         return format_datetime(value, format="short", locale=self.locale)
+
+    def ago(self, seconds: Any) -> str:
+        """How long ago, as this language says it: "6 days ago", "6 giorni fa"."""
+        if seconds is None:
+            return "–"
+        # threshold 2.5: a unit is used from 2.5 of it, so 6 days stay days, 45 days are 6 weeks
+        return format_timedelta(
+            -timedelta(seconds=float(seconds)), threshold=2.5, add_direction=True, locale=self.locale
+        )
+
+    def span(self, seconds: Any) -> str:
+        """How long, in whole units as people count them: "47 days" from two days on, then
+        hours, then minutes ("47 giorni", "5 ore")."""
+        if seconds is None:
+            return "–"
+        s = max(float(seconds), 0.0)
+        if s >= 2 * 86_400:
+            value, unit = int(s // 86_400), "duration-day"
+        elif s >= 3600:
+            value, unit = int(s // 3600), "duration-hour"
+        else:
+            value, unit = max(int(s // 60), 1), "duration-minute"
+        return format_unit(value, unit, length="long", locale=self.locale)
 
     def duration(self, seconds: Any) -> str:
         """A time span the way people say it: 40 min, 3.5 h, 12 days."""
