@@ -86,7 +86,7 @@ def apply(
                 code=2,
             )
         for path, automation in automations:
-            saved = save_automation(store, automation, str(path))
+            saved = save_automation(store, automation, str(path), document=path.read_text(encoding="utf-8"))
             what = f"version {saved['version']}" if saved["changed"] else "unchanged"
             console.print(f"{automation.key}: {what} ({saved['status']})", markup=False)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from msgspec import to_builtins as msgspec_builtins
 
 from percorso.analytics.stages import save_journey, update
 from percorso.automation.definition import load_automation
@@ -532,6 +533,51 @@ def test_definition_editor_shows_problems_by_line_and_saves_a_new_version(site: 
     assert "Saved as version 2" in page.text and "tag: greeted" in page.text
     r = editor.post("/automations/welcome/definition", data={"csrf_token": token, "definition": changed})
     assert r.headers["location"] == "/automations/welcome?unchanged=1#definition"
+
+
+COMMENTED = """\
+# Welcome new members; the holdout measures what the message adds.
+key: commented
+name: Commented
+trigger: {event: Signed Up}
+steps:
+  - id: control
+    holdout: 10          # a tenth get nothing
+  - {id: tag, tag: welcomed}
+"""
+
+
+def test_the_editor_keeps_the_document_as_written(site: LiveServer) -> None:
+    """Comments and numbers as the author wrote them, whether applied over the API or saved in
+    the editor; a comment-only edit is kept without a new version."""
+    editor = signed_in(site, EDITOR)
+    api = site.client()
+    assert api.put("/v1/automations/commented", content=COMMENTED).status_code == 200
+
+    def shown() -> str:
+        found = re.search(
+            r'<textarea name="definition"[^>]*>\n(.*?)</textarea>',
+            editor.get("/automations/commented").text,
+            re.S,
+        )
+        assert found
+        return htmllib.unescape(found.group(1))
+
+    assert shown() == COMMENTED
+    token = csrf_of(editor, "/automations/commented")
+    recommented = COMMENTED.replace("# a tenth get nothing", "# 10%: the control group")
+    r = editor.post(
+        "/automations/commented/definition", data={"csrf_token": token, "definition": recommented}
+    )
+    assert r.headers["location"] == "/automations/commented?unchanged=1#definition"
+    assert shown() == recommented and get_automation(site.store, "commented")[1] == 1
+    # Sent as JSON there is no YAML to keep: the editor writes one, with 10 as 10 (not 10.0).
+    as_json = json.dumps(msgspec_builtins(load_automation(COMMENTED.replace("commented", "plain"))))
+    assert api.put("/v1/automations/plain", content=as_json).status_code == 200
+    found = re.search(
+        r'<textarea name="definition"[^>]*>\n(.*?)</textarea>', editor.get("/automations/plain").text, re.S
+    )
+    assert found and "holdout: 10\n" in htmllib.unescape(found.group(1))
 
 
 # -- settings ----------------------------------------------------------------------------------

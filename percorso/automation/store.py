@@ -22,12 +22,20 @@ class AutomationNotFound(LookupError):
 
 
 def save_automation(
-    store: Store, automation: Automation, source: str, *, now: datetime | None = None
+    store: Store,
+    automation: Automation,
+    source: str,
+    *,
+    document: str | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Stores a new version when the definition changed (same definition: nothing happens).
 
     Contacts already inside keep running on the version they entered with; new enrollments use
     the newest version. A new automation starts ``active``; an existing one keeps its status.
+    ``document`` is the text as written (YAML with its comments), shown again in the editor; a
+    document that differs only in comments or layout replaces the current version's without
+    making a new version (``changed`` is false, ``document_changed`` true).
     """
     now = now or datetime.now(UTC)
     digest = automation.digest()
@@ -38,11 +46,23 @@ def save_automation(
         if rows:
             version, status = int(rows[0][0]), str(rows[0][1])
             same = s.rows(
-                "SELECT digest FROM automation_versions WHERE automation_key = ? AND version = ?",
+                "SELECT digest, document FROM automation_versions WHERE automation_key = ? AND version = ?",
                 [automation.key, version],
             )
             if same and same[0][0] == digest:
-                return {"key": automation.key, "version": version, "status": status, "changed": False}
+                rewritten = document is not None and document != same[0][1]
+                if rewritten:
+                    s.execute(
+                        "UPDATE automation_versions SET document = ? WHERE automation_key = ? AND version = ?",
+                        [document, automation.key, version],
+                    )
+                return {
+                    "key": automation.key,
+                    "version": version,
+                    "status": status,
+                    "changed": False,
+                    "document_changed": rewritten,
+                }
             version += 1
             s.execute(
                 "UPDATE automations SET version = ?, definition = ?, source = ?, updated_at = ? "
@@ -57,11 +77,27 @@ def save_automation(
                 [automation.key, version, status, encoded, source, now, now],
             )
         s.execute(
-            "INSERT INTO automation_versions (automation_key, version, digest, definition, source, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [automation.key, version, digest, encoded, source, now],
+            "INSERT INTO automation_versions (automation_key, version, digest, definition, source, created_at, "
+            "document) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [automation.key, version, digest, encoded, source, now, document],
         )
-    return {"key": automation.key, "version": version, "status": status, "changed": True}
+    return {
+        "key": automation.key,
+        "version": version,
+        "status": status,
+        "changed": True,
+        "document_changed": True,
+    }
+
+
+def automation_document(store: Store, key: str, version: int) -> str | None:
+    """The version's document as it was written, when it was stored with one."""
+    with store.session() as s:
+        rows = s.rows(
+            "SELECT document FROM automation_versions WHERE automation_key = ? AND version = ?",
+            [key, version],
+        )
+    return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 def set_status(store: Store, key: str, status: str, *, now: datetime | None = None) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def apply_examples(store: Store) -> list[str]:
     keys = []
     for path in example_files():
         automation = load_automation_file(path)
-        save_automation(store, automation, f"example:{path.name}")
+        save_automation(store, automation, f"example:{path.name}", document=path.read_text(encoding="utf-8"))
         keys.append(automation.key)
     return keys
 

@@ -79,7 +79,7 @@ show: {delay: 1}
 
 def prepare_shop(store: Store, shop_origin: str) -> str:
     """Stores the shop's automation and survey, and returns a write key for its origin."""
-    save_automation(store, load_automation(TERMS_NUDGE, "demo shop"), "demo shop")
+    save_automation(store, load_automation(TERMS_NUDGE, "demo shop"), "demo shop", document=TERMS_NUDGE)
     save_survey(store, load_survey(NPS, "demo shop"), "demo shop")
     _, key = store.create_api_key("write", "demo shop", [shop_origin])
     return key

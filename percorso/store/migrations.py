@@ -448,4 +448,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         repair=_copy_stored_clicks,
     ),
+    Migration(
+        12,
+        "automation documents as written (comments and formatting kept for the editor)",
+        """
+        ALTER TABLE automation_versions ADD COLUMN document TEXT
+        """,
+    ),
 )

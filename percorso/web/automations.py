@@ -117,7 +117,10 @@ async def put_automation(request: Request, key: AutomationKey) -> dict[str, Any]
     unknown = reference_problems(_store(request), automation, "body")
     if unknown:
         raise problems_error("invalid_automation", unknown)
-    return save_automation(_store(request), automation, "api")
+    # YAML is kept as written for the editor; JSON comes from programs, and the editor shows it as YAML
+    text = (await request.body()).decode("utf-8")
+    document = None if text.lstrip().startswith("{") else text
+    return save_automation(_store(request), automation, "api", document=document)
 
 
 @router.get(

@@ -15,7 +15,13 @@ from fastapi.responses import RedirectResponse, Response
 from percorso.automation.definition import Automation, AutomationError, load_automation
 from percorso.automation.graph import step_graph
 from percorso.automation.stats import automation_stats
-from percorso.automation.store import AutomationNotFound, get_automation, list_automations, save_automation
+from percorso.automation.store import (
+    AutomationNotFound,
+    automation_document,
+    get_automation,
+    list_automations,
+    save_automation,
+)
 from percorso.automation.store import set_status as store_set_status
 from percorso.journey.definition import display
 from percorso.web.dashboard.filters import PageError
@@ -43,8 +49,19 @@ def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _text)
 
 
+def _number(dumper: yaml.SafeDumper, value: float) -> yaml.ScalarNode:
+    # msgspec gives a percentage or a duration as a float: 10.0 reads back as 10, as written
+    if value.is_integer():
+        return dumper.represent_int(int(value))
+    return dumper.represent_float(value)
+
+
+_Dumper.add_representer(float, _number)
+
+
 def definition_yaml(automation: Automation) -> str:
-    """The stored definition as YAML to edit (the file it came from is not kept: no comments)."""
+    """The stored definition as YAML to edit, for a version stored without its document (one
+    sent as JSON, or from before documents were kept)."""
     data = msgspec.to_builtins(automation)
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
@@ -123,7 +140,7 @@ def _detail(request: Request, key: str) -> dict[str, Any]:
         "uplift": stats["uplift"],
         "failures": stats["failures"],
         "graph": graph_for_chart(automation, stats, Translator(lang)),
-        "source": definition_yaml(automation),
+        "source": automation_document(store, key, version) or definition_yaml(automation),
         "problems": [],
         "problem_lines": [],
         "notice": {"kind": notice, "version": request.query_params.get(notice) or None} if notice else None,
@@ -179,7 +196,7 @@ def save_definition(
         data["problem_lines"] = sorted({p["line"] for p in problems if p.get("line")})
         data["notice"] = None
         return page(request, "automation.html", data, status=422, active="automations")
-    saved = save_automation(store_of(request), automation, f"dashboard:{session.user.email}")
+    saved = save_automation(store_of(request), automation, f"dashboard:{session.user.email}", document=text)
     log.info("automation %s saved as version %s by %s", key, saved["version"], session.user.email)
     target = (
         f"/automations/{key}?saved={saved['version']}"
