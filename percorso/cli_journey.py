@@ -577,7 +577,12 @@ def paths_command(
         str | None, typer.Option("--to", help="Day after the last (YYYY-MM-DD); default tomorrow")
     ] = None,
     max_steps: Annotated[int, typer.Option(help="Steps per path")] = 5,
-    top: Annotated[int, typer.Option(help="Links shown; the rest fold into (other)")] = 50,
+    top: Annotated[
+        int,
+        typer.Option(
+            help="At most this many links: each step keeps its busiest nodes, the rest fold into (other)"
+        ),
+    ] = 150,
     session_gap: Annotated[str, typer.Option(help="A gap longer than this starts a new session")] = "30m",
     collapse: Annotated[bool, typer.Option(help="Merge consecutive repeats of the same step")] = True,
     url_rule: Annotated[

@@ -273,7 +273,15 @@ def test_funnel_page_and_twin(site: LiveServer) -> None:
     html = client.get("/funnels?funnel=checkout&breakdown=platform&dropped=1").text
     assert f">{total['entered']:,}<" in html
     paths = client.get("/paths.json?max_steps=4&top=20").json()
-    assert paths["paths"]["nodes"] and paths["paths"]["links"] and paths["transitions"]
+    assert paths["paths"]["nodes"] and 0 < len(paths["paths"]["links"]) <= 20
+    # The table is the chart's links, so it follows the filter: only paths from a product view.
+    viewed = client.get("/paths.json?from_step=Product+Viewed").json()
+    assert viewed["steps"] and {r["source"] for r in viewed["steps"] if r["step"] == 1} == {"Product Viewed"}
+    client.cookies.set("percorso_lang", "it")
+    italian = client.get("/paths?from_step=Product+Viewed").text
+    client.cookies.delete("percorso_lang")
+    table = italian[italian.index('id="path-steps"') :]
+    assert "<td>(fine)</td>" in table and "(end)" not in table
 
 
 @pytest.fixture

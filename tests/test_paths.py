@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from percorso.analytics.funnel import parse_step
-from percorso.analytics.paths import OTHER, PathError, PathSpec, paths, transitions
+from percorso.analytics.paths import END, OTHER, PathError, PathSpec, paths, transitions
 from percorso.channels import ChannelClassifier, load_rules
 from percorso.cli import app
 from percorso.collect.loader import load_messages
@@ -115,11 +115,44 @@ def test_from_to_between_and_repeats(loaded):
     assert all(not link["target"].endswith("(end)") for link in between["links"])
 
 
-def test_top_edges_fold_into_other(loaded):
-    result = paths(loaded, spec(max_steps=4, top_edges=2))
-    others = [link for link in result["links"] if link["source"].endswith(OTHER)]
-    assert len(result["links"]) - len(others) == 2 and others
-    assert sum(link["transitions"] for link in result["links"]) == 7
+def test_top_edges_fold_the_quiet_nodes_of_each_step_into_other(loaded):
+    whole = paths(loaded, spec(max_steps=4))
+    for top in (5, 7, 9):  # 5: everything in (other) but (end), one link less than 6 needs
+        result = paths(loaded, spec(max_steps=4, top_edges=top))
+        assert len(result["links"]) <= top
+        assert sum(link["transitions"] for link in result["links"]) == 7  # nothing lost
+        # A node that is shown keeps every transition in and out of it.
+        for node in result["nodes"]:
+            if node["label"] in (OTHER, END):
+                continue
+            for side in ("source", "target"):
+                shown = sum(link["transitions"] for link in result["links"] if link[side] == node["id"])
+                assert shown == sum(
+                    link["transitions"] for link in whole["links"] if link[side] == node["id"]
+                )
+    assert {n["label"] for n in paths(loaded, spec(max_steps=4, top_edges=5))["nodes"]} == {OTHER, END}
+
+
+def test_a_page_step_is_a_visit_to_the_page_not_an_event_sent_from_it(store):
+    sent_from_page = {
+        "type": "track",
+        "event": "Registration Confirmed",
+        "context": {"page": {"path": "/registrati/ok"}},
+    }
+    visit = {"type": "page", "name": "Register", "context": {"page": {"path": "/registrati"}}}
+    messages = [
+        {**visit, "anonymousId": "a", "messageId": "v", "timestamp": T.isoformat()},
+        {**sent_from_page, "anonymousId": "a", "messageId": "t", "timestamp": (T + M).isoformat()},
+        {**sent_from_page, "anonymousId": "b", "messageId": "u", "timestamp": T.isoformat()},
+    ]
+    load_messages(store, enumerate(messages), classifier=ChannelClassifier(load_rules()), limits=Limits())
+    visits = paths(store, spec(from_step=parse_step("page:/registrati*").condition))
+    assert visits["sessions"] == 1 and links(visits) == {
+        ("1:page:/registrati", "2:Registration Confirmed", 1, 1),
+        ("2:Registration Confirmed", "3:(end)", 1, 1),
+    }
+    anywhere = paths(store, spec(from_step=parse_step("type:* & page:/registrati*").condition))
+    assert anywhere["sessions"] == 2
 
 
 def test_sessions_split_at_the_gap(loaded):

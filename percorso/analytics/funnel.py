@@ -147,8 +147,8 @@ def _known_breakdown(value: str) -> bool:
 
 
 def parse_step(text: str) -> Step:
-    """``Order Completed``, ``event:Product *``, ``page:/checkout/*``, ``type:page``,
-    ``channel:store``, ``name:Home``; several joined with `` & `` must all hold."""
+    """``Order Completed``, ``event:Product *``, ``page:/checkout/*`` (a page view there),
+    ``type:page``, ``channel:store``, ``name:Home``; several joined with `` & `` must all hold."""
     parts = [p.strip() for p in text.split(" & ")]
     fields: dict[str, Any] = {}
     for part in parts:
@@ -163,6 +163,10 @@ def parse_step(text: str) -> Step:
             raise FunnelError("steps", f"{text!r}: {kind} needs a value")
     if any(v == "" for v in fields.values()):
         raise FunnelError("steps", f"{text!r}: empty value")
+    # `page:/registrati*` is a visit to that page, not any event sent from it (a track call
+    # carries the page it was sent from); `type:* & page:…` asks for any event there
+    if "page" in fields and "type" not in fields:
+        fields["type"] = "page"
     return Step(text, Condition(**fields))
 
 

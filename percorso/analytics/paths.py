@@ -8,8 +8,9 @@ consecutive identical nodes count once.
 ``paths`` starts at the first event of each session matching ``from_step`` (or the session's first
 event), ends at the first matching ``to_step`` (counting backwards when only ``to_step`` is given),
 and returns Sankey-ready nodes and links with both **transitions** (how many times) and
-**contacts** (how many distinct contacts). Links beyond the top N fold into ``(other)``; a path
-that stops before ``max_steps`` flows into ``(end)``.
+**contacts** (how many distinct contacts). To draw at most N links, each step keeps its busiest
+nodes and folds the rest into that step's ``(other)`` (see :func:`fold`); a path that stops
+before ``max_steps`` flows into ``(end)``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class PathSpec:
     max_steps: int = 5
     collapse_repeats: bool = True
     session_gap_seconds: int = 1800
-    top_edges: int = 50
+    top_edges: int = 150
     url_rules: list[tuple[str, str]] = field(default_factory=list)  # regex → replacement on page paths
 
     def check(self) -> None:
@@ -292,18 +293,40 @@ def paths(store: Store, spec: PathSpec) -> dict[str, Any]:
     return _sankey(edges, spec, mode, starts)
 
 
+def fold(edges: list[tuple[Any, ...]], top: int) -> dict[tuple[int, str, str], list[int]]:
+    """The links to draw, at most ``top``: each step keeps its busiest nodes and folds the rest
+    into one ``(other)`` node of that step, so every kept node keeps all its flow in and out (a
+    link from a kept node to a folded one goes to ``(other)``). The number kept per step is the
+    largest that fits in ``top`` links; ``(end)`` is never folded (so when even a single ``(other)``
+    per step needs more than ``top`` links, that is what is drawn)."""
+    volume: dict[tuple[int, str], int] = {}
+    for step, node, nxt, transitions, _ in edges:
+        volume[(step, node)] = volume.get((step, node), 0) + transitions
+        volume[(step + 1, nxt)] = volume.get((step + 1, nxt), 0) + transitions
+    ranked: dict[int, list[str]] = {}
+    for (column, node), _n in sorted(volume.items(), key=lambda kv: (-kv[1], kv[0])):
+        if node != END:
+            ranked.setdefault(column, []).append(node)
+    widest = max((len(v) for v in ranked.values()), default=0)
+    folded: dict[tuple[int, str, str], list[int]] = {}
+    for keep in range(widest, -1, -1):
+        kept = {column: set(nodes[:keep]) for column, nodes in ranked.items()}
+        folded = {}
+        for step, node, nxt, transitions, contacts in edges:
+            source = node if node in kept.get(step, ()) else OTHER
+            target = nxt if nxt == END or nxt in kept.get(step + 1, ()) else OTHER
+            agg = folded.setdefault((int(step), source, target), [0, 0])
+            agg[0] += int(transitions)
+            agg[1] += int(contacts)  # for a folded link, an upper bound (a contact may be in several)
+        if len(folded) <= top:
+            break
+    return folded
+
+
 def _sankey(
     edges: list[tuple[Any, ...]], spec: PathSpec, mode: str, starts: tuple[Any, ...]
 ) -> dict[str, Any]:
-    top = edges[: spec.top_edges]
-    folded: dict[tuple[int, str, str], list[int]] = {}
-    for step, node, nxt, transitions, contacts in top:
-        folded[(int(step), node, nxt)] = [int(transitions), int(contacts)]
-    for step, _node, _nxt, transitions, contacts in edges[spec.top_edges :]:
-        key = (int(step), OTHER, OTHER)
-        agg = folded.setdefault(key, [0, 0])
-        agg[0] += int(transitions)
-        agg[1] += int(contacts)  # an upper bound: a contact can be in several folded links
+    folded = fold(edges, spec.top_edges)
     nodes: dict[str, dict[str, Any]] = {}
     links = []
     for (step, node, nxt), (transitions, contacts) in sorted(

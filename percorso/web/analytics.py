@@ -334,7 +334,9 @@ def paths_endpoint(
     from_step: Annotated[str | None, Query(max_length=200)] = None,
     to_step: Annotated[str | None, Query(max_length=200)] = None,
     max_steps: Annotated[int, Query(ge=2, le=20)] = 5,
-    top: Annotated[int, Query(ge=1, le=500)] = 50,
+    top: Annotated[
+        int, Query(ge=1, le=500, description="At most this many links; each step keeps its busiest nodes")
+    ] = 150,
     session_gap: Annotated[str, Query(pattern=DURATION_PATTERN)] = "30m",
     collapse: bool = True,
     url_rule: Annotated[list[str] | None, Query(max_length=20, description="REGEX=>REPLACEMENT")] = None,

@@ -24,10 +24,11 @@ from percorso.analytics.funnel import (
     parse_step,
 )
 from percorso.analytics.painpoints import journey_funnels
-from percorso.analytics.paths import PathError, PathSpec, paths, transitions
+from percorso.analytics.paths import END, OTHER, PathError, PathSpec, paths
 from percorso.journey.definition import DURATION_PATTERN, JourneyError, display, duration_seconds
 from percorso.store import Store
 from percorso.web.dashboard.filters import PageError, period, stored_journeys
+from percorso.web.dashboard.i18n import Translator
 from percorso.web.dashboard.render import language, page
 from percorso.web.dashboard.twins import Editor, Viewer, both_on
 
@@ -284,7 +285,7 @@ def paths_page(request: Request, session: Viewer) -> Response:
     q = request.query_params
     chosen = period(request)
     max_steps = _int(q.get("max_steps"), 5, 2, 10, "max_steps")
-    top = _int(q.get("top"), 40, 5, 200, "top")
+    top = _int(q.get("top"), 150, 5, 500, "top")
     gap = q.get("session_gap") or "30m"
     if not re.fullmatch(DURATION_PATTERN, gap):
         raise PageError(f"session_gap: {gap!r} is not a duration such as 30m or 2h", "session_gap")
@@ -309,15 +310,59 @@ def paths_page(request: Request, session: Viewer) -> Response:
         )
         cache = request.app.state.dashboard_cache
         result = cache.get(("paths", repr(spec)), lambda: paths(store, spec)).value
-        graph = cache.get(
-            ("transitions", chosen, gap),
-            lambda: transitions(
-                store, chosen.start, chosen.end, top=30, session_gap_seconds=duration_seconds(gap)
-            ),
-        ).value
     except (PathError, FunnelError) as exc:
         raise PageError(str(exc), exc.field) from None
-    return page(request, "paths.html", {"form": form, "paths": result, "transitions": graph}, active="paths")
+    t = Translator(language(request))
+    texts = {n["id"]: node_text(n["label"], t) for n in result["nodes"]}
+    chart = {
+        "nodes": [{**n, "text": texts[n["id"]], "kind": node_kind(n["label"])} for n in result["nodes"]],
+        "links": result["links"],
+        "measure": "transitions",
+    }
+    return page(
+        request,
+        "paths.html",
+        {"form": form, "paths": result, "chart": chart, "steps": step_table(result, texts)},
+        active="paths",
+    )
+
+
+def node_kind(label: str) -> str:
+    if label in (OTHER, END):
+        return "other" if label == OTHER else "end"
+    return "page" if label.startswith("page:") else "screen" if label.startswith("screen:") else "event"
+
+
+def node_text(label: str, t: Translator) -> str:
+    """A node as the reader says it: the page's path, a screen's name, the event's name."""
+    kind = node_kind(label)
+    if kind in ("other", "end"):
+        return t("paths." + kind)
+    if kind == "page":
+        return label.removeprefix("page:")
+    if kind == "screen":
+        return t("paths.screen", name=label.removeprefix("screen:"))
+    return label
+
+
+def step_table(result: dict[str, Any], texts: dict[str, str]) -> list[dict[str, Any]]:
+    """The chart's links as rows, by step: each with its share of everything that left its
+    source node (so the rows of one source add up to 100%)."""
+    out: dict[str, int] = {}
+    for link in result["links"]:
+        out[link["source"]] = out.get(link["source"], 0) + link["transitions"]
+    rows = [
+        {
+            "step": int(link["source"].split(":", 1)[0]),
+            "source": texts.get(link["source"], link["source"]),
+            "target": texts.get(link["target"], link["target"]),
+            "transitions": link["transitions"],
+            "contacts": link["contacts"],
+            "share": link["transitions"] / out[link["source"]] if out[link["source"]] else None,
+        }
+        for link in result["links"]
+    ]
+    return sorted(rows, key=lambda r: (r["step"], -r["transitions"], r["source"], r["target"]))
 
 
 def _int(value: str | None, default: int, low: int, high: int, field: str) -> int:

@@ -4,6 +4,25 @@
   "use strict";
   var PALETTE = ["#2f6fdf", "#12805c", "#b54708", "#7a5af8", "#c4320a", "#0e9384", "#667085", "#dd2590"];
 
+  // Numbers as the page's language writes them (8.000 in Italian, 8,000 in English), on axes and
+  // in tooltips as in the tables beside the charts.
+  var LOCALE = (document.documentElement.lang || "en") === "it" ? "it-IT" : "en-GB";
+  function num(v) {
+    return typeof v === "number" ? v.toLocaleString(LOCALE, { maximumFractionDigits: 1 }) : String(v);
+  }
+
+  function localised(option) {
+    [].concat(option.xAxis || [], option.yAxis || []).forEach(function (axis) {
+      if (axis.type !== "value") return;
+      axis.axisLabel = axis.axisLabel || {};
+      if (!axis.axisLabel.formatter) axis.axisLabel.formatter = function (v) { return num(v); };
+    });
+    if (option.tooltip && !option.tooltip.formatter && !option.tooltip.valueFormatter) {
+      option.tooltip.valueFormatter = function (v) { return num(v); };
+    }
+    return option;
+  }
+
   function data(el) {
     var source = document.getElementById(el.getAttribute("data-source"));
     return source ? JSON.parse(source.textContent) : null;
@@ -76,7 +95,7 @@
       for (var j = 0; j < d.rows; j++) rows.push(j);
       return {
         animation: false,
-        tooltip: { renderMode: "richText", formatter: function (p) { return p.value[2] + " clicks"; } },
+        tooltip: { renderMode: "richText", formatter: function (p) { return num(p.value[2]) + " " + (d.unit || "clicks"); } },
         grid: { left: 0, right: 0, top: 0, bottom: 0 },
         xAxis: { type: "category", data: cols, show: false },
         yAxis: { type: "category", data: rows, show: false, inverse: true },
@@ -105,21 +124,33 @@
       }
       return o;
     },
-    sankey: function (d) {
+    // Paths: labels are cut to their column's width with an ellipsis (the tooltip has the whole
+    // name) and hidden where they would overlap; (other) and (end) are grey, not a colour of their own.
+    sankey: function (d, el) {
       var labels = {};
-      d.nodes.forEach(function (n) { labels[n.id] = n.label; });
+      d.nodes.forEach(function (n) { labels[n.id] = n.text || n.label; });
       var measure = d.measure || "transitions";
+      var columns = 1;
+      d.nodes.forEach(function (n) { columns = Math.max(columns, Math.abs(n.step) + 1); });
+      var width = Math.max(60, Math.floor(((el && el.clientWidth) || 900) / (columns + 1)) - 24);
+      var grey = { other: "#d0d5dd", end: "#98a2b3" };
       return {
         tooltip: { trigger: "item", renderMode: "richText",
                    formatter: function (p) {
-                     if (p.dataType === "edge") return labels[p.data.source] + " → " + labels[p.data.target] + ": " + p.data.value;
+                     if (p.dataType === "edge") return labels[p.data.source] + " → " + labels[p.data.target] + ": " + num(p.data.value);
                      return labels[p.name] || p.name;
                    } },
-        series: [{ type: "sankey", left: 8, right: 120, nodeAlign: "left", emphasis: { focus: "adjacency" },
-                   data: d.nodes.map(function (n) { return { name: n.id }; }),
+        series: [{ type: "sankey", left: 8, right: width + 16, nodeAlign: "left", nodeGap: 10,
+                   emphasis: { focus: "adjacency" }, labelLayout: { hideOverlap: true },
+                   data: d.nodes.map(function (n) {
+                     var node = { name: n.id };
+                     if (grey[n.kind]) node.itemStyle = { color: grey[n.kind] };
+                     return node;
+                   }),
                    links: d.links.map(function (l) { return { source: l.source, target: l.target, value: l[measure] }; }),
                    lineStyle: { color: "gradient", curveness: 0.5, opacity: 0.35 },
-                   label: { fontSize: 11, formatter: function (p) { return labels[p.name] || p.name; } } }]
+                   label: { fontSize: 11, width: width, overflow: "truncate", ellipsis: "…",
+                            formatter: function (p) { return labels[p.name] || p.name; } } }]
       };
     },
     graph: function (d) {
@@ -182,7 +213,7 @@
       var d = data(el);
       if (!build || !d) return;
       var chart = window.echarts.getInstanceByDom(el) || window.echarts.init(el, null, { renderer: "svg" });
-      chart.setOption(build(d), true);
+      chart.setOption(localised(build(d, el)), true);
       el.setAttribute("data-drawn", "1");
       chart.on("click", function (p) {
         var link = el.getAttribute("data-click");
