@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from percorso.analytics.period import default_period
 from percorso.journey.definition import (
     DURATION_PATTERN,
     JourneyError,
@@ -86,12 +88,26 @@ def schema() -> None:
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
-def _parse_day(value: str, name: str) -> datetime:
+def _parse_day(value: str, name: str, *, last_day: bool = False) -> datetime:
+    """A period's bound: a date is its midnight UTC — or, as a period's ``last_day``, included,
+    as on the dashboard (``--to 2026-06-30`` ends at the midnight after it); a date and time is
+    that instant."""
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if last_day and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+        parsed += timedelta(days=1)
+    return parsed
+
+
+def _period(since: str | None, until: str | None) -> tuple[datetime, datetime]:
+    """``--from``/``--to`` as given, else the dashboard's default period (182 days and today)."""
+    default_start, default_end = default_period()
+    end = _parse_day(until, "--to", last_day=True) if until else default_end
+    start = _parse_day(since, "--from") if since else end - (default_end - default_start)
+    return start, end
 
 
 def funnel_command(
@@ -105,10 +121,10 @@ def funnel_command(
         ),
     ],
     since: Annotated[
-        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 30 days ago")
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 182 days before today")
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--to", help="Day after the last (YYYY-MM-DD); default tomorrow")
+        str | None, typer.Option("--to", help="Last day, included (YYYY-MM-DD); default today")
     ] = None,
     window: Annotated[
         str, typer.Option(help="Conversion window from the first step: 30m, 12h, 14d, 2w")
@@ -165,9 +181,7 @@ def funnel_command(
         raise typer.BadParameter("table, csv or json", param_hint="--format")
     if not re.match(DURATION_PATTERN, window):
         raise typer.BadParameter(f"{window!r}: use 30m, 12h, 14d or 2w", param_hint="--window")
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = _parse_day(since, "--from") if since else today - timedelta(days=30)
-    end = _parse_day(until, "--to") if until else today + timedelta(days=1)
+    start, end = _period(since, until)
     try:
         spec = FunnelSpec(
             steps=[parse_step(s) for s in step],
@@ -309,9 +323,11 @@ def stages_overview(
     journey: Annotated[str | None, typer.Option(help="Journey key (default: the only one stored)")] = None,
     stuck_after: Annotated[str, typer.Option(help="Stuck: in the same stage longer than this")] = "30d",
     since: Annotated[
-        str | None, typer.Option("--from", help="Period start (YYYY-MM-DD); default 26 weeks ago")
+        str | None, typer.Option("--from", help="Period start (YYYY-MM-DD); default 182 days before today")
     ] = None,
-    until: Annotated[str | None, typer.Option("--to", help="Period end (YYYY-MM-DD); default now")] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="Last day, included (YYYY-MM-DD); default today")
+    ] = None,
     lang: Annotated[str, typer.Option(help="Stage names in en or it")] = "en",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
@@ -325,8 +341,7 @@ def stages_overview(
 
     output = _format(fmt)
     stuck = _duration(stuck_after, "--stuck-after")
-    start = _parse_day(since, "--from") if since else None
-    end = _parse_day(until, "--to") if until else None
+    start, end = _period(since, until)
     if lang not in ("en", "it"):
         raise typer.BadParameter("en or it", param_hint="--lang")
     try:
@@ -420,17 +435,19 @@ def period_note(store: Any, start: datetime, end: datetime) -> str | None:
     if first is None:
         return "the store holds no events yet: send some, or `percorso import FILE`"
     return (
-        f"no events between {start.date()} and {end.date()}; the store holds events from {first.date()} "
-        f"to {last.date()}: try --from {first.date()} --to {(last + timedelta(days=1)).date()}"
+        f"no events between {start.date()} and {(end - timedelta(microseconds=1)).date()}; the store holds "
+        f"events from {first.date()} to {last.date()}: try --from {first.date()} --to {last.date()}"
     )
 
 
 def painpoints_command(
     journey: Annotated[str | None, typer.Option(help="Journey key (default: the only one stored)")] = None,
     since: Annotated[
-        str | None, typer.Option("--from", help="Period start (YYYY-MM-DD); default 26 weeks ago")
+        str | None, typer.Option("--from", help="Period start (YYYY-MM-DD); default 182 days before today")
     ] = None,
-    until: Annotated[str | None, typer.Option("--to", help="Period end (YYYY-MM-DD); default now")] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="Last day, included (YYYY-MM-DD); default today")
+    ] = None,
     dimension: Annotated[
         list[str] | None,
         typer.Option(
@@ -455,8 +472,7 @@ def painpoints_command(
 
     output = _format(fmt)
     now = datetime.now(UTC)
-    end = _parse_day(until, "--to") if until else now
-    start = _parse_day(since, "--from") if since else end - timedelta(weeks=26)
+    start, end = _period(since, until)
     if not 0 < min_effect < 1:
         raise typer.BadParameter("between 0 and 1", param_hint="--min-effect")
     if lang not in ("en", "it"):
@@ -501,9 +517,11 @@ def map_command(
     journey: Annotated[str | None, typer.Option(help="Journey key (default: the only one stored)")] = None,
     persona: Annotated[str | None, typer.Option(help="Only the contacts of this persona")] = None,
     since: Annotated[
-        str | None, typer.Option("--from", help="Period start (YYYY-MM-DD); default 26 weeks ago")
+        str | None, typer.Option("--from", help="Period start (YYYY-MM-DD); default 182 days before today")
     ] = None,
-    until: Annotated[str | None, typer.Option("--to", help="Period end (YYYY-MM-DD); default now")] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="Last day, included (YYYY-MM-DD); default today")
+    ] = None,
     lang: Annotated[str, typer.Option(help="Names in en or it")] = "en",
     pain_points: Annotated[bool, typer.Option(help="Include the pain points (slower)")] = True,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
@@ -519,8 +537,7 @@ def map_command(
     output = _format(fmt)
     if lang not in ("en", "it"):
         raise typer.BadParameter("en or it", param_hint="--lang")
-    end = _parse_day(until, "--to") if until else datetime.now(UTC)
-    start = _parse_day(since, "--from") if since else end - timedelta(weeks=26)
+    start, end = _period(since, until)
     if start >= end:
         raise typer.BadParameter("must be before --to", param_hint="--from")
     try:
@@ -571,10 +588,10 @@ def paths_command(
     ] = None,
     to_step: Annotated[str | None, typer.Option("--to-step", help="End at this step")] = None,
     since: Annotated[
-        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 30 days ago")
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 182 days before today")
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--to", help="Day after the last (YYYY-MM-DD); default tomorrow")
+        str | None, typer.Option("--to", help="Last day, included (YYYY-MM-DD); default today")
     ] = None,
     max_steps: Annotated[int, typer.Option(help="Steps per path")] = 5,
     top: Annotated[
@@ -606,11 +623,11 @@ def paths_command(
         if not sep:
             raise typer.BadParameter(f"{rule!r}: write REGEX=>REPLACEMENT", param_hint="--url-rule")
         rules.append((pattern, replacement))
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start, end = _period(since, until)
     try:
         spec = PathSpec(
-            start=_parse_day(since, "--from") if since else today - timedelta(days=30),
-            end=_parse_day(until, "--to") if until else today + timedelta(days=1),
+            start=start,
+            end=end,
             from_step=parse_step(from_step).condition if from_step else None,
             to_step=parse_step(to_step).condition if to_step else None,
             max_steps=max_steps,
@@ -645,10 +662,10 @@ def paths_command(
 
 def transitions_command(
     since: Annotated[
-        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 30 days ago")
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 182 days before today")
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--to", help="Day after the last (YYYY-MM-DD); default tomorrow")
+        str | None, typer.Option("--to", help="Last day, included (YYYY-MM-DD); default today")
     ] = None,
     top: Annotated[int, typer.Option(help="Transitions shown, most frequent first")] = 50,
     session_gap: Annotated[str, typer.Option(help="A gap longer than this starts a new session")] = "30m",
@@ -660,9 +677,7 @@ def transitions_command(
     from percorso.cli import emit, fail, opened, settings_for
 
     output = _format(fmt)
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = _parse_day(since, "--from") if since else today - timedelta(days=30)
-    end = _parse_day(until, "--to") if until else today + timedelta(days=1)
+    start, end = _period(since, until)
     try:
         with opened(settings_for(data_dir)) as store:
             rows = transitions(

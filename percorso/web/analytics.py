@@ -19,6 +19,7 @@ from percorso.analytics.funnel import (
 from percorso.analytics.journeymap import journey_map
 from percorso.analytics.painpoints import Settings as PainSettings
 from percorso.analytics.painpoints import find_pain_points
+from percorso.analytics.period import DEFAULT_DAYS, default_period
 from percorso.analytics.personas import PersonaError
 from percorso.analytics.stages import (
     StageError,
@@ -63,9 +64,16 @@ router = APIRouter(
 JourneyKey = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="the journey's key")]
 Lang = Annotated[Literal["en", "it"], Query(description="names in English or Italian")]
 Since = Annotated[
-    DateTime | None, Query(alias="from", description="period start; default 26 weeks before `to`")
+    DateTime | None,
+    Query(
+        alias="from",
+        description="period start; default midnight UTC 182 days before today (183 days before `to`)",
+    ),
 ]
-Until = Annotated[DateTime | None, Query(alias="to", description="period end; default now")]
+Until = Annotated[
+    DateTime | None,
+    Query(alias="to", description="period end, exclusive; default the coming midnight UTC (today included)"),
+]
 
 
 def _store(request: Request) -> Store:
@@ -77,8 +85,11 @@ _LATEST_END = datetime(9998, 12, 31, tzinfo=UTC)
 
 
 def _period(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    end = _latest_end(_aware(until) if until else datetime.now(UTC))
-    start = _aware(since) if since else _earlier(end, timedelta(weeks=26))
+    """As given, else the dashboard's default period (the 182 days before today and today)."""
+    if since is None and until is None:
+        return default_period()
+    end = _latest_end(_aware(until) if until else default_period()[1])
+    start = _aware(since) if since else _earlier(end, timedelta(days=DEFAULT_DAYS + 1))
     if start >= end:
         raise ApiError(400, "invalid_request", "`from` must be before `to`", "from")
     return start, end

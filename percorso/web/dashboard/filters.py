@@ -8,11 +8,10 @@ from typing import Any
 
 from fastapi import Request
 
+from percorso.analytics.period import DEFAULT_DAYS
 from percorso.analytics.stages import StageError, get_journey
 from percorso.journey.definition import Journey
 from percorso.store import Store
-
-DEFAULT_DAYS = 182
 
 
 class PageError(Exception):
