@@ -249,3 +249,31 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if IN_CI and _whole_suite(config) and not all(RAN.values()):
         missing = ", ".join(k for k, n in RAN.items() if not n)
         terminalreporter.write_line(f"CI ran no test on: {missing}; failing the run", red=True)
+
+
+@functools.cache
+def _demo_events(spec: Any) -> tuple[Any, ...]:
+    from percorso.collect.loader import parse_one
+    from percorso.demo.generator import generate
+
+    classifier = ChannelClassifier(load_rules())
+    limits = Limits()
+    return tuple(parse_one(m, classifier, limits, "demo") for person in generate(spec) for m in person)
+
+
+def load_demo_events(store: Store, spec: Any) -> int:
+    """The demo dataset ``load_demo`` stores, generated and parsed once per test run and stored
+    into each test's store (generating and parsing are two thirds of loading it; test_demo.py
+    covers ``load_demo`` and its collector path). Returns the events stored."""
+    import copy
+
+    if spec.contacts > 2_000:  # too many to keep in memory for the whole run
+        from percorso.demo.command import load_demo
+
+        return int(load_demo(store, spec)["stored"])
+    events = [copy.copy(e) for e in _demo_events(spec)]  # ingesting sets each copy's identity
+    stored = 0
+    for i in range(0, len(events), 20_000):
+        stored += len(store.ingest(events[i : i + 20_000]))
+    store.analyze()
+    return stored

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from pypdf import PdfReader
 
-from percorso.demo.command import demo_journey, load_demo
+from percorso.demo.command import demo_journey
 from percorso.demo.generator import DemoSpec
 from percorso.web.dashboard.i18n import Translator, catalog, negotiate
 from percorso.web.dashboard.users import UserError, add_user, sign_in
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, load_demo_events
 
 ADMIN = ("anna@example.it", "a long enough secret")
 EDITOR = ("enzo@example.it", "another long secret")
@@ -29,7 +29,7 @@ TEMPLATES = Path(__file__).parent.parent / "percorso" / "web" / "templates"
 
 @pytest.fixture
 def site(server: LiveServer) -> LiveServer:
-    load_demo(server.store, DemoSpec(contacts=400, seed=5))
+    load_demo_events(server.store, DemoSpec(contacts=400, seed=5))
     demo_journey(server.store)
     add_user(server.store, ADMIN[0], ADMIN[1], role="admin", name="Anna")
     add_user(server.store, EDITOR[0], EDITOR[1], role="editor")
@@ -194,34 +194,33 @@ def test_channel_filter_compare_and_exports(site: LiveServer) -> None:
     assert "<script" not in standalone and "<svg" in standalone and "Journey map" in standalone
 
 
-@pytest.mark.parametrize(
-    ("path", "field", "message"),
-    [
-        ("/map?from=2026-13-01", "from", "is not a date; write it as YYYY-MM-DD"),
-        ("/map?from=2026-06-01&to=2026-01-01", "from", "starts (2026-06-01) after it ends (2026-01-01)"),
-        ("/map?persona=astronaut", "persona", "the journey has no persona 'astronaut'"),
-        ("/map?journey=nope", "journey", "nope"),
-        ("/map?segment=ghosts", "segment", "there is no saved segment 'ghosts'"),
-        ("/funnels?step=A&step=B&window=forever", "window", "'forever' is not a duration"),
-        ("/funnels?step=A&step=B&order=sideways", "order", "'sideways' is not one of ordered, strict, any"),
-        ("/funnels?step=A&step=B&dropped=7", "dropped", "not a step that has a next step"),
-        ("/funnels?funnel=unknown", "funnel", "there is no funnel 'unknown'"),
-        ("/paths?max_steps=99", "max_steps", "not a whole number from 2 to 10"),
-        ("/paths?session_gap=soon", "session_gap", "'soon' is not a duration"),
-    ],
-)
-def test_bad_input_gets_a_page_that_names_the_problem(
-    site: LiveServer, path: str, field: str, message: str
-) -> None:
+BAD_INPUT = [
+    ("/map?from=2026-13-01", "from", "is not a date; write it as YYYY-MM-DD"),
+    ("/map?from=2026-06-01&to=2026-01-01", "from", "starts (2026-06-01) after it ends (2026-01-01)"),
+    ("/map?persona=astronaut", "persona", "the journey has no persona 'astronaut'"),
+    ("/map?journey=nope", "journey", "nope"),
+    ("/map?segment=ghosts", "segment", "there is no saved segment 'ghosts'"),
+    ("/funnels?step=A&step=B&window=forever", "window", "'forever' is not a duration"),
+    ("/funnels?step=A&step=B&order=sideways", "order", "'sideways' is not one of ordered, strict, any"),
+    ("/funnels?step=A&step=B&dropped=7", "dropped", "not a step that has a next step"),
+    ("/funnels?funnel=unknown", "funnel", "there is no funnel 'unknown'"),
+    ("/paths?max_steps=99", "max_steps", "not a whole number from 2 to 10"),
+    ("/paths?session_gap=soon", "session_gap", "'soon' is not a duration"),
+]
+
+
+def test_bad_input_gets_a_page_that_names_the_problem(site: LiveServer) -> None:
+    """Each case on one demo site (loading it is most of the time), each failure naming its case."""
     client = signed_in(site)
-    page = client.get(path)
-    assert page.status_code in (400, 404), page.text[:300]
-    assert message.replace("'", "&#39;") in page.text
-    assert f'data-error-field="{field}"' in page.text
-    base, _, query = path.partition("?")
-    twin = client.get(f"{base}.json?{query}")
-    assert twin.status_code == page.status_code
-    assert twin.json()["field"] == field and message in twin.json()["message"]
+    for path, field, message in BAD_INPUT:
+        page = client.get(path)
+        assert page.status_code in (400, 404), (path, page.text[:300])
+        assert message.replace("'", "&#39;") in page.text, path
+        assert f'data-error-field="{field}"' in page.text, path
+        base, _, query = path.partition("?")
+        twin = client.get(f"{base}.json?{query}")
+        assert twin.status_code == page.status_code, path
+        assert twin.json()["field"] == field and message in twin.json()["message"], path
 
 
 def test_funnel_page_and_twin(site: LiveServer) -> None:

@@ -23,11 +23,11 @@ from percorso.automation.definition import load_automation
 from percorso.automation.engine import Engine
 from percorso.automation.store import save_automation
 from percorso.config import Settings
-from percorso.demo.command import demo_journey, load_demo
+from percorso.demo.command import demo_journey
 from percorso.demo.generator import DemoSpec
 from percorso.store import Store, open_store
 from percorso.web.dashboard.users import add_user
-from tests.conftest import free_port
+from tests.conftest import free_port, load_demo_events
 
 EXAMPLES = Path(__file__).parent.parent / "percorso" / "automation" / "examples"
 ADMIN = ("ada@example.it", "correct horse battery")
@@ -56,7 +56,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     data = tmp_path_factory.mktemp("dashboard")
     settings = Settings(data_dir=data, automation_worker=False, stage_interval=1, dashboard_cache_seconds=0)
     store = open_store(settings)
-    load_demo(store, DemoSpec(contacts=1500, seed=11))
+    load_demo_events(store, DemoSpec(contacts=1500, seed=11))
     demo_journey(store)
     add_user(store, ADMIN[0], ADMIN[1], role="admin", name="Ada")
     add_user(store, VIEWER[0], VIEWER[1], role="viewer", name="Vito")

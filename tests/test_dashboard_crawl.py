@@ -22,14 +22,14 @@ import pytest
 from percorso.automation.definition import load_automation
 from percorso.automation.engine import Engine
 from percorso.automation.store import save_automation
-from percorso.demo.command import demo_journey, load_demo
+from percorso.demo.command import demo_journey
 from percorso.demo.generator import DemoSpec
 from percorso.demo.shop import NPS
 from percorso.feedback.definition import load_survey
 from percorso.feedback.store import save_survey
 from percorso.web.dashboard.i18n import catalog
 from percorso.web.dashboard.users import add_user
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, load_demo_events
 from tests.test_dashboard import signed_in
 
 EXAMPLES = Path(__file__).parent.parent / "percorso" / "automation" / "examples"
@@ -41,7 +41,7 @@ PER_KIND = 1  # pages visited for each kind of page (path with its ids replaced,
 
 @pytest.fixture
 def demo_site(server: LiveServer) -> LiveServer:
-    load_demo(server.store, DemoSpec(contacts=300, seed=3))
+    load_demo_events(server.store, DemoSpec(contacts=300, seed=3))
     demo_journey(server.store)
     for path in sorted(EXAMPLES.glob("*.yaml")):
         save_automation(server.store, load_automation(path.read_text(encoding="utf-8"), path.name), path.name)

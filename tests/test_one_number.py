@@ -14,16 +14,16 @@ from typer.testing import CliRunner
 
 from percorso.cli import app
 from percorso.config import Settings
-from percorso.demo.command import demo_journey, load_demo
+from percorso.demo.command import demo_journey
 from percorso.demo.generator import DemoSpec
 from percorso.web.dashboard.users import add_user
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, load_demo_events
 from tests.test_dashboard import ADMIN, signed_in
 
 
 @pytest.fixture
 def demo(server: LiveServer) -> LiveServer:
-    load_demo(server.store, DemoSpec(contacts=300, seed=11))
+    load_demo_events(server.store, DemoSpec(contacts=300, seed=11))
     demo_journey(server.store)
     add_user(server.store, ADMIN[0], ADMIN[1], role="admin", name="Anna")
     return server

@@ -22,7 +22,7 @@ from percorso.journey import load_journey, template_text
 from percorso.store import Store
 from percorso.store.duckdb import DuckDBStore
 from percorso.store.postgres import PostgresStore
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.conftest import create_pg_database, drop_pg_database, load_demo_events
 
 END = datetime(2026, 11, 23, tzinfo=UTC)
 START = END - timedelta(days=183)
@@ -116,7 +116,7 @@ def test_engines_agree(tmp_path):
     pg: Store = PostgresStore(url, pool_size=2)
     try:
         pg.migrate()
-        load_demo(pg, DemoSpec(seed=2, end=END, contacts=1500))
+        load_demo_events(pg, DemoSpec(seed=2, end=END, contacts=1500))
         a = find_pain_points(duck, JOURNEY, start=START, end=END, as_of=END)
         b = find_pain_points(pg, JOURNEY, start=START, end=END, as_of=END)
         assert a["pain_points"], "the small dataset still shows the strongest planted problems"
@@ -223,7 +223,7 @@ def test_z_test_direction_and_edges():
 def test_cli(tmp_path):
     store = DuckDBStore(tmp_path / "percorso.duckdb")
     store.migrate()
-    load_demo(store, DemoSpec(seed=2, end=END, contacts=1500))
+    load_demo_events(store, DemoSpec(seed=2, end=END, contacts=1500))
     save_journey(store, JOURNEY, "test")
     save_journey(store, load_journey(template_text("five-e")), "test")
     store.close()
@@ -293,7 +293,7 @@ def test_journey_map_places_pain_points_and_feels_the_feedback(planted_store):
 def test_cli_map(tmp_path):
     store = DuckDBStore(tmp_path / "percorso.duckdb")
     store.migrate()
-    load_demo(store, DemoSpec(seed=2, end=END, contacts=800))
+    load_demo_events(store, DemoSpec(seed=2, end=END, contacts=800))
     save_journey(store, JOURNEY, "test")
     store.close()
     runner = CliRunner()

@@ -229,7 +229,8 @@ class Store(ABC):
         return int(rows[0][0] or 0)
 
     def migrate(self) -> list[str]:
-        """Applies pending migrations in order; returns their names."""
+        """Applies every migration not recorded as applied, in order (a version missing below the
+        newest applied one is applied too); returns their names."""
         applied = []
         current = self.schema_version()
         latest = MIGRATIONS[-1].version
@@ -237,8 +238,10 @@ class Store(ABC):
             raise StoreError(
                 f"the database is at schema version {current}, newer than this percorso ({latest}); upgrade percorso"
             )
+        with self.session() as s:
+            recorded = {int(r[0]) for r in s.rows("SELECT version FROM schema_migrations")}
         for migration in MIGRATIONS:
-            if migration.version <= current:
+            if migration.version in recorded:
                 continue
             with self.session() as s:
                 s.lock_identity_graph()  # one migrator at a time on a shared database
