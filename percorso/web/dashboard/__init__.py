@@ -33,6 +33,7 @@ def install(app: FastAPI, cache_seconds: float = 60.0, dependencies: Sequence[An
         export,
         heatmaps,
         pages,
+        reach,
         settings,
         signin,
         surveys,
@@ -40,7 +41,18 @@ def install(app: FastAPI, cache_seconds: float = 60.0, dependencies: Sequence[An
 
     app.state.dashboard_cache = ResultCache(ttl=cache_seconds)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (signin, pages, export, analysis, contacts, automations, surveys, heatmaps, settings):
+    for module in (
+        signin,
+        pages,
+        export,
+        analysis,
+        contacts,
+        reach,
+        automations,
+        surveys,
+        heatmaps,
+        settings,
+    ):
         app.include_router(module.router, dependencies=list(dependencies))
 
     def _json_or_page(request: Request, status: int, code: str, message: str, field: str | None) -> Response:

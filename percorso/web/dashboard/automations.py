@@ -35,7 +35,7 @@ both = both_on(router)
 
 KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")  # as the REST API's path parameter
 MAX_SOURCE = 200_000
-NOTICES = ("saved", "unchanged", "paused", "active")
+NOTICES = ("saved", "unchanged", "paused", "active", "started")
 
 
 class _Dumper(yaml.SafeDumper):
