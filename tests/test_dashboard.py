@@ -185,10 +185,42 @@ def test_channel_filter_compare_and_exports(site: LiveServer) -> None:
     assert [r["stage"] for r in rows] == [s["stage"] for s in everyone]
     assert [int(r["entered"]) for r in rows] == [s["contacts"]["entered"] for s in everyone]
 
-    pdf = client.get("/map/export.pdf")
+    # The drawing holds what the page holds: every pain point (ranked), every KPI, the opportunities.
+    full = client.get("/map/export.svg?from=2026-01-01&to=2026-12-31")
+    assert full.headers["content-disposition"].endswith(
+        '-2026-01-01-2026-12-31.svg"'
+    )  # the last day, as asked
+    page_map = client.get("/map.json?from=2026-01-01&to=2026-12-31").json()["map"]
+    drawn = " ".join(
+        t.text or "" for t in ElementTree.fromstring(full.text).iter("{http://www.w3.org/2000/svg}text")
+    )
+    pains = sorted(
+        p["rank"]
+        for p in [
+            *page_map["unplaced_pain_points"],
+            *(p for s in page_map["stages"] for p in s["pain_points"]),
+        ]
+    )
+    assert pains and all(f"#{rank} " in drawn for rank in pains)
+    for stage in page_map["stages"]:
+        for kpi in stage["kpis"]:
+            assert f"{kpi['name']}: " in drawn, kpi["name"]
+    assert "OPPORTUNITIES" in drawn
+    # The emotion line joins only neighbouring stages that have feedback.
+    silent = [s["index"] for s in page_map["stages"] if s["emotion"]["score"] is None]
+    for line in ElementTree.fromstring(full.text).iter("{http://www.w3.org/2000/svg}polyline"):
+        xs = [float(p.split(",")[0]) for p in line.get("points", "").split()]
+        columns = {int((x - 150) // 230) + 1 for x in xs}
+        assert columns == set(range(min(columns), max(columns) + 1)) and not columns & set(silent)
+
+    pdf = client.get("/map/export.pdf?from=2026-01-01&to=2026-12-31")
     assert pdf.content.startswith(b"%PDF-")
-    text = PdfReader(io.BytesIO(pdf.content)).pages[0].extract_text()
+    text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages)
     assert "Awareness" in text and "Customer actions" in text
+    listed = text.rsplit("Pain points", 1)[1]  # the list after the lanes
+    ranks = [int(n) for n in re.findall(r"^#(\d+) ", listed, re.M)]
+    assert ranks == sorted(ranks) and len(ranks) == len(pains), text[-2000:]
+    assert "→" not in text or "->" not in text  # typographic text, not ASCII stand-ins
 
     standalone = client.get("/map/export.html").text
     assert "<script" not in standalone and "<svg" in standalone and "Journey map" in standalone

@@ -31,12 +31,28 @@ LABEL_W = 150
 COL_W = 230
 PAD = 10
 LINE = 15
-LANES = ("actions", "touchpoints", "emotion", "pain_points", "kpis")
+LANES = ("actions", "touchpoints", "emotion", "pain_points", "kpis", "opportunities")
+# A Unicode font for the PDF where the system has one (Debian's fonts-dejavu-core); else the
+# PDF's built-in Helvetica, which covers Latin-1 (Italian included) with a few substitutions.
+PDF_FONTS = (
+    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+)
+
+
+def _last_day(jmap: dict[str, Any]) -> datetime:
+    # The period ends at midnight after its last day: files and titles name the last day, as the filters do.
+    return datetime.fromisoformat(jmap["period"]["end"]) - timedelta(seconds=1)
 
 
 def _filename(jmap: dict[str, Any], ext: str) -> str:
     persona = f"-{jmap['persona']['key']}" if jmap.get("persona") else ""
-    return f"{jmap['journey']}{persona}-{jmap['period']['start'][:10]}-{jmap['period']['end'][:10]}.{ext}"
+    last = _last_day(jmap).date().isoformat()
+    return f"{jmap['journey']}{persona}-{jmap['period']['start'][:10]}-{last}.{ext}"
+
+
+def _ranked(pains: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(pains, key=lambda p: (p.get("rank") or 10**6, p.get("kind", "")))
 
 
 def _attachment(content: bytes | str, media: str, filename: str) -> Response:
@@ -79,15 +95,35 @@ def _lane_lines(
         return [("big", score), ("muted", t("evidence." + e["evidence"]))]
     if lane == "pain_points":
         lines: list[tuple[str, str]] = []
-        for p in stage["pain_points"][:4]:
-            wrapped = _wrap(f"{t('pain.' + p['kind'])}: {p['summary']}", 36, 3)
-            lines += [("pain", wrapped[0]), *[("pain", w) for w in wrapped[1:]]]
+        for p in _ranked(stage["pain_points"]):
+            rank = f"#{p['rank']} " if p.get("rank") else ""
+            wrapped = _wrap(f"{rank}{t('pain.' + p['kind'])}: {p['summary']}", 36, 3)
+            lines += [("pain", w) for w in wrapped]
         return lines or [("muted", t("map.no_pains"))]
-    return [
+    if lane == "opportunities":
+        notes = [
+            ("", w) for n in stage.get("notes", []) for w in _wrap(f"• {n['text']} — {n['author']}", 36, 3)
+        ]
+        reach = [
+            ("muted", w)
+            for p in _ranked(stage["pain_points"])
+            if p.get("funnel") and p.get("step")
+            for w in _wrap("• " + t("map.suggest_reach", step=p["step"]), 36, 2)
+        ]
+        return [*notes, *reach] or [("muted", "–")]
+    kpis = [
         ("", f"{t(counted)}: {t.num(stage['contacts']['entered'])}"),
         ("", f"{t('kpi.conversion')}: {t.pct(stage['conversion_to_next'])}"),
         ("", f"{t('kpi.time')}: {t.duration(stage['time_in_stage']['median_seconds'])}"),
     ]
+    for k in stage.get("kpis", []):
+        value = t.kpi(k["metric"], k["value"], k.get("currency"))
+        target = (
+            f" / {t.kpi(k['metric'], k['target'], k.get('currency'))}" if k.get("target") is not None else ""
+        )
+        kind = "good" if k.get("on_target") else ("pain" if k.get("on_target") is False else "")
+        kpis += [(kind, line) for line in _wrap(f"{k['name']}: {value}{target}", 36, 2)]
+    return kpis
 
 
 def map_svg(jmap: dict[str, Any], t: Translator) -> str:
@@ -101,11 +137,22 @@ def map_svg(jmap: dict[str, Any], t: Translator) -> str:
     }
     heights["emotion"] = 120
     head_h, title_h = 70, 50
-    height = title_h + head_h + sum(heights.values()) + 10
+    # Pain points no stage holds (a site-wide frustration, a score drop of the whole journey).
+    unplaced = [
+        line
+        for p in _ranked(jmap.get("unplaced_pain_points", []))
+        for line in _wrap(
+            f"#{p.get('rank', '')} {t('pain.' + p['kind'])}: {p['summary']}",
+            max(36, COL_W * len(stages) // 7),
+            2,
+        )
+    ]
+    unplaced_h = PAD * 2 + LINE * len(unplaced) if unplaced else 0
+    height = title_h + head_h + sum(heights.values()) + unplaced_h + 10
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="12">',
-        "<style>.muted{fill:#667085}.big{font-size:18px;font-weight:bold}.pain{fill:#c4320a}"
+        "<style>.muted{fill:#667085}.big{font-size:18px;font-weight:bold}.pain{fill:#c4320a}.good{fill:#12805c}"
         ".lane{font-size:11px;font-weight:bold;fill:#667085}.head{font-size:15px;font-weight:bold}</style>",
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
         f'<text x="{PAD}" y="28" font-size="20" font-weight="bold">{escape(t("map.title", journey=jmap["name"]))}</text>',
@@ -140,6 +187,16 @@ def map_svg(jmap: dict[str, Any], t: Translator) -> str:
         if lane == "emotion":
             out.extend(_emotion_curve(stages, y, h, t))
         y += h
+    if unplaced:
+        out.append(
+            f'<rect x="0" y="{y}" width="{width}" height="{unplaced_h}" fill="#fafbfc" stroke="#e4e7ec"/>'
+        )
+        for i, line in enumerate(_wrap(t("map.unplaced").upper(), 18, 2)):
+            out.append(f'<text x="{PAD}" y="{y + 20 + i * LINE}" class="lane">{escape(line)}</text>')
+        for i, text in enumerate(unplaced):
+            out.append(
+                f'<text x="{LABEL_W + PAD}" y="{y + PAD + 12 + i * LINE}" class="pain">{escape(text)}</text>'
+            )
     out.append("</svg>")
     return "\n".join(out)
 
@@ -151,7 +208,7 @@ def _emotion_curve(stages: list[dict[str, Any]], y: int, h: int, t: Translator) 
         f'<line x1="{LABEL_W}" y1="{mid}" x2="{LABEL_W + COL_W * len(stages)}" y2="{mid}" '
         'stroke="#98a2b3" stroke-dasharray="4 4"/>'
     ]
-    points = []
+    runs: list[list[str]] = [[]]  # the line joins neighbouring stages with feedback only
     for k, s in enumerate(stages):
         score = s["emotion"]["score"]
         cx = LABEL_W + k * COL_W + COL_W / 2
@@ -160,22 +217,22 @@ def _emotion_curve(stages: list[dict[str, Any]], y: int, h: int, t: Translator) 
             f'<text x="{cx}" y="{y + h - 6}" text-anchor="middle" class="muted">{escape(label)}</text>'
         )
         if score is None:
+            runs.append([])
             continue
         cy = mid - float(score) * amp
-        points.append(f"{cx:.1f},{cy:.1f}")
+        runs[-1].append(f"{cx:.1f},{cy:.1f}")
         parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="#2f6fdf"/>')
         parts.append(f'<text x="{cx + 8:.1f}" y="{cy - 6:.1f}">{float(score):+.2f}</text>')
-    if len(points) > 1:
-        parts.insert(
-            1, f'<polyline points="{" ".join(points)}" fill="none" stroke="#2f6fdf" stroke-width="2.5"/>'
-        )
+    for points in runs:
+        if len(points) > 1:
+            parts.insert(
+                1, f'<polyline points="{" ".join(points)}" fill="none" stroke="#2f6fdf" stroke-width="2.5"/>'
+            )
     return parts
 
 
 def _subtitle(jmap: dict[str, Any], t: Translator) -> str:
-    # The period ends at midnight after its last day: show the last day, as the filters do.
-    last = datetime.fromisoformat(jmap["period"]["end"]) - timedelta(seconds=1)
-    period = f"{t.date(jmap['period']['start'])} – {t.date(last)}"
+    period = f"{t.date(jmap['period']['start'])} – {t.date(_last_day(jmap))}"
     persona = jmap["persona"]["name"] if jmap.get("persona") else t("filter.everyone")
     return f"{t('filter.persona')}: {persona} · {period}"
 
@@ -233,9 +290,19 @@ def map_csv(jmap: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def _pdf_text(text: str) -> str:
-    # The PDF's built-in Helvetica covers Latin-1 (Italian included); map the few typographic
-    # characters we use and mark anything else rather than fail.
+def _pdf_fonts(pdf: FPDF) -> tuple[str, bool]:
+    """The font family for the PDF and whether it covers Unicode."""
+    regular, bold = PDF_FONTS
+    if regular.exists() and bold.exists():
+        pdf.add_font("DejaVu", "", str(regular))
+        pdf.add_font("DejaVu", "B", str(bold))
+        return "DejaVu", True
+    return "Helvetica", False
+
+
+def _pdf_latin1(text: str) -> str:
+    # Helvetica covers Latin-1 (Italian included); map the few typographic characters we use
+    # and mark anything else rather than fail.
     table = {"→": "->", "–": "-", "—": "-", "…": "...", "’": "'", "“": '"', "”": '"', "·": "-", "≥": ">="}
     for a, b in table.items():
         text = text.replace(a, b)
@@ -246,13 +313,18 @@ def map_pdf(jmap: dict[str, Any], t: Translator) -> bytes:
     """An A3 landscape page per map: the lanes as a table, then every pain point with its evidence."""
     stages = jmap["stages"]
     pdf = FPDF(orientation="landscape", unit="mm", format="A3")
+    family, unicode = _pdf_fonts(pdf)
+
+    def _pdf_text(text: str) -> str:
+        return text if unicode else _pdf_latin1(text)
+
     pdf.set_title(_pdf_text(t("map.title", journey=jmap["name"])))
     pdf.set_creator("percorso")
     pdf.set_auto_page_break(auto=True, margin=12)
     pdf.add_page()
-    pdf.set_font("Helvetica", "B", 18)
+    pdf.set_font(family, "B", 18)
     pdf.cell(0, 10, _pdf_text(t("map.title", journey=jmap["name"])), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", "", 10)
+    pdf.set_font(family, "", 10)
     pdf.set_text_color(102, 112, 133)
     pdf.cell(0, 6, _pdf_text(_subtitle(jmap, t)), new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(29, 36, 51)
@@ -260,7 +332,7 @@ def map_pdf(jmap: dict[str, Any], t: Translator) -> bytes:
     usable = pdf.w - pdf.l_margin - pdf.r_margin
     label_w = 36
     col_w = (usable - label_w) / max(len(stages), 1)
-    pdf.set_font("Helvetica", "", 8.5)
+    pdf.set_font(family, "", 8.5)
     with pdf.table(
         col_widths=(label_w, *([col_w] * len(stages))),
         text_align="LEFT",
@@ -281,21 +353,17 @@ def map_pdf(jmap: dict[str, Any], t: Translator) -> bytes:
             row.cell(_pdf_text(t("lane." + lane)))
             for s in stages:
                 row.cell(_pdf_text("\n".join(text for _, text in _lane_lines(s, lane, t, _counted(jmap)[0]))))
-    pains = [p for s in stages for p in s["pain_points"]] + jmap.get("unplaced_pain_points", [])
+    pains = _ranked([p for s in stages for p in s["pain_points"]] + jmap.get("unplaced_pain_points", []))
     if pains:
         pdf.ln(4)
-        pdf.set_font("Helvetica", "B", 13)
+        pdf.set_font(family, "B", 13)
         pdf.cell(0, 8, _pdf_text(t("lane.pain_points")), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", "", 9)
+        pdf.set_font(family, "", 9)
         for p in pains:
-            evidence = ", ".join(
-                f"{k.replace('_', ' ')} {v}"
-                for k, v in p["evidence"].items()
-                if isinstance(v, int | float | str)
-            )
+            where = " · ".join(str(x) for x in (p.get("funnel_name"), p.get("step")) if x)
             line = (
-                f"{p.get('rank', '')}. [{t('pain.' + p['kind'])}] {p['summary']} - {p.get('funnel_name', '')}, "
-                f"{p.get('step', '')}; {t('pain.affects')}: {p['contacts_affected']}; z={p['z']}; {evidence}"
+                f"#{p.get('rank', '')} {t('pain.' + p['kind'])} — {p['summary']} ({where}); "
+                f"{t('pain.affects')}: {t.num(p['contacts_affected'])}; z = {t.num(p['z'], 1)}"
             )
             pdf.multi_cell(0, 5, _pdf_text(line), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
@@ -304,7 +372,10 @@ def map_pdf(jmap: dict[str, Any], t: Translator) -> bytes:
 def _current_map(request: Request) -> tuple[Translator, dict[str, Any]]:
     """The reader's language and the map the page shows (the same cached result)."""
     t = Translator(language(request))
-    return t, cached_map(request, journey_filters(request), t.lang)
+    jmap = cached_map(request, journey_filters(request), t.lang)
+    notes = jmap.get("notes_by_stage") or {}
+    # The opportunities lane: each stage's notes beside it (a copy: the cached map stays as it is).
+    return t, {**jmap, "stages": [{**s, "notes": notes.get(s["stage"], [])} for s in jmap["stages"]]}
 
 
 @router.get("/map/export.svg")

@@ -73,6 +73,20 @@ class Translator:
             return "–"
         return format_currency(value, currency, locale=self.locale)
 
+    def kpi(self, metric: str, value: Any, currency: str | None = None) -> str:
+        """A KPI's value as its metric reads: money, a share, a time, a score or a count."""
+        if value is None:
+            return "–"
+        if metric == "revenue" and currency:
+            return self.money(value, currency)
+        if metric in ("conversion", "funnel"):
+            return self.pct(value)
+        if "time" in metric:
+            return self.duration(value)
+        if metric in ("nps", "csat"):
+            return self.num(value, 1)
+        return self.num(value)
+
     def pct(self, value: Any, digits: int = 1) -> str:
         if value is None:
             return "–"

@@ -277,6 +277,7 @@ def _suggestions(jmap: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                         "pain": pain.get("summary"),
                         "funnel": pain["funnel"],
                         "step": pain["step_index"],
+                        "step_name": pain.get("step"),
                         "link": f"/funnels?journey={quote(jmap['journey'])}&funnel={quote(str(pain['funnel']))}"
                         f"&dropped={int(pain['step_index'])}",
                     }
