@@ -136,6 +136,17 @@ def site(server: LiveServer, classifier: Any) -> LiveServer:
     )
     save_journey(store, load_journey(JOURNEY), "test")
     update(store, load_journey(JOURNEY))
+    # A saved segment named by an attacker (its pages: the map filter and the reach form).
+    mallory = contact_of(store, "mallory")
+    with store.writing() as s:
+        s.execute(
+            "INSERT INTO segments (segment_key, name, source, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+            ["welcome", SCRIPT, json.dumps({"funnel": {"steps": [ATTR]}}), "test", NOW],
+        )
+        s.execute(
+            "INSERT INTO segment_members (segment_key, contact_id) VALUES (?, ?)",
+            ["welcome", mallory],
+        )
     Engine(store, clock=ManualClock(NOW)).run_until_idle()
     return server
 

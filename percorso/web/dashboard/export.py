@@ -51,6 +51,10 @@ def _filename(jmap: dict[str, Any], ext: str) -> str:
     return f"{jmap['journey']}{persona}-{jmap['period']['start'][:10]}-{last}.{ext}"
 
 
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _ranked(pains: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(pains, key=lambda p: (p.get("rank") or 10**6, p.get("kind", "")))
 
@@ -82,12 +86,20 @@ def _lane_lines(
 ) -> list[tuple[str, str]]:
     """The text lines of one cell as (css class, text)."""
     if lane == "actions":
-        return [("", f"{a['action'][:26]}  {t.pct(a['share'], 0)}") for a in stage["top_actions"][:5]] or [
-            ("muted", t("map.no_actions"))
-        ]
+        return [
+            ("", f"{_cut(t.action(a['action']), 28)}  {t.pct(a['share'], 0)}")
+            for a in stage["top_actions"][:5]
+        ] or [("muted", t("map.no_actions"))]
     if lane == "touchpoints":
-        rows = [("", f"{tp['name'][:24]}  {t.pct(tp['share'], 0)}") for tp in stage["touchpoints"][:4]]
-        channels = ", ".join(f"{c['channel']} {t.pct(c['share'], 0)}" for c in stage["channels"][:3])
+        # shares that round to 0% say nothing on a drawing: left out
+        rows = [
+            ("", f"{_cut(tp['name'], 24)}  {t.pct(tp['share'], 0)}")
+            for tp in stage["touchpoints"][:4]
+            if tp["share"] >= 0.005
+        ]
+        channels = ", ".join(
+            f"{c['channel']} {t.pct(c['share'], 0)}" for c in stage["channels"][:3] if c["share"] >= 0.005
+        )
         return [*rows, ("muted", channels[:40])]
     if lane == "emotion":
         e = stage["emotion"]
@@ -164,7 +176,7 @@ def map_svg(jmap: dict[str, Any], t: Translator) -> str:
         out.append(
             f'<rect x="{x}" y="{y}" width="{COL_W}" height="{head_h}" fill="#eef4ff" stroke="#e4e7ec"/>'
         )
-        title = escape(f"{s['index']}. {s['name']}")
+        title = escape(_cut(f"{s['index']}. {s['name']}", 27))
         out.append(f'<text x="{x + PAD}" y="{y + 24}" class="head">{title}</text>')
         out.append(
             f'<text x="{x + PAD}" y="{y + 48}" class="big">{escape(t.num(s["contacts"]["entered"]))}</text>'

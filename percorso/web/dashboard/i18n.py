@@ -73,6 +73,14 @@ class Translator:
             return "–"
         return format_currency(value, currency, locale=self.locale)
 
+    def action(self, label: str) -> str:
+        """A map action as people say it: ``page: Home`` is Viewed “Home” (Ha visto “Home”)."""
+        kind, sep, rest = label.partition(":")
+        if sep and kind in ("page", "screen", "identify", "group", "alias"):
+            name = rest.strip()
+            return self(f"action.{kind}", name=name) if name else self(f"action.{kind}_bare")
+        return label
+
     def kpi(self, metric: str, value: Any, currency: str | None = None) -> str:
         """A KPI's value as its metric reads: money, a share, a time, a score or a count."""
         if value is None:
