@@ -15,6 +15,7 @@ import httpx
 import pytest
 from msgspec import to_builtins as msgspec_builtins
 
+from percorso.analytics.screenshots import save_screenshot
 from percorso.analytics.stages import save_journey, update
 from percorso.automation.definition import load_automation
 from percorso.automation.engine import Engine, ManualClock
@@ -28,6 +29,7 @@ from percorso.store import Store
 from percorso.web.dashboard.contacts import merge_timeline, touchpoint_kind
 from percorso.web.dashboard.users import add_user
 from tests.conftest import LiveServer
+from tests.test_heatmaps import png
 
 # One person per role, created (Argon2 is slow on purpose) only by the tests that sign them in.
 ADMIN = ("ada@example.it", "admin passphrase 1", "admin")
@@ -147,6 +149,8 @@ def site(server: LiveServer, classifier: Any) -> LiveServer:
             "INSERT INTO segment_members (segment_key, contact_id) VALUES (?, ?)",
             ["welcome", mallory],
         )
+    # A screenshot beneath the home page's heatmap (the image route is walked too).
+    save_screenshot(store, "/", "desktop", png(1200, 600), "test")
     Engine(store, clock=ManualClock(NOW)).run_until_idle()
     return server
 

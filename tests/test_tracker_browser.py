@@ -327,12 +327,15 @@ def test_heatmap_clicks_rage_dead_and_scroll(
     assert sum(c["clicks"] for c in result["grid"]["cells"]) == 4
     assert result["scroll"]["page_views"] == 1 and result["scroll"]["reached"][0]["share"] == 1.0
     assert result["scroll"]["reached"][-1]["share"] == 0.0  # 3,000 px: the bottom was not reached
+    # A screenshot of the whole page at the desktop width, as a user would take it for the dashboard.
+    page.set_viewport_size({"width": 1200, "height": 800})
+    shot = page.screenshot(full_page=True)
     page.context.close()
 
     # The dashboard draws them: the click map over the page, the elements, the scroll map.
     from percorso.web.dashboard.users import add_user
 
-    add_user(server.store, "ada@example.it", "a long enough secret", role="viewer")
+    add_user(server.store, "ada@example.it", "a long enough secret", role="editor")
     dashboard = chromium.new_context(viewport={"width": 1400, "height": 1000})
     view = dashboard.new_page()
     view.goto(f"{server.url}/heatmaps?page=/p*&band=desktop")
@@ -343,6 +346,37 @@ def test_heatmap_clicks_rage_dead_and_scroll(
     assert view.locator(".chart[data-chart=heat] svg path, .chart[data-chart=heat] canvas").count() > 0
     assert "#terms" in view.locator("#totals table").inner_text()
     view.wait_for_selector(".chart[data-chart=bar][data-drawn]")
+    # The screenshot uploaded from the page's form is drawn beneath the clicks, at its own size.
+    view.set_input_files(
+        "#screenshot-form input[name=image]",
+        files=[{"name": "p.png", "mimeType": "image/png", "buffer": shot}],
+    )
+    view.click("#screenshot-form button[type=submit]")
+    view.wait_for_selector("#heat-screenshot")
+    view.wait_for_function("() => document.getElementById('heat-screenshot').complete")
+    size = view.evaluate(
+        "() => { const i = document.getElementById('heat-screenshot'); return [i.naturalWidth, i.naturalHeight]; }"
+    )
+    assert size[0] == 1200 and size[1] >= 3000, size
+    view.wait_for_selector(".chart[data-chart=heat][data-drawn]")
+    # The clicks are drawn over the image: the chart sits above it and covers its top.
+    above = view.evaluate(
+        """() => { const r = document.getElementById('heat-screenshot').getBoundingClientRect();
+                   const hit = document.elementFromPoint(r.left + 20, r.top + 20);
+                   return !!hit.closest('.chart[data-chart=heat]'); }"""
+    )
+    assert above
+    # The image, the grid and the stage are the page scaled to the card alike: the image spans the
+    # stage's width, and the grid's 50-pixel rows are 50 pixels of the image at that scale.
+    fit = view.evaluate(
+        """() => { const stage = document.querySelector('.heat-stage'), i = document.getElementById('heat-screenshot');
+                   const s = stage.getBoundingClientRect(), r = i.getBoundingClientRect();
+                   return [s.width, r.width, r.height / r.width, s.height / s.width]; }"""
+    )
+    assert abs(fit[0] - fit[1]) <= 2 and fit[0] < 1200, fit  # drawn smaller than the page, not cut off
+    rows = view.evaluate("() => JSON.parse(document.getElementById('chart-heat').textContent).rows")
+    assert abs(fit[3] - rows * 50 / 1200) < 0.01 and fit[2] <= fit[3] + 0.01, fit
+    assert "1,200 × " in view.locator("#screenshot-note").inner_text()
     dashboard.close()
 
 

@@ -214,6 +214,7 @@ class Store(ABC):
         return (
             re.sub(r"(?m)^\s*--pg .*$", "", sql)
             .replace("{json}", "JSON")
+            .replace("{bytes}", "BLOB")
             .replace("{events_indexes}", "")
             .replace("{events_received_index}", "")
         )

@@ -1,6 +1,6 @@
 """Versioned schema migrations, written once for both engines.
 
-Each migration is SQL with a few dialect placeholders (``{json}`` for the JSON column type);
+Each migration is SQL with a few dialect placeholders (``{json}`` for the JSON column type, ``{bytes}`` for binary);
 lines starting ``--pg`` are statements for PostgreSQL only (secondary indexes DuckDB does not
 use for scans and that would only slow its updates).
 Applied in order by ``percorso migrate`` and on start; applied versions are recorded in
@@ -453,6 +453,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         "automation documents as written (comments and formatting kept for the editor)",
         """
         ALTER TABLE automation_versions ADD COLUMN document TEXT
+        """,
+    ),
+    Migration(
+        13,
+        "heatmap screenshots: an image of a page, uploaded to draw its clicks over",
+        """
+        CREATE TABLE heatmap_screenshots (
+            page TEXT NOT NULL,
+            band TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            image {bytes} NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            uploaded_by TEXT NOT NULL,
+            uploaded_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (page, band)
+        )
         """,
     ),
 )

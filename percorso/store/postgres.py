@@ -184,6 +184,7 @@ class PostgresStore(Store):
         return (
             sql.replace("--pg ", "")
             .replace("{json}", "JSONB")
+            .replace("{bytes}", "BYTEA")
             .replace(
                 "{events_indexes}",
                 "CREATE INDEX events_identity_time ON events (identity_id, timestamp);"

@@ -268,6 +268,16 @@
   document.addEventListener("htmx:afterSettle", function (e) { draw(e.target); });
   document.addEventListener("click", exportPng);
   document.addEventListener("submit", confirmSubmit, true);
+  // A heatmap's stage is the page at its band's width, shown at the card's width: the live page
+  // framed beneath the clicks is scaled by the same factor as the image and the grid.
+  function scaleStages() {
+    document.querySelectorAll(".heat-stage[data-width]").forEach(function (stage) {
+      var scale = stage.clientWidth / Number(stage.getAttribute("data-width"));
+      if (scale > 0) stage.style.setProperty("--heat-scale", String(scale));
+    });
+  }
+  document.addEventListener("DOMContentLoaded", scaleStages);
+  window.addEventListener("resize", scaleStages);
   window.addEventListener("resize", function () {
     document.querySelectorAll("[data-drawn]").forEach(function (el) {
       var c = window.echarts && window.echarts.getInstanceByDom(el);
