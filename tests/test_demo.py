@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -45,7 +46,19 @@ def test_demo_data_loads_on_both_engines_and_the_stories_are_there(store):
 def test_demo_command_loads_and_serves(tmp_path):
     port, shop_port = free_port(), free_port()
     env = {**os.environ, "PERCORSO_DATA_DIR": str(tmp_path), "COLUMNS": "200"}
-    command = ["demo", "--contacts", "200", "--port", str(port), "--shop-port", str(shop_port)]
+    # On every interface, as on a machine others open the demo from: the addresses printed are
+    # ones a browser can open, and the shop works by each name it is reached by.
+    command = [
+        "demo",
+        "--contacts",
+        "200",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--shop-port",
+        str(shop_port),
+    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "percorso", *command],
         env=env,
@@ -73,11 +86,43 @@ def test_demo_command_loads_and_serves(tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.1)
         assert r.status_code == 200 and r.json()["events"] > 0
-        # The demo shop, on its own port, loads percorso.js from the server with a key for its origin.
-        assert f"shop        http://127.0.0.1:{shop_port}/" in output
-        home = httpx.get(f"http://127.0.0.1:{shop_port}/")
-        assert home.status_code == 200 and f'"host": "http://127.0.0.1:{port}"' in home.text
-        assert httpx.get(f"http://127.0.0.1:{port}/percorso.js").status_code == 200
+        # The demo shop, on its own port, loads percorso.js from the server with a key for its
+        # origin: by the printed address and by the loopback names alike.
+        printed = re.search(rf"shop +http://([^:/\s]+):{shop_port}/", output)
+        assert printed and printed.group(1) != "0.0.0.0", output
+        assert f"serving on http://{printed.group(1)}:{port}" in output
+        for name in {printed.group(1), "127.0.0.1", "localhost"}:
+            home = httpx.get(f"http://{name}:{shop_port}/")
+            loaded = json.loads(re.search(r"percorso\.load\((\{.*?\})\);", home.text).group(1))  # type: ignore[union-attr]
+            assert loaded["host"] == f"http://{name}:{port}", (name, loaded)
+            assert httpx.get(f"{loaded['host']}/percorso.js").status_code == 200
+            page = {
+                "type": "page",
+                "anonymousId": f"visitor-{name}",
+                "name": "Home",
+                "writeKey": loaded["writeKey"],
+            }
+            sent = httpx.post(
+                f"{loaded['host']}/v1/p",
+                content=json.dumps(page),
+                headers={"content-type": "text/plain", "origin": f"http://{name}:{shop_port}"},
+            )
+            assert sent.status_code == 200, (name, sent.text)
+            assert sent.headers["access-control-allow-origin"] == f"http://{name}:{shop_port}"
+        # Any other site is still refused with the shop's key.
+        refused = httpx.post(
+            f"http://127.0.0.1:{port}/v1/p",
+            content=json.dumps({**page, "anonymousId": "elsewhere"}),
+            headers={"content-type": "text/plain", "origin": "http://elsewhere.example"},
+        )
+        assert refused.status_code == 403
+        for name in ("127.0.0.1", "localhost"):
+            found = httpx.get(
+                f"http://127.0.0.1:{port}/v1/contacts/lookup",
+                params={"anonymousId": f"visitor-{name}"},
+                auth=(secret, ""),
+            )
+            assert found.status_code == 200 and found.json()["events"] == 1, (name, found.text)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -77,6 +77,36 @@ def demo_user(store: Store) -> str:
     return password
 
 
+#: Addresses that mean "every interface": the demo is then reached by other names than its own.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def reachable_names(host: str) -> list[str]:
+    """The names a browser may reach a server listening on ``host`` by: ``host`` itself, or for
+    a wildcard the loopback names, this machine's name and its addresses (the one it would
+    reach the network from first, which is the one printed)."""
+    if host not in WILDCARD_HOSTS:
+        return [host]
+    import socket
+
+    names: list[str] = []
+    try:  # no packet is sent: connecting a UDP socket only picks the outgoing interface
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            names.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        found = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        names += [str(info[4][0]) for info in found]
+    except OSError:
+        pass
+    names += [socket.gethostname(), "localhost", "127.0.0.1"]
+    if host == "::":
+        names.append("[::1]")
+    return list(dict.fromkeys(n for n in names if n))
+
+
 def start_shop(app: Any, host: str, port: int) -> None:
     """Serves the demo shop in a background thread (it stops with the process)."""
     import threading
@@ -149,10 +179,13 @@ def demo(
         _, write_key = store.create_api_key("write", "demo website")
         _, secret_key = store.create_api_key("secret", "demo admin")
         password = demo_user(store)
-        base = f"http://{settings.host}:{settings.port}"
+        # Listening on every interface, the addresses printed are ones a browser can open, and
+        # the shop's key allows each name the shop may be reached by.
+        names = reachable_names(settings.host)
+        base = f"http://{names[0]}:{settings.port}"
         shop_at = settings.port + 1 if shop_port is None else shop_port
-        shop = f"http://{settings.host}:{shop_at}" if serve and shop_at else None
-        shop_key = prepare_shop(store, shop) if shop else None
+        shop = f"http://{names[0]}:{shop_at}" if serve and shop_at else None
+        shop_key = prepare_shop(store, [f"http://{n}:{shop_at}" for n in names]) if shop else None
         console.print(
             f"\n[bold]{counts['contacts']:,} contacts, {counts['events']:,} events[/] in {store.describe()}"
         )
@@ -178,6 +211,7 @@ def demo(
             )
         if serve:
             if shop and shop_key:
-                start_shop(shop_app(base, shop_key), settings.host, shop_at)
+                wildcard = settings.host in WILDCARD_HOSTS
+                start_shop(shop_app(base, shop_key, same_host=wildcard), settings.host, shop_at)
             console.print(f"\nserving on {base} — Ctrl-C to stop")
             serve_store(settings, store)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -77,54 +78,63 @@ show: {delay: 1}
 """
 
 
-def prepare_shop(store: Store, shop_origin: str) -> str:
-    """Stores the shop's automation and survey, and returns a write key for its origin."""
+def prepare_shop(store: Store, shop_origins: str | list[str]) -> str:
+    """Stores the shop's automation and survey, and returns a write key for its origins."""
     save_automation(store, load_automation(TERMS_NUDGE, "demo shop"), "demo shop", document=TERMS_NUDGE)
     save_survey(store, load_survey(NPS, "demo shop"), "demo shop")
-    _, key = store.create_api_key("write", "demo shop", [shop_origin])
+    origins = [shop_origins] if isinstance(shop_origins, str) else shop_origins
+    _, key = store.create_api_key("write", "demo shop", origins)
     return key
 
 
-def shop_app(percorso_url: str, write_key: str) -> FastAPI:
-    """The shop's pages; each loads percorso.js from ``percorso_url``."""
+def shop_app(percorso_url: str, write_key: str, *, same_host: bool = False) -> FastAPI:
+    """The shop's pages; each loads percorso.js from ``percorso_url``. With ``same_host`` (a shop
+    listening on every interface) the pages load it from the name the browser reached the shop
+    by, at percorso's port: a visitor on ``http://192.168.1.20:8001`` talks to
+    ``http://192.168.1.20:8000``."""
     templates = Environment(loader=FileSystemLoader(PAGES), autoescape=select_autoescape(["html"]))
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    # Every page records clicks and scroll depth, so a newcomer finds their own visit on the
-    # dashboard's heatmaps.
-    load = {"host": percorso_url, "writeKey": write_key, "heatmaps": {"pages": ["*"]}}
+    port = urlsplit(percorso_url).port
 
-    def render(name: str, title: str, **values: Any) -> HTMLResponse:
+    def render(request: Request, name: str, title: str, **values: Any) -> HTMLResponse:
+        host = percorso_url
+        reached = request.url.hostname
+        if same_host and reached:
+            host = f"http://{f'[{reached}]' if ':' in reached else reached}:{port}"
+        # Every page records clicks and scroll depth, so a newcomer finds their own visit on the
+        # dashboard's heatmaps.
+        load = {"host": host, "writeKey": write_key, "heatmaps": {"pages": ["*"]}}
         return HTMLResponse(templates.get_template(name).render(load=load, title=title, **values))
 
     @app.get("/")
-    def home() -> HTMLResponse:
-        return render("home.html", "Casa Aurora", products=PRODUCTS)
+    def home(request: Request) -> HTMLResponse:
+        return render(request, "home.html", "Casa Aurora", products=PRODUCTS)
 
     @app.get("/prodotti/{slug}")
-    def product(slug: str) -> HTMLResponse:
+    def product(request: Request, slug: str) -> HTMLResponse:
         found = next((p for p in PRODUCTS if p["slug"] == slug), None)
         if found is None:
             return HTMLResponse("<p>Prodotto non trovato. <a href='/'>Casa Aurora</a></p>", status_code=404)
-        return render("product.html", str(found["name"]), product=found)
+        return render(request, "product.html", str(found["name"]), product=found)
 
     @app.get("/carrello")
-    def cart() -> HTMLResponse:
-        return render("cart.html", "Carrello")
+    def cart(request: Request) -> HTMLResponse:
+        return render(request, "cart.html", "Carrello")
 
     @app.get("/checkout")
-    def checkout() -> HTMLResponse:
-        return render("checkout.html", "Pagamento")
+    def checkout(request: Request) -> HTMLResponse:
+        return render(request, "checkout.html", "Pagamento")
 
     @app.get("/ordine/completato")
-    def complete() -> HTMLResponse:
-        return render("complete.html", "Ordine completato")
+    def complete(request: Request) -> HTMLResponse:
+        return render(request, "complete.html", "Ordine completato")
 
     @app.get("/registrati")
-    def register() -> HTMLResponse:
-        return render("register.html", "Registrati")
+    def register(request: Request) -> HTMLResponse:
+        return render(request, "register.html", "Registrati")
 
     @app.get("/membership/termini")
-    def terms() -> HTMLResponse:
-        return render("terms.html", "Il Club")
+    def terms(request: Request) -> HTMLResponse:
+        return render(request, "terms.html", "Il Club")
 
     return app
