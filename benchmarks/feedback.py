@@ -1,7 +1,8 @@
 """Survey results over many answers: ``python -m benchmarks.feedback [--answers N] [--engine E]``.
 
 Writes N ``Survey Answered`` events for one NPS survey (scores 0-10, a comment on one in five)
-and as many for another survey, with SQL, into a fresh store, then times
+and as many for another survey, with SQL, into a fresh store (and their typed copy, as the
+collector makes it), then times
 :func:`percorso.analytics.feedback.survey_results` (NPS with its interval, in total and by week)
 and :func:`percorso.analytics.feedback.survey_comments` with a search, best of three each.
 Results in ``benchmarks/results/feedback.json``.
@@ -47,6 +48,7 @@ def main() -> None:
     from percorso.config import Settings
     from percorso.feedback.definition import load_survey
     from percorso.store import open_store
+    from percorso.store.answers import copy_answers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--answers", type=int, default=1_000_000, help="answers to the measured survey")
@@ -82,6 +84,9 @@ def main() -> None:
                 }
                 series = f"generate_series(0, {total} - 1) t(i)"
             s.execute(FILL.format(json=s.json_type, series=series, **values))
+            # The typed copy the collector makes as it stores each answer (store/answers.py),
+            # made here for all of them at once, as migration 14 does for answers stored before it.
+            copy_answers(s)
             # Every answer belongs to one contact (comments name their contact).
             s.execute(
                 "INSERT INTO contacts (contact_id, created_at, traits) VALUES (1, ?, CAST('{}' AS "

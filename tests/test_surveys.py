@@ -629,3 +629,50 @@ def test_a_recurring_survey_is_offered_again_after_its_period(server: LiveServer
         }
         assert writer.post("/v1/track", json=shown).status_code == 200
         assert offered() == set()  # shown just now: the week starts again
+
+
+def test_answers_stored_before_the_typed_copy_are_copied_by_the_migration(server: LiveServer) -> None:
+    """Migration 14 copies the answers stored before it into survey_answers: the results are the
+    same after the upgrade as for answers sent after it, imported answers (a score given as text,
+    none at all) included; a retried answer is copied once; an erased contact's answers leave."""
+    from percorso.store.contacts import erase_contact
+
+    with server.client() as api:
+        assert api.put("/v1/surveys/nps-after-purchase", content=NPS).status_code == 200
+    answers = [
+        {"anonymousId": f"old-{i}", "score": score}
+        for i, score in enumerate([10, 9, 9, 7, 3, 0, "8", None])  # "8" and no score: responses, not scores
+    ]
+    with server.client(server.write_key) as writer:
+        for a in answers:
+            props = {"survey": "nps-after-purchase", "kind": "nps"}
+            if a["score"] is not None:
+                props["score"] = a["score"]
+            message = {"event": "Survey Answered", "anonymousId": a["anonymousId"], "messageId": f"m-{a['anonymousId']}", "properties": props}  # fmt: skip
+            assert writer.post("/v1/track", json=message).status_code == 200
+            assert writer.post("/v1/track", json=message).status_code == 200  # a retry stores nothing
+    now = datetime.now(UTC)
+    window = {"from": (now - timedelta(days=1)).isoformat(), "to": (now + timedelta(days=1)).isoformat()}
+    with server.client() as api:
+        before = api.get("/v1/surveys/nps-after-purchase/results", params=window).json()
+    assert before["responses"] == 8
+    assert (before["score"]["answers"], before["score"]["promoters"], before["score"]["detractors"]) == (
+        6,
+        3,
+        2,
+    )
+    store = server.store
+    with store.session() as s:  # as a store was before migration 14
+        s.execute("DROP TABLE survey_answers")
+        s.execute("DELETE FROM schema_migrations WHERE version = 14")
+    store.migrate()
+    with server.client() as api:
+        after = api.get("/v1/surveys/nps-after-purchase/results", params=window).json()
+        assert after == before
+        contact = api.get("/v1/contacts/lookup", params={"anonymousId": "old-0"}).json()["id"]
+    erase_contact(store, contact)
+    with store.session() as s:
+        assert s.rows("SELECT count(*) FROM survey_answers")[0][0] == 7
+    with server.client() as api:
+        erased = api.get("/v1/surveys/nps-after-purchase/results", params=window).json()
+    assert (erased["responses"], erased["score"]["promoters"]) == (7, 2)

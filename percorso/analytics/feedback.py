@@ -91,37 +91,45 @@ def survey_results(
         raise ValueError(f"period must be day, week or month, not {period!r}")
     question = survey.scored()
     result: dict[str, Any] = {"survey": survey.key, "from": start.isoformat(), "to": end.isoformat()}
+    # From the answers' typed copy (store/answers.py), found by survey and time.
+    where = "a.survey = ? AND a.timestamp >= ? AND a.timestamp < ?"
+    params: list[Any] = [survey.key, start, end]
     with store.session() as s:
-        survey_sql, survey_param = s.json_text("e.properties", "survey")
-        where = (
-            f"e.type = 'track' AND e.event = ? AND {survey_sql} = ? AND e.timestamp >= ? AND e.timestamp < ?"
-        )
-        params: list[Any] = [ANSWERED, survey_param, survey.key, start, end]
-        result["responses"] = int(s.rows(f"SELECT count(*) FROM events e WHERE {where}", params)[0][0])
         if question is None:
+            result["responses"] = int(
+                s.rows(f"SELECT count(*) FROM survey_answers a WHERE {where}", params)[0][0]
+            )
             return result
-        score_sql, score_params = s.json_number("e.properties", "score")
-        scored = f"SELECT {score_sql} AS score, e.timestamp FROM events e WHERE {where}"
-        totals = f"""
-            SELECT count(score), sum(CASE WHEN score >= 9 THEN 1 ELSE 0 END),
-                   sum(CASE WHEN score <= 6 THEN 1 ELSE 0 END), sum(CASE WHEN score >= 4 THEN 1 ELSE 0 END),
-                   avg(score), stddev_samp(score)
-            FROM ({scored}) a WHERE score IS NOT NULL"""
-        total = s.rows(totals, [*score_params, *params])[0]
-        by_period = s.rows(
-            f"SELECT date_trunc('{period}', timestamp) AS p, count(score), "
-            "sum(CASE WHEN score >= 9 THEN 1 ELSE 0 END), sum(CASE WHEN score <= 6 THEN 1 ELSE 0 END), "
-            "sum(CASE WHEN score >= 4 THEN 1 ELSE 0 END), avg(score), stddev_samp(score) "
-            f"FROM ({scored}) a WHERE score IS NOT NULL GROUP BY 1 ORDER BY 1",
-            [*score_params, *params],
+        # One pass over the answers: per period the counts and the score's sum and sum of
+        # squares; the total, the means and the deviations are added up from them here.
+        rows = s.rows(
+            f"SELECT date_trunc('{period}', a.timestamp) AS p, count(*), count(a.score), "
+            "sum(CASE WHEN a.score >= 9 THEN 1 ELSE 0 END), sum(CASE WHEN a.score <= 6 THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN a.score >= 4 THEN 1 ELSE 0 END), sum(a.score), sum(a.score * a.score) "
+            f"FROM survey_answers a WHERE {where} GROUP BY 1 ORDER BY 1",
+            params,
         )
+    sums = [[int(r[1]), *(int(v or 0) for v in r[2:6]), float(r[6] or 0), float(r[7] or 0)] for r in rows]
+    total = [sum(column) for column in zip(*sums, strict=True)] if sums else [0] * 7
+    result["responses"] = int(total[0])
     result["kind"] = question.kind
     result["scale"] = list(SCALES[question.kind])
-    result["score"] = _score(question.kind, total)
+    result["score"] = _score(question.kind, _moments(total[1:]))
     result["periods"] = [
-        {"period": row[0].date().isoformat(), **_score(question.kind, row[1:])} for row in by_period
+        {"period": row[0].date().isoformat(), **_score(question.kind, _moments(part[1:]))}
+        for row, part in zip(rows, sums, strict=True)
+        if part[1]  # periods with answers but no score are not drawn
     ]
     return result
+
+
+def _moments(part: list[Any]) -> tuple[int, int, int, int, float | None, float | None]:
+    """(n, high, low, satisfied, mean, sample deviation) from counts, sum and sum of squares."""
+    n, high, low, satisfied, total, squares = part
+    n = int(n)
+    mean = total / n if n else None
+    sd = math.sqrt(max(squares - total * total / n, 0.0) / (n - 1)) if n > 1 else None
+    return n, int(high), int(low), int(satisfied), mean, sd
 
 
 BREAKDOWNS = ("stage", "persona", "touchpoint", "page", "channel")

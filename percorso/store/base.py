@@ -402,6 +402,8 @@ class Store(ABC):
                 "trigger_occurrences",
                 "surveys",
                 "heatmap_clicks",
+                "heatmap_screenshots",
+                "survey_answers",
             ):
                 s.execute(f"DELETE FROM {table}")
 

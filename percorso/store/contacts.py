@@ -365,6 +365,7 @@ ERASED_FROM = (
     "stage_progress",
     "account_stage_entries",
     "heatmap_clicks",
+    "survey_answers",
     "events",
     "identity_conflicts",
     "stage_entries",
@@ -400,7 +401,7 @@ def erase_contact(store: Store, contact_id: int) -> dict[str, Any]:
             [live_id],
         )
         s.execute(f"DELETE FROM account_stage_entries WHERE message_id IN ({mine})", [live_id])
-        for table in ("heatmap_clicks", "events"):
+        for table in ("heatmap_clicks", "survey_answers", "events"):
             s.execute(
                 f"DELETE FROM {table} WHERE identity_id IN (SELECT identity_id FROM identities WHERE contact_id = ?)",
                 [live_id],

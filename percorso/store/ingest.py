@@ -14,6 +14,7 @@ import msgspec
 
 from percorso.events import Event
 from percorso.identity import USER_ID, GraphSlice, IdentityPlan, Observation, plan_batch
+from percorso.store.answers import ANSWERED, copy_answers
 from percorso.store.base import Session
 from percorso.store.clicks import CLICK, copy_clicks
 from percorso.values import read_json
@@ -69,6 +70,11 @@ def write_batch(s: Session, events: list[Event], now: datetime) -> set[str]:
     ]
     if clicks:  # heatmap clicks are also kept in typed columns (store/clicks.py)
         copy_clicks(s, clicks)
+    answers = [
+        e.message_id for e in batch if e.event == ANSWERED and e.type == "track" and e.message_id in stored
+    ]
+    if answers:  # and survey answers (store/answers.py)
+        copy_answers(s, answers)
     return stored
 
 

@@ -54,6 +54,12 @@ def repair_outside_numbers(s: Session) -> None:
                     )
 
 
+def _copy_stored_answers(s: Session) -> None:
+    from percorso.store.answers import copy_answers
+
+    copy_answers(s)
+
+
 def _copy_stored_clicks(s: Session) -> None:
     from percorso.store.clicks import copy_clicks
 
@@ -471,5 +477,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (page, band)
         )
         """,
+    ),
+    Migration(
+        14,
+        "survey answers in typed columns (copied from the Survey Answered events stored so far)",
+        """
+        CREATE TABLE survey_answers (
+            message_id TEXT PRIMARY KEY,
+            identity_id BIGINT NOT NULL,
+            timestamp TIMESTAMPTZ NOT NULL,
+            survey TEXT,
+            kind TEXT,
+            score DOUBLE PRECISION
+        );
+        --pg CREATE INDEX survey_answers_survey ON survey_answers (survey, timestamp);
+        --pg CREATE INDEX survey_answers_identity ON survey_answers (identity_id)
+        """,
+        repair=_copy_stored_answers,
     ),
 )
