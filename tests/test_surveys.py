@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -676,3 +677,136 @@ def test_answers_stored_before_the_typed_copy_are_copied_by_the_migration(server
     with server.client() as api:
         erased = api.get("/v1/surveys/nps-after-purchase/results", params=window).json()
     assert (erased["responses"], erased["score"]["promoters"]) == (7, 2)
+
+
+def test_a_survey_created_edited_and_paused_from_the_dashboard(server: LiveServer) -> None:
+    """An editor, in Italian, starts a CSAT survey from its template on the dashboard, is told
+    what is wrong (line and field) until it is right, saves it; the visitor is offered it; a
+    comment-only edit keeps the version and the comment; a real edit is a new version; paused,
+    it is offered to nobody and an answer already on its way is kept; resumed, offered again.
+    The API sees the same survey and status; a viewer reads the document but cannot change it."""
+    import html
+    import re
+
+    from percorso.web.dashboard.users import add_user
+    from tests.test_dashboard import signed_in
+
+    add_user(server.store, "eva@example.it", "a long enough secret", role="editor")
+    add_user(server.store, "vito@example.it", "another long secret", role="viewer")
+    editor = signed_in(server, ("eva@example.it", "a long enough secret"))
+    viewer = signed_in(server, ("vito@example.it", "another long secret"))
+    editor.cookies.set("percorso_lang", "it")
+
+    def csrf(client: Any, path: str = "/surveys") -> str:
+        found = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
+        assert found
+        return found.group(1)
+
+    def textarea(page: str) -> str:
+        found = re.search(r"<textarea[^>]*>\n(.*?)</textarea>", page, re.S)
+        assert found, page[:500]
+        return html.unescape(found.group(1))
+
+    try:
+        listing = editor.get("/surveys").text
+        assert 'id="new-survey" href="/surveys/new"' in listing and "Nuovo sondaggio" in listing
+        form = editor.get("/surveys/new", params={"template": "csat"})
+        assert form.status_code == 200
+        template = textarea(form.text)
+        assert "key: csat" in template and "kind: csat" in template
+        assert "# la chiave del sondaggio" in template  # the comments in the reader's language
+        assert editor.get("/surveys/new", params={"template": "poll"}).status_code == 400
+
+        # Wrong, then wrong again, then right.
+        text = template.replace("key: csat", "key: consegna").replace('pages: ["/*"]', 'pages: ["/ordine/*"]')
+        broken = text.replace("kind: csat", "kind: cast")
+        r = editor.post("/surveys/new", data={"definition": broken, "csrf_token": csrf(editor)})
+        assert r.status_code == 422 and 'data-field="questions[0].kind"' in r.text
+        line = 1 + broken.splitlines().index("    kind: cast")
+        assert f'data-line="{line}"' in r.text and textarea(r.text) == broken  # the text kept as typed
+        taken = text.replace("key: consegna", "key: new")
+        r = editor.post("/surveys/new", data={"definition": taken, "csrf_token": csrf(editor)})
+        assert r.status_code == 422 and "&#39;new&#39; is kept for" in r.text
+        r = editor.post(
+            "/surveys/new", data={"definition": text.replace("\n", "\r\n"), "csrf_token": csrf(editor)}
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/surveys/consegna?created=1"
+        page = editor.get("/surveys/consegna?created=1").text
+        assert 'data-notice="created"' in page and textarea(page) == text
+        again = editor.post("/surveys/new", data={"definition": text, "csrf_token": csrf(editor)})
+        assert again.status_code == 422 and "there is already a survey &#39;consegna&#39;" in again.text
+
+        with server.client() as api:
+            stored = api.get("/v1/surveys/consegna").json()
+            assert (stored["version"], stored["status"]) == (1, "active")
+            assert stored["definition"]["target"]["pages"] == ["/ordine/*"]
+        with server.client(server.write_key) as writer:
+            person = visitor(writer)
+
+            def offered() -> set[str]:
+                return {
+                    s["key"]
+                    for s in writer.get("/v1/visitors/surveys", params={"token": person["token"]}).json()[
+                        "surveys"
+                    ]
+                }
+
+            assert offered() == {"consegna"}
+
+            # A comment only: the same version, the comment kept; a real change: version 2.
+            commented = "# chiesto dopo la consegna\n" + text
+            r = editor.post(
+                "/surveys/consegna/definition", data={"definition": commented, "csrf_token": csrf(editor)}
+            )
+            assert r.headers["location"] == "/surveys/consegna?unchanged=1#definition"
+            assert textarea(viewer.get("/surveys/consegna").text) == commented
+            changed = commented.replace("delay: 3", "delay: 10")
+            r = editor.post(
+                "/surveys/consegna/definition", data={"definition": changed, "csrf_token": csrf(editor)}
+            )
+            assert r.headers["location"] == "/surveys/consegna?saved=2#definition"
+            other_key = changed.replace("key: consegna", "key: altro")
+            r = editor.post(
+                "/surveys/consegna/definition", data={"definition": other_key, "csrf_token": csrf(editor)}
+            )
+            assert r.status_code == 422 and 'data-field="key"' in r.text
+
+            # Paused: offered to nobody; an answer from a survey already open is still kept.
+            r = editor.post("/surveys/consegna/pause", data={"csrf_token": csrf(editor)})
+            assert r.status_code == 303
+            assert 'data-status="paused"' in viewer.get("/surveys/consegna").text
+            assert offered() == set()
+            with server.client() as api:
+                assert api.get("/v1/surveys/consegna").json()["status"] == "paused"
+            answered = writer.post(
+                "/v1/surveys/consegna/answers", json={"token": person["token"], "answers": {"score": 2}}
+            )
+            assert answered.status_code == 201 and answered.json()["stored"] is True
+            with server.client() as api:
+                assert api.post("/v1/surveys/consegna/resume").json()["status"] == "active"
+            assert offered() == set()  # answered now: once per person
+            newcomer = visitor(writer)
+            listed = writer.get("/v1/visitors/surveys", params={"token": newcomer["token"]}).json()["surveys"]
+            assert [s["key"] for s in listed] == ["consegna"]
+
+        # A viewer reads the document, cannot change it, nor pause it, nor create one.
+        page = viewer.get("/surveys/consegna").text
+        assert (
+            'id="definition-form"' not in page
+            and 'id="status-form"' not in page
+            and "# chiesto dopo la consegna" in page
+        )
+        assert 'id="new-survey"' not in viewer.get("/surveys").text
+        assert viewer.get("/surveys/new").status_code == 403
+        token = csrf(viewer)
+        assert (
+            viewer.post(
+                "/surveys/consegna/definition", data={"definition": text, "csrf_token": token}
+            ).status_code
+            == 403
+        )
+        assert viewer.post("/surveys/consegna/pause", data={"csrf_token": token}).status_code == 403
+        assert editor.post("/surveys/nessuno/pause", data={"csrf_token": csrf(editor)}).status_code == 404
+    finally:
+        editor.close()
+        viewer.close()

@@ -156,6 +156,8 @@ def semantic_problems(survey: Survey, node: Any = None, source: str = "<survey>"
     def add(path: list[str | int], message: str) -> None:
         problems.append(Problem(source, _line_of(node, path), _dotted(path), message))
 
+    if survey.key == "new":
+        add(["key"], "'new' is kept for the dashboard's New survey page: choose another key")
     if not survey.questions:
         add(["questions"], "lists no question")
     seen: dict[str, int] = {}

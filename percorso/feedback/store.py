@@ -18,8 +18,14 @@ class SurveyNotFound(LookupError):
         super().__init__(f"there is no survey {key!r}")
 
 
-def save_survey(store: Store, survey: Survey, source: str, *, now: datetime | None = None) -> dict[str, Any]:
-    """Stores the survey; a changed definition becomes a new version, the same one changes nothing."""
+def save_survey(
+    store: Store, survey: Survey, source: str, *, now: datetime | None = None, document: str | None = None
+) -> dict[str, Any]:
+    """Stores the survey; a changed definition becomes a new version, the same one changes nothing.
+
+    ``document`` is the text as written (YAML with its comments), shown again in the dashboard's
+    editor; a document that differs only in comments or layout replaces the stored text without
+    a new version (``changed`` false, ``document_changed`` true)."""
     from percorso.feedback.audience import audience_problems
 
     problems = audience_problems(store, survey, source)
@@ -30,26 +36,67 @@ def save_survey(store: Store, survey: Survey, source: str, *, now: datetime | No
     with store.writing() as s:
         s.lock_named("surveys")
         rows = s.rows(
-            "SELECT version, status, CAST(definition AS TEXT) FROM surveys WHERE survey_key = ?", [survey.key]
+            "SELECT version, status, CAST(definition AS TEXT), document FROM surveys WHERE survey_key = ?",
+            [survey.key],
         )
         if rows:
-            version, status, stored = int(rows[0][0]), str(rows[0][1]), rows[0][2]
+            version, status, stored, kept = int(rows[0][0]), str(rows[0][1]), rows[0][2], rows[0][3]
             if read_json(stored) == msgspec.to_builtins(survey):
-                return {"key": survey.key, "version": version, "status": status, "changed": False}
+                rewritten = document is not None and document != kept
+                if rewritten:
+                    s.execute("UPDATE surveys SET document = ? WHERE survey_key = ?", [document, survey.key])
+                return {
+                    "key": survey.key,
+                    "version": version,
+                    "status": status,
+                    "changed": False,
+                    "document_changed": rewritten,
+                }
             version += 1
             s.execute(
-                f"UPDATE surveys SET version = ?, definition = CAST(? AS {s.json_type}), source = ?, updated_at = ? "
-                "WHERE survey_key = ?",
-                [version, encoded, source, now, survey.key],
+                f"UPDATE surveys SET version = ?, definition = CAST(? AS {s.json_type}), source = ?, updated_at = ?, "
+                "document = ? WHERE survey_key = ?",
+                [version, encoded, source, now, document, survey.key],
             )
         else:
             version, status = 1, "active"
             s.execute(
-                "INSERT INTO surveys (survey_key, version, status, definition, source, created_at, updated_at) "
-                f"VALUES (?, ?, ?, CAST(? AS {s.json_type}), ?, ?, ?)",
-                [survey.key, version, status, encoded, source, now, now],
+                "INSERT INTO surveys (survey_key, version, status, definition, source, created_at, updated_at, "
+                f"document) VALUES (?, ?, ?, CAST(? AS {s.json_type}), ?, ?, ?, ?)",
+                [survey.key, version, status, encoded, source, now, now, document],
             )
-    return {"key": survey.key, "version": version, "status": status, "changed": True}
+    return {
+        "key": survey.key,
+        "version": version,
+        "status": status,
+        "changed": True,
+        "document_changed": True,
+    }
+
+
+def survey_document(store: Store, key: str) -> str | None:
+    """The survey's current document as it was written, when it was stored with one."""
+    with store.session() as s:
+        rows = s.rows("SELECT document FROM surveys WHERE survey_key = ?", [key])
+    if not rows:
+        raise SurveyNotFound(key)
+    return str(rows[0][0]) if rows[0][0] is not None else None
+
+
+def set_survey_status(store: Store, key: str, status: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """Pauses (``paused``: offered to nobody; answers from a survey already open, or from an
+    email link, are still kept) or resumes (``active``)."""
+    if status not in ("active", "paused"):
+        raise ValueError(f"status must be 'active' or 'paused', not {status!r}")
+    with store.writing() as s:
+        rows = s.rows("SELECT version FROM surveys WHERE survey_key = ?", [key])
+        if not rows:
+            raise SurveyNotFound(key)
+        s.execute(
+            "UPDATE surveys SET status = ?, updated_at = ? WHERE survey_key = ?",
+            [status, now or datetime.now(UTC), key],
+        )
+    return {"key": key, "version": int(rows[0][0]), "status": status}
 
 
 def get_survey(store: Store, key: str) -> tuple[Survey, int, str]:

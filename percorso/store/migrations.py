@@ -495,4 +495,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         repair=_copy_stored_answers,
     ),
+    Migration(
+        15,
+        "survey documents as written (comments and formatting kept for the dashboard's editor)",
+        """
+        ALTER TABLE surveys ADD COLUMN document TEXT
+        """,
+    ),
 )

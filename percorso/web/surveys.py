@@ -35,6 +35,7 @@ from percorso.feedback.store import (
     get_survey,
     list_surveys,
     save_survey,
+    set_survey_status,
     survey_history,
     visitor_contact,
 )
@@ -99,10 +100,34 @@ def schema() -> dict[str, Any]:
 )
 async def put_survey(request: Request, key: SurveyKey) -> dict[str, Any]:
     survey = await document_body(request, key, load_survey, SurveyError, "invalid_survey")
+    # YAML is kept as written for the dashboard's editor; JSON comes from programs
+    text = (await request.body()).decode("utf-8")
+    document = None if text.lstrip().startswith("{") else text
     try:
-        return save_survey(request.app.state.store, survey, "api")
+        return save_survey(request.app.state.store, survey, "api", document=document)
     except SurveyError as exc:
         raise problems_error("invalid_survey", exc.problems) from None
+
+
+def _status(request: Request, key: str, status: str) -> dict[str, Any]:
+    try:
+        return set_survey_status(request.app.state.store, key, status)
+    except SurveyNotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+
+
+@router.post(
+    "/surveys/{key}/pause",
+    summary="Pause a survey: it is offered to nobody (answers already on their way are kept)",
+    responses=NOT_FOUND,
+)
+def pause_survey(request: Request, key: SurveyKey) -> dict[str, Any]:
+    return _status(request, key, "paused")
+
+
+@router.post("/surveys/{key}/resume", summary="Resume a paused survey", responses=NOT_FOUND)
+def resume_survey(request: Request, key: SurveyKey) -> dict[str, Any]:
+    return _status(request, key, "active")
 
 
 @router.get("/surveys/{key}", summary="A survey's definition", responses=NOT_FOUND)

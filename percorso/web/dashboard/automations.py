@@ -59,10 +59,10 @@ def _number(dumper: yaml.SafeDumper, value: float) -> yaml.ScalarNode:
 _Dumper.add_representer(float, _number)
 
 
-def definition_yaml(automation: Automation) -> str:
-    """The stored definition as YAML to edit, for a version stored without its document (one
-    sent as JSON, or from before documents were kept)."""
-    data = msgspec.to_builtins(automation)
+def definition_yaml(definition: msgspec.Struct) -> str:
+    """A stored definition (automation, survey) as YAML to edit, for a version stored without its
+    document (one sent as JSON, or from before documents were kept)."""
+    data = msgspec.to_builtins(definition)
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
@@ -152,7 +152,7 @@ def automation_page(request: Request, session: Viewer, key: str) -> Response:
     return page(request, "automation.html", _detail(request, key), active="automations")
 
 
-def _key_line(text: str) -> int | None:
+def key_line(text: str) -> int | None:
     match = re.search(r"^key\s*:", text, re.MULTILINE)
     return text.count("\n", 0, match.start()) + 1 if match else None
 
@@ -183,7 +183,7 @@ def save_definition(
             if automation.key != key:
                 problems.append(
                     {
-                        "line": _key_line(text),
+                        "line": key_line(text),
                         "field": "key",
                         "message": f"the document's key is {automation.key!r}, this automation is {key!r}; "
                         "to make a new automation, apply a new file with `percorso automation apply`",
