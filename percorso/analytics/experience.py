@@ -34,6 +34,8 @@ def _finding(kind: str, *, where: str, what: str, stage: str | None, z: float, a
     texts = summaries(kind, facts)
     z = round(z, 2)
     return {
+        # the same problem found again (another period, another language) has the same key
+        "key": "|".join([kind, where, what if kind == "frustration" else (stage or "")]),
         "kind": kind,
         "funnel": None,
         "funnel_name": where,

@@ -27,6 +27,7 @@ language without asking again.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Callable, Iterator
@@ -154,7 +155,10 @@ def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
     step = f"{f.steps[k - 1].label} → {to}" if to and kind not in TROUBLE else f.steps[k - 1].label
     z = round(fields.pop("z"), 2)
     texts = summaries(kind, fields.pop("facts"))
+    segment = fields.get("segment")
     return {
+        # the same problem found again (another period, another language) has the same key
+        "key": "|".join([kind, f.key, str(k), json.dumps(segment, sort_keys=True) if segment else ""]),
         "kind": kind,
         "funnel": f.key,
         "funnel_name": f.name,

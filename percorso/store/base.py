@@ -404,6 +404,7 @@ class Store(ABC):
                 "heatmap_clicks",
                 "heatmap_screenshots",
                 "survey_answers",
+                "opportunities",
             ):
                 s.execute(f"DELETE FROM {table}")
 

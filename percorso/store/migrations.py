@@ -502,4 +502,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE surveys ADD COLUMN document TEXT
         """,
     ),
+    Migration(
+        16,
+        "opportunities: what the team plans about a pain point, with owner, priority and status",
+        """
+        CREATE TABLE opportunities (
+            opportunity_id TEXT PRIMARY KEY,
+            journey_key TEXT NOT NULL,
+            stage_key TEXT,
+            pain_key TEXT,
+            pain_summary TEXT,
+            title TEXT NOT NULL,
+            owner TEXT,
+            priority TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        );
+        --pg CREATE INDEX opportunities_journey ON opportunities (journey_key)
+        """,
+    ),
 )

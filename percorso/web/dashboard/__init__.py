@@ -32,6 +32,7 @@ def install(app: FastAPI, cache_seconds: float = 60.0, dependencies: Sequence[An
         contacts,
         export,
         heatmaps,
+        opportunities,
         pages,
         reach,
         settings,
@@ -51,6 +52,7 @@ def install(app: FastAPI, cache_seconds: float = 60.0, dependencies: Sequence[An
         automations,
         surveys,
         heatmaps,
+        opportunities,
         settings,
     ):
         app.include_router(module.router, dependencies=list(dependencies))

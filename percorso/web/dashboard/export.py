@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
+from percorso.opportunities import OPEN
 from percorso.spreadsheet import safe_row
 from percorso.web.dashboard.filters import journey_filters
 from percorso.web.dashboard.i18n import Translator
@@ -113,6 +114,16 @@ def _lane_lines(
             lines += [("pain", w) for w in wrapped]
         return lines or [("muted", t("map.no_pains"))]
     if lane == "opportunities":
+        planned = [
+            ("", w)
+            for o in stage.get("opportunities", [])
+            for w in _wrap(
+                f"• [{t('opp.status.' + o['status'])}] {o['title']}"
+                + (f" — {o['owner']}" if o["owner"] else ""),
+                36,
+                3,
+            )
+        ]
         notes = [
             ("", w) for n in stage.get("notes", []) for w in _wrap(f"• {n['text']} — {n['author']}", 36, 3)
         ]
@@ -122,7 +133,7 @@ def _lane_lines(
             if p.get("funnel") and p.get("step")
             for w in _wrap("• " + t("map.suggest_reach", step=p["step"]), 36, 2)
         ]
-        return [*notes, *reach] or [("muted", "–")]
+        return [*planned, *notes, *reach] or [("muted", "–")]
     kpis = [
         ("", f"{t(counted)}: {t.num(stage['contacts']['entered'])}"),
         ("", f"{t('kpi.conversion')}: {t.pct(stage['conversion_to_next'])}"),
@@ -272,6 +283,7 @@ def map_csv(jmap: dict[str, Any]) -> str:
             "pain_points",
             "top_action",
             "top_touchpoint",
+            "open_opportunities",
         ]
     )
     for s in jmap["stages"]:
@@ -296,6 +308,7 @@ def map_csv(jmap: dict[str, Any]) -> str:
                     len(s["pain_points"]),
                     s["top_actions"][0]["action"] if s["top_actions"] else "",
                     s["touchpoints"][0]["name"] if s["touchpoints"] else "",
+                    sum(1 for o in s.get("opportunities", []) if o["status"] in OPEN),
                 ]
             )
         )
@@ -386,8 +399,16 @@ def _current_map(request: Request) -> tuple[Translator, dict[str, Any]]:
     t = Translator(language(request))
     jmap = cached_map(request, journey_filters(request), t.lang)
     notes = jmap.get("notes_by_stage") or {}
-    # The opportunities lane: each stage's notes beside it (a copy: the cached map stays as it is).
-    return t, {**jmap, "stages": [{**s, "notes": notes.get(s["stage"], [])} for s in jmap["stages"]]}
+    planned = jmap.get("opportunities_by_stage") or {}
+    # The opportunities lane: each stage's opportunities and notes beside it (a copy: the cached
+    # map stays as it is).
+    return t, {
+        **jmap,
+        "stages": [
+            {**s, "notes": notes.get(s["stage"], []), "opportunities": planned.get(s["stage"], [])}
+            for s in jmap["stages"]
+        ],
+    }
 
 
 @router.get("/map/export.svg")

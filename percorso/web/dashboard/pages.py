@@ -83,6 +83,7 @@ def cached_map(request: Request, filters: Filters, lang: str, period: Any = None
             only=contact_filter(store, filters),
         )
         result["notes_by_stage"] = map_notes(store, filters.journey.key)
+        result["opportunities_by_stage"] = map_opportunities(store, filters.journey.key, result)
         return result
 
     key = ("map", *filters.key(), chosen, lang)
@@ -100,6 +101,27 @@ def map_notes(store: Store, journey_key: str) -> dict[str, list[dict[str, Any]]]
     out: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         out.setdefault(row["stage_key"], []).append({**row, "created_at": row["created_at"].isoformat()})
+    return out
+
+
+def map_opportunities(
+    store: Store, journey_key: str, jmap: dict[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """The journey's opportunities by stage ("" for the journey as a whole), each saying whether
+    the pain point it was planned for is still found in the map's period and filters."""
+    from percorso.opportunities import list_opportunities
+
+    found = {
+        p.get("key")
+        for p in [
+            *(p for s in jmap["stages"] for p in s["pain_points"]),
+            *jmap.get("unplaced_pain_points", []),
+        ]
+    }
+    out: dict[str, list[dict[str, Any]]] = {}
+    for o in list_opportunities(store, journey_key):
+        o["pain_found"] = None if o["pain_key"] is None else o["pain_key"] in found
+        out.setdefault(o["stage"] or "", []).append(o)
     return out
 
 
@@ -235,6 +257,10 @@ def map_page(request: Request, session: Viewer) -> Response:
         data["compare"] = cached_map(request, filters, lang, before)
         data["deltas"] = _deltas(data["compare"], data["map"])
     data["suggestions"] = _suggestions(data["map"])
+    if session.user.can("editor"):  # whom a planned opportunity may be given to
+        from percorso.web.dashboard.opportunities import team
+
+        data["team"] = team(request)
     return page(request, "map.html", data, active="map")
 
 

@@ -23,6 +23,7 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent.parent / "templa
 NAV = (
     ("overview", "/"),
     ("map", "/map"),
+    ("opportunities", "/opportunities"),
     ("funnels", "/funnels"),
     ("paths", "/paths"),
     ("contacts", "/contacts"),
