@@ -86,6 +86,13 @@ def test_demo_command_loads_and_serves(tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.1)
         assert r.status_code == 200 and r.json()["events"] > 0
+        # What the demo says to try works while it serves (the store is the server's): through the API.
+        tried = re.search(r"journey +\S+ +\(try: curl -u (sk_\S+): '(\S+/stages)'", output)
+        assert tried, output
+        stages = httpx.get(
+            tried.group(2).replace(printed_host(output), "127.0.0.1"), auth=(tried.group(1), "")
+        )
+        assert stages.status_code == 200 and stages.json()["stages"], stages.text[:300]
         # The demo shop, on its own port, loads percorso.js from the server with a key for its
         # origin: by the printed address and by the loopback names alike.
         printed = re.search(rf"shop +http://([^:/\s]+):{shop_port}/", output)
@@ -126,3 +133,10 @@ def test_demo_command_loads_and_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def printed_host(output: str) -> str:
+    """The address the demo printed for itself (the machine's, when it listens on every interface)."""
+    found = re.search(r"serving on http://([^:/\s]+):", output)
+    assert found, output
+    return found.group(1)

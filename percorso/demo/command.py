@@ -197,7 +197,12 @@ def demo(
                 "terms (an on-site message), buy (an NPS survey), then find yourself on the dashboard",
                 soft_wrap=True,
             )
-        console.print(f"  journey     {journey}   (try: percorso stages, percorso funnel --help)")
+        # While the demo serves, it holds the embedded store: what to try goes through the server.
+        console.print(
+            f"  journey     {journey}   (try: curl -u {secret_key}: '{base}/v1/journeys/{journey}/stages'"
+            f" or '{base}/v1/journeys/{journey}/painpoints')",
+            soft_wrap=True,
+        )
         console.print(f"  write key   {write_key}", soft_wrap=True)
         console.print(f"  secret key  {secret_key}", soft_wrap=True)
         console.print("\n[bold]Start with these people[/]:")
