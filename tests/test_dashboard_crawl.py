@@ -210,6 +210,9 @@ def check_site(demo_site: LiveServer, who: tuple[str, str], lang: str) -> dict[s
             text = visible_text(r.text)
             for when in re.findall(r"data-when>([^<]*)<", r.text):  # a dated finding shows its dates
                 assert re.search(r"\d{4}", when), (url, when)
+            # One date style per language: dates read "7 Dec 2026" / "7 dic 2026", never 07/12/2026.
+            numeric = re.findall(r"\b\d{1,2}/\d{1,2}/\d{2,4}\b", text)
+            assert not numeric, (url, numeric)
             shown_keys = [k for k in re.findall(r"\b[a-z_]+(?:\.[a-z_]+)+\b", text) if k in keys]
             found = shown_keys + ([s for s in english if s in text] if lang == "it" else [])
             if found:

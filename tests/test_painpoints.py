@@ -164,9 +164,9 @@ SUMMARIES = [  # kind, facts, English, Italian
             "start": date(2026, 9, 14),
             "end": date(2026, 10, 8),
         },
-        "Registration Submitted → Registration Confirmed converted 11% from 2026-09-14 to 2026-10-08, "
+        "Registration Submitted → Registration Confirmed converted 11% from 14 Sept 2026 to 8 Oct 2026, "
         "against 83% before and after",
-        "«Registration Submitted» → «Registration Confirmed» ha convertito l'11% dal 14/09/2026 all'08/10/2026, "
+        "«Registration Submitted» → «Registration Confirmed» ha convertito l'11% dal 14 set 2026 all'8 ott 2026, "
         "contro l'83% prima e dopo",
     ),
     (

@@ -9,7 +9,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from babel.dates import format_date
+
 LANGS = ("en", "it")
+#: The locales dates are written in: the dashboard's (web/dashboard/i18n.py), one style per language.
+LOCALES = {"en": "en_GB", "it": "it_IT"}
 
 
 def summaries(kind: str, facts: dict[str, Any]) -> dict[str, str]:
@@ -31,11 +35,12 @@ def _times(value: float, lang: str) -> str:
 
 
 def _day(value: date, lang: str) -> str:
-    return value.strftime("%d/%m/%Y") if lang == "it" else value.isoformat()
+    """A day as the dashboard writes dates in that language: 14 Sept 2026, 14 set 2026."""
+    return format_date(value, format="medium", locale=LOCALES[lang])
 
 
 def _dal(day: date) -> str:
-    """ "dal 14/09/2026", but "dall'8/09/2026" (otto), "dall'1/…" and "dall'11/…" (a vowel sound)."""
+    """ "dal 14 set 2026", but "dall'8 set 2026" (otto), "dall'1 …" and "dall'11 …" (a vowel sound)."""
     return f"dall'{_day(day, 'it')}" if day.day in (1, 8, 11) else f"dal {_day(day, 'it')}"
 
 

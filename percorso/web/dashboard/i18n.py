@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 from babel import Locale
-from babel.dates import format_date, format_datetime, format_timedelta
+from babel.dates import format_date, format_time, format_timedelta
 from babel.numbers import format_currency, format_decimal, format_percent
 from babel.units import format_unit
 
@@ -113,7 +113,9 @@ class Translator:
             return "–"
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
-        return format_datetime(value, format="short", locale=self.locale)
+        # One date style per language: the date as :meth:`date` writes it, then the time
+        # ("7 Dec 2026, 14:48", "7 dic 2026, 14:48"), never a second, numeric style (07/12/2026).
+        return f"{format_date(value, format='medium', locale=self.locale)}, {format_time(value, format='short', locale=self.locale)}"
 
     def ago(self, seconds: Any) -> str:
         """How long ago, as this language says it: "6 days ago", "6 giorni fa"."""
