@@ -162,3 +162,35 @@ def test_the_erase_command_rewrites_the_file_at_once(tmp_path: Path, classifier:
     assert f"erased contact {victim}: 4 events, 3 identifiers" in said
     assert "the database file was rewritten without them" in said
     assert found_in(duckdb_files(store), marker) == {}
+
+
+def test_on_postgres_an_erasure_waits_for_the_snapshots_older_than_it(
+    pg_url: str, tmp_path: Path, classifier: Any
+) -> None:
+    """A transaction that began before the erasure (a long report, an autovacuum ANALYZE on a busy
+    machine) may still see the erased rows, and VACUUM cannot remove those: the erasure waits for
+    it to end (here a second later), then vacuums, so the bytes are gone when it returns."""
+    import threading
+    import time
+
+    import psycopg
+
+    store = open_store(Settings(data_dir=tmp_path, database_url=pg_url, pool_size=4, automation_worker=False))
+    try:
+        store.reset()
+        marker = "zq" + secrets.token_hex(12)
+        victim = populate(store, classifier, marker)
+        reader = psycopg.connect(pg_url)
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert reader.execute("SELECT count(*) FROM events").fetchone()[0] > 3000  # its snapshot is taken
+        ended = threading.Timer(1.0, reader.rollback)
+        ended.start()
+        started = time.monotonic()
+        erase_contact(store, victim)
+        waited = time.monotonic() - started
+        ended.join()
+        reader.close()
+        assert waited >= 0.9, waited  # it waited for the reader …
+        assert found_in(files_of(store), marker) == {}  # … and then the rows could go
+    finally:
+        store.close()
