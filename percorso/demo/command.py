@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,13 +125,16 @@ def demo(
     fresh: Annotated[bool, typer.Option(help="Delete the existing embedded demo store first")] = False,
     serve: Annotated[bool, typer.Option(help="Start the server after loading")] = True,
     automations: Annotated[
-        bool,
+        bool | None,
         typer.Option(
+            "--automations/--no-automations",
             help="Replay the last --replay-days through the three example automations on a simulated "
-            "clock, emailing the local inbox (`percorso automation inbox`) or PERCORSO_SMTP_*"
+            "clock, emailing PERCORSO_SMTP_*, the local inbox (`percorso automation inbox`) or, with "
+            "neither, the demo's own inbox [default: on a new store]",
+            show_default=False,
         ),
-    ] = False,
-    replay_days: Annotated[int, typer.Option(help="Days replayed with --automations")] = 14,
+    ] = None,
+    replay_days: Annotated[int, typer.Option(help="Days replayed through the automations")] = 4,
     responses: Annotated[
         bool, typer.Option(help="With --automations, some people confirm after a reminder (for the uplift)")
     ] = True,
@@ -158,10 +162,19 @@ def demo(
         existing = store.counts()
         if existing["events"] and automations:
             raise fail("--automations replays the demo from an empty store: add --fresh")
-        if automations:
-            from percorso.demo.replay import replay_command
+        inbox = None
+        if automations or (automations is None and not existing["events"]):
+            # The example automations run over the last days as they would have live, so their
+            # pages have numbers from the start; emails go to an SMTP server if there is one.
+            from percorso.demo.replay import own_inbox, replay_command
 
-            replay_command(store, spec, settings.base_url, replay_days, responses)
+            inbox = own_inbox()
+            if inbox is not None:  # the server started below keeps sending there
+                os.environ["PERCORSO_SMTP_HOST"], os.environ["PERCORSO_SMTP_PORT"] = (
+                    "127.0.0.1",
+                    str(inbox.smtp_port),
+                )
+            replay_command(store, spec, settings.base_url, replay_days, responses, inbox)
         elif existing["events"]:
             console.print(
                 f"using the {existing['events']:,} events already in {store.describe()} (--fresh to regenerate)"

@@ -167,7 +167,7 @@ class DemoStory:
 
 STORY_KEYS = ("registered_not_confirmed", "abandoned_registration", "loyal_membership_reader")
 STORY_TEXT = {
-    "registered_not_confirmed": "registered last week and never confirmed the e-mail address",
+    "registered_not_confirmed": "registered three days ago and never confirmed the e-mail address",
     "abandoned_registration": "newsletter subscriber who started creating an account and gave up",
     "loyal_membership_reader": "loyal customer who keeps reading the membership terms without joining",
 }
@@ -676,9 +676,11 @@ class _Person:
         self.consent = True  # so every example automation can reach them
         if key == "registered_not_confirmed":
             self.acquisition = ("instagram", "social", "autunno-casa", "https://www.instagram.com/")
-            t = end - 9 * DAY + 10 * HOUR
+            # registers three days before the end: inside the days `percorso demo` replays
+            # through the automations, with time for the reminder and the follow-up
+            t = end - 5 * DAY + 10 * HOUR
             t = self.browse(t, 4)
-            t = self.browse(t + 2 * DAY, 3)
+            t = self.browse(t + DAY, 3)
             self.register(t + DAY, confirm=0.0)
         elif key == "abandoned_registration":
             self.acquisition = (None, None, None, "https://www.google.it/")

@@ -25,6 +25,7 @@ from typing import Any
 
 from percorso.automation.actions.email import SmtpSettings
 from percorso.automation.engine import Engine, EngineSettings, ManualClock
+from percorso.automation.inbox import LocalInbox
 from percorso.channels import ChannelClassifier, load_rules
 from percorso.collect.loader import load_messages
 from percorso.demo.generator import SITE, DemoSpec, _iso, generate
@@ -109,7 +110,15 @@ def replay_demo(
     queue: list[tuple[str, int, dict[str, Any]]] = [(m["timestamp"], n, m) for n, m in enumerate(window)]
     heapq.heapify(queue)
     clock = ManualClock(start)
-    engine = Engine(store, clock=clock, smtp=smtp, settings=EngineSettings(base_url=base_url))
+    # The membership example posts to the local inbox's CRM receiver on 127.0.0.1: the replay
+    # lets webhooks reach that one address (a server started afterwards keeps refusing loopback
+    # unless PERCORSO_WEBHOOK_ALLOW_NETWORKS says otherwise).
+    engine = Engine(
+        store,
+        clock=clock,
+        smtp=smtp,
+        settings=EngineSettings(base_url=base_url, webhook_allow_networks=("127.0.0.1/32",)),
+    )
     engine.run_until_idle()  # arms stage, persona, date and schedule triggers at the window's start
     answered = start
     sequence = len(queue)
@@ -257,11 +266,38 @@ def demo_smtp() -> SmtpSettings:
     return smtp
 
 
-def replay_command(store: Store, spec: DemoSpec, base_url: str, days: int, responses: bool) -> None:
-    """What ``percorso demo --automations`` prints around :func:`replay_demo`."""
+def _answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def own_inbox() -> LocalInbox | None:
+    """The demo's own inbox, started in this process, when nobody configured an SMTP server
+    (``PERCORSO_SMTP_*``) and none answers where the local inbox would be: the emails and the CRM
+    webhooks of the example automations arrive there, quietly; None when one is already there."""
+    import os
+
+    from percorso.automation.inbox import SMTP_PORT, WEBHOOK_PORT
+
+    if os.environ.get("PERCORSO_SMTP_HOST") or os.environ.get("PERCORSO_SMTP_PORT"):
+        return None
+    if _answers("127.0.0.1", SMTP_PORT):
+        return None
+    webhooks = None if _answers("127.0.0.1", WEBHOOK_PORT) else WEBHOOK_PORT
+    return LocalInbox(smtp_port=SMTP_PORT, webhook_port=webhooks).start()
+
+
+def replay_command(
+    store: Store, spec: DemoSpec, base_url: str, days: int, responses: bool, inbox: LocalInbox | None = None
+) -> None:
+    """What ``percorso demo`` prints around :func:`replay_demo` (``inbox``: the demo's own)."""
     import logging
     import os
-    import socket
 
     from percorso.automation.inbox import DEMO_WEBHOOK_SECRET, WEBHOOK_SECRET_ENV
     from percorso.cli import OutputFormat, console, emit, fail, progress_bar
@@ -270,9 +306,7 @@ def replay_command(store: Store, spec: DemoSpec, base_url: str, days: int, respo
     if days < 1 or days >= spec.days:
         raise fail(f"--replay-days must be between 1 and {spec.days - 1} (the demo has {spec.days} days)")
     smtp = demo_smtp()
-    try:
-        socket.create_connection((smtp.host, smtp.port), timeout=3).close()
-    except OSError:
+    if not _answers(smtp.host, smtp.port):
         raise fail(
             f"no SMTP server answers at {smtp.host}:{smtp.port}. Start the local inbox in another terminal "
             "(percorso automation inbox), or point PERCORSO_SMTP_HOST/PERCORSO_SMTP_PORT at yours"
@@ -280,7 +314,11 @@ def replay_command(store: Store, spec: DemoSpec, base_url: str, days: int, respo
     os.environ.setdefault(WEBHOOK_SECRET_ENV, DEMO_WEBHOOK_SECRET)  # the membership example signs with it
     console.print(
         f"replaying the last {days} days through the example automations on a simulated clock; "
-        f"emails go to {smtp.host}:{smtp.port}"
+        + (
+            "emails go to the demo's own inbox (start `percorso automation inbox` first to watch them)"
+            if inbox is not None
+            else f"emails go to {smtp.host}:{smtp.port}"
+        )
     )
     # Retries of an unreachable webhook are expected here (and counted in the stats): keep quiet.
     engine_log = logging.getLogger("percorso.automation")
@@ -309,12 +347,27 @@ def replay_command(store: Store, spec: DemoSpec, base_url: str, days: int, respo
         + (f" ({report.responses} people confirmed after a reminder)" if report.responses else "")
     )
     emit(report.automations, OutputFormat.table, "example automations")
-    console.print(
-        "per-step stats and the holdout's uplift: percorso automation stats registration-reminder\n"
-        f"(`percorso serve` keeps running them on the real clock, sending to PERCORSO_SMTP_*: "
-        f"export PERCORSO_SMTP_PORT={smtp.port} to keep using the same inbox)",
-        markup=False,
-    )
+    if inbox is not None:
+        console.print(
+            f"the demo's inbox received {len(inbox.emails):,} emails and {len(inbox.webhooks):,} webhooks; "
+            "each automation's steps, sends and holdout uplift are on the dashboard's Automations page",
+            markup=False,
+        )
+    else:
+        console.print(
+            "per-step stats and the holdout's uplift: percorso automation stats registration-reminder\n"
+            f"(`percorso serve` keeps running them on the real clock, sending to PERCORSO_SMTP_*: "
+            f"export PERCORSO_SMTP_PORT={smtp.port} to keep using the same inbox)",
+            markup=False,
+        )
 
 
-__all__ = ["RESPONSES", "ReplayReport", "apply_examples", "demo_smtp", "replay_command", "replay_demo"]
+__all__ = [
+    "RESPONSES",
+    "ReplayReport",
+    "apply_examples",
+    "demo_smtp",
+    "own_inbox",
+    "replay_command",
+    "replay_demo",
+]
