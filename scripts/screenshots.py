@@ -1,11 +1,13 @@
 """Screenshots of the dashboard's main pages for the docs: ``make screenshots``.
 
-Loads a demo store (5,000 contacts) into a temporary directory, serves it, signs in with Chromium
+Loads a demo store (5,000 contacts, the example automations run over its last four days, three
+opportunities planned from its pain points) into a temporary directory, serves it, signs in with Chromium
 (Debian's ``chromium``, or ``PERCORSO_CHROMIUM``) and writes ``docs/screenshots/*.png``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -16,18 +18,30 @@ from pathlib import Path
 import uvicorn
 from playwright.sync_api import sync_playwright
 
-from percorso.automation.definition import load_automation
-from percorso.automation.store import save_automation
+from percorso.analytics.journeymap import journey_map
+from percorso.analytics.stages import get_journey
+from percorso.automation.actions.email import SmtpSettings
+from percorso.automation.inbox import DEMO_WEBHOOK_SECRET, WEBHOOK_SECRET_ENV, LocalInbox
 from percorso.config import Settings
-from percorso.demo.command import demo_journey, load_demo
+from percorso.demo.command import demo_journey
 from percorso.demo.generator import DemoSpec
+from percorso.demo.replay import replay_demo
+from percorso.opportunities import add_opportunity
 from percorso.store import open_store
 from percorso.web.app import create_app
 from percorso.web.dashboard.users import add_user
 
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 OUT = Path(__file__).parent.parent / "docs" / "screenshots"
 USER = ("demo@percorso.local", "screenshots only")
-EXAMPLES = Path(__file__).parent.parent / "percorso" / "automation" / "examples"
 
 
 def main() -> None:
@@ -38,12 +52,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), automation_worker=False, stage_interval=0)
         store = open_store(settings)
-        load_demo(store, DemoSpec(contacts=5000))
-        demo_journey(store)
+        # As `percorso demo` does: the history, then the last four days through the example
+        # automations (into an inbox of this process), so their pages have numbers.
+        os.environ.setdefault(WEBHOOK_SECRET_ENV, DEMO_WEBHOOK_SECRET)  # the membership example signs with it
+        logging.getLogger("percorso.automation").setLevel(
+            logging.ERROR
+        )  # its CRM webhook has no receiver here
+        with LocalInbox(smtp_port=free_port(), webhook_port=None) as inbox:
+            smtp = SmtpSettings(
+                host="127.0.0.1", port=inbox.smtp_port, sender="Casa Aurora <ciao@casa-aurora.example>"
+            )
+            replay_demo(
+                store,
+                DemoSpec(contacts=5000),
+                days=4,
+                smtp=smtp,
+                base_url="http://127.0.0.1:8799",
+                responses=True,
+            )
         add_user(store, *USER, role="admin", name="Demo")
-        for path in sorted(EXAMPLES.glob("*.yaml")):
-            automation = load_automation(path.read_text(encoding="utf-8"), path.name)
-            save_automation(store, automation, path.read_text(encoding="utf-8"))
+        # Three opportunities planned from the map's pain points, for the opportunities lane and page.
+        journey = get_journey(store, demo_journey(store))
+        found = journey_map(store, journey)
+        pains = [(st["stage"], p) for st in found["stages"] for p in st["pain_points"]]
+        plans = (
+            ("Show delivery costs on the product page", "high", "planned"),
+            ("Resend the confirmation e-mail after a day", "medium", "in_progress"),
+            ("Fix the Android checkout button", "high", "idea"),
+        )
+        for (stage, pain), (title, priority, status) in zip(pains, plans, strict=False):
+            add_opportunity(
+                store, journey.key, stage, title, by=USER[0], pain_key=pain["key"], pain_summary=pain["summary"],
+                owner=USER[0], priority=priority, status=status,
+            )  # fmt: skip
         with store.session() as s:
             contact = s.rows(
                 "SELECT i.contact_id FROM identities i WHERE i.kind = 'email' ORDER BY i.contact_id LIMIT 1"
@@ -62,6 +103,7 @@ def main() -> None:
             "paths": "/paths",
             "contact": f"/contacts/{contact}",
             "automation": "/automations/registration-reminder",
+            "opportunities": "/opportunities",
         }
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -71,8 +113,8 @@ def main() -> None:
             page.fill("input[name=password]", USER[1])
             page.click("button[type=submit]")
             for name, path in pages.items():
-                if name == "map-it":
-                    page.context.add_cookies([{"name": "percorso_lang", "value": "it", "url": base}])
+                language = "it" if name == "map-it" else "en"
+                page.context.add_cookies([{"name": "percorso_lang", "value": language, "url": base}])
                 page.goto(base + path)
                 page.wait_for_load_state("networkidle")
                 page.wait_for_timeout(600)  # chart animations
