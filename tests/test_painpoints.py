@@ -364,3 +364,38 @@ def test_errors_and_support_are_found_whatever_their_names(store: Store) -> None
     assert kinds(journey) == {("errors", "Payment Started"), ("support", "Payment Started")}
     own = load(SIGNAL_JOURNEY + "signals: {errors: [{event: 'Oops*'}], support: [{channel: phone}]}\n")
     assert kinds(own) == set()  # the journey says what trouble is: nothing here matches it
+
+
+def test_money_at_stake_is_orders_lost_times_the_average_order(planted_store, planted):
+    """A drop-off in a funnel that ends in an order loses, per contact, the share of those past
+    the step who completed the funnel; times the period's average order (worked out here from the
+    orders' own revenue), in the journey's currency. Findings that are not lost steps, or in a
+    funnel that does not end in an order, carry no money."""
+    from percorso.analytics.funnel import FunnelSpec, funnel
+    from percorso.analytics.painpoints import journey_funnels
+
+    with planted_store.session() as s:
+        rows = s.rows(
+            "SELECT CAST(properties AS TEXT) FROM events WHERE type = 'track' AND event = 'Order Completed' "
+            "AND timestamp >= ? AND timestamp < ?",
+            [START, END],
+        )
+    revenues = [v for (text,) in rows if isinstance(v := json.loads(text).get("revenue"), int | float)]
+    average = sum(revenues) / len(revenues)
+    funnels = {f.key: f for f in journey_funnels(JOURNEY)}
+    priced = [p for p in planted["pain_points"] if p.get("value_at_stake") is not None]
+    assert {p["kind"] for p in priced} == {"dropoff"}  # the planted drop-offs, in the checkout funnel
+    for p in priced:
+        f = funnels[p["funnel"]]
+        spec = FunnelSpec(
+            steps=f.steps, start=START, end=END, window_seconds=f.window_seconds, order=f.order,
+            exclusions=f.exclusions, as_of=END, journey=JOURNEY,
+        )  # fmt: skip
+        steps = [st["contacts"] for st in funnel(planted_store, spec)["total"]["steps"]]
+        completion = steps[-1] / steps[p["step_index"]]
+        assert p["orders_lost"] == round(p["contacts_affected"] * completion, 1)
+        assert p["average_order_value"] == round(average, 2) and p["currency"] == "EUR"
+        assert p["value_at_stake"] == pytest.approx(p["orders_lost"] * average, abs=0.01)
+    for p in planted["pain_points"]:
+        if p["kind"] not in ("dropoff", "dip") or p["funnel"] != "checkout":
+            assert "value_at_stake" not in p, p

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -105,9 +105,12 @@ def find_pain_points(
     lang: str = "en",
 ) -> dict[str, Any]:
     """Every funnel of ``journey`` through every detector, ranked by contacts affected."""
+    from percorso.analytics.customer import order_events
+
     as_of = as_of or datetime.now(UTC)
     findings: list[dict[str, Any]] = []
     funnels = journey_funnels(journey, lang)
+    orders = order_events(journey)
     if funnels:
         # One session: the temporary tables live on its connection.
         with store.session() as s:
@@ -127,11 +130,20 @@ def find_pain_points(
                         as_of=as_of,
                         journey=journey,  # for the `persona` dimension
                     )
-                    findings += _detect(s, trouble, f, spec, settings)
+                    findings += _detect(s, trouble, f, spec, settings, orders)
     with store.session() as s:
         s.tune_for_analytics()
         findings += score_drops(s, journey, start, end, settings, lang)
         findings += frustration_spots(s, journey, start, end, settings)
+    # Money at stake where the journey has orders with a revenue: orders lost times the period's
+    # average order value, in the journey's currency.
+    with store.session() as s:
+        aov = average_order_value(s, orders, start, end)
+    for finding in findings:
+        if "orders_lost" in finding:
+            finding["value_at_stake"] = round(finding["orders_lost"] * aov[0], 2) if aov else None
+            finding["currency"] = journey.currency
+            finding["average_order_value"] = round(aov[0], 2) if aov else None
     findings.sort(key=lambda p: (-p["contacts_affected"], -p["z"]))
     for rank, finding in enumerate(findings, 1):
         finding["rank"] = rank
@@ -208,10 +220,13 @@ def _trouble_events(s: Session, journey: Journey, start: datetime, end: datetime
     s.execute(f"DROP TABLE {name}")
 
 
-def _detect(s: Session, trouble: str, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
+def _detect(
+    s: Session, trouble: str, f: FunnelDef, spec: FunnelSpec, cfg: Settings, orders: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Every detector on one funnel. The funnel's events and reach are computed once per segment
     dimension (into temporary tables) and every detector counts over them."""
     findings: list[dict[str, Any]] = []
+    completion: list[float | None] = []
     for i, dim in enumerate(cfg.dimensions or (None,)):
         with materialized(s, replace(spec, breakdown=dim)) as base:
             if dim is not None:
@@ -219,7 +234,49 @@ def _detect(s: Session, trouble: str, f: FunnelDef, spec: FunnelSpec, cfg: Setti
             if i == 0:  # these do not depend on the segments
                 findings += _dips(s, base, f, spec, cfg)
                 findings += _trouble_and_loops(s, base, trouble, f, spec, cfg)
+                if _ends_in_an_order(f, orders):
+                    completion = _completion(s, base, spec)
+    for finding in findings:  # a lost step of a funnel that ends in an order is an order lost
+        k = finding["step_index"]
+        if finding["kind"] in LOST_STEPS and completion and k < len(completion) and completion[k] is not None:
+            finding["orders_lost"] = round(finding["contacts_affected"] * completion[k], 1)
     return findings
+
+
+#: The findings whose contacts_affected are contacts who did not take a step they would have.
+LOST_STEPS = ("dropoff", "dip")
+
+
+def _ends_in_an_order(f: FunnelDef, orders: Sequence[str]) -> bool:
+    event = f.steps[-1].condition.event
+    names = [event] if isinstance(event, str) else list(event or [])
+    return bool(names) and all(name in orders for name in names)
+
+
+def _completion(s: Session, base: Sql, spec: FunnelSpec) -> list[float | None]:
+    """For each step index k (1-based transitions k → k+1), the share of those who reached step
+    k+1 that went on to the funnel's last step: what a contact lost at that transition was worth
+    in completed funnels."""
+    total = funnel_in(s, replace(spec, breakdown=None), base, trend=False, distribution=False)["total"]
+    steps = [int(st["contacts"]) for st in total["steps"]]
+    if not steps:
+        return []
+    last = steps[-1]
+    return [None, *((last / reached) if reached else None for reached in steps[1:])]
+
+
+def average_order_value(
+    s: Session, orders: Sequence[str], start: datetime, end: datetime
+) -> tuple[float, int] | None:
+    """The mean ``revenue`` of the orders in ``[start, end)`` that carry one, and how many did."""
+    number, number_params = s.json_number("e.properties", "revenue")
+    marks = ", ".join("?" for _ in orders)
+    count, total = s.rows(
+        f"SELECT count(v), sum(v) FROM (SELECT {number} AS v FROM events e WHERE e.type = 'track' "
+        f"AND e.event IN ({marks}) AND e.timestamp >= ? AND e.timestamp < ?) o",
+        [*number_params, *orders, start, end],
+    )[0]
+    return (float(total) / int(count), int(count)) if count else None
 
 
 def _dropoff_and_slow(
