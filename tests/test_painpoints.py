@@ -399,3 +399,51 @@ def test_money_at_stake_is_orders_lost_times_the_average_order(planted_store, pl
     for p in planted["pain_points"]:
         if p["kind"] not in ("dropoff", "dip") or p["funnel"] != "checkout":
             assert "value_at_stake" not in p, p
+
+
+def test_money_at_stake_worked_out_by_hand(store: Store) -> None:
+    """200 iOS contacts: half pay, half of those order; 400 web contacts: 90% pay, half of those
+    order; every order is €100 (and one of €300 outside the funnel raises the average to €100.87).
+    iOS drops 40 points more at Payment Started: 80 contacts affected. Of those who paid, 230 of
+    460 ordered: 40 orders lost, €4,034.63 at stake."""
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+    from tests.test_stages import Feed
+
+    feed = Feed(store)
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    messages = []
+    for platform, library, people, paid, ordered in (
+        ("ios", "analytics-ios", 200, 100, 50),
+        ("web", "analytics.js", 400, 360, 180),
+    ):
+        for n in range(people):
+            who = {"userId": f"{platform}-{n}"}
+            at = start + timedelta(minutes=17 * n)
+            context = {"library": {"name": library, "version": "1"}}
+            messages.append(feed.msg(who, at, "Cart Viewed", context=context))
+            if n < paid:
+                messages.append(feed.msg(who, at + timedelta(minutes=1), "Payment Started", context=context))
+            if n < ordered:
+                messages.append(
+                    feed.msg(
+                        who,
+                        at + timedelta(minutes=2),
+                        "Order Completed",
+                        context=context,
+                        properties={"revenue": 100},
+                    )
+                )
+    messages.append(feed.msg({"userId": "shop-till"}, start, "Order Completed", properties={"revenue": 300}))
+    feed.send(*messages)
+    journey = load(SIGNAL_JOURNEY)
+    save(store, journey, "test")
+    end = start + timedelta(days=10)
+    found = find_pain_points(store, journey, start=start, end=end, as_of=end)["pain_points"]
+    [drop] = [p for p in found if p["kind"] == "dropoff"]
+    assert drop["segment"] == {"platform": "ios"} and drop["step_index"] == 1
+    assert drop["contacts_affected"] == 80  # 200 x (50% - 10%)
+    assert drop["orders_lost"] == 40.0  # 80 x 230 / 460
+    assert drop["average_order_value"] == 100.87  # (230 x 100 + 300) / 231, to the cent
+    assert drop["value_at_stake"] == pytest.approx(40 * (230 * 100 + 300) / 231, abs=0.01)
+    assert drop["currency"] == "EUR"
