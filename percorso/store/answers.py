@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from percorso.store.base import Session
+from percorso.store.typed import copy_events
 
 ANSWERED = "Survey Answered"
 
@@ -23,14 +24,12 @@ def copy_answers(s: Session, message_ids: Sequence[str] | None = None) -> None:
     survey, survey_param = s.json_text("e.properties", "survey")
     kind, kind_param = s.json_text("e.properties", "kind")
     score, score_params = s.json_number("e.properties", "score")
-    where = "e.type = 'track' AND e.event = ?"
-    where_params: list[object] = [ANSWERED]
-    if message_ids is not None:
-        among, among_params = s.member("e.message_id", list(message_ids))
-        where += f" AND {among}"
-        where_params += among_params
-    s.execute(
-        "INSERT INTO survey_answers (message_id, identity_id, timestamp, survey, kind, score) "
-        f"SELECT e.message_id, e.identity_id, e.timestamp, {survey}, {kind}, {score} FROM events e WHERE {where}",
-        [survey_param, kind_param, *score_params, *where_params],
+    copy_events(
+        s,
+        "survey_answers",
+        ANSWERED,
+        "message_id, identity_id, timestamp, survey, kind, score",
+        f"{survey} AS survey, {kind} AS kind, {score} AS score",
+        [survey_param, kind_param, *score_params],
+        message_ids,
     )

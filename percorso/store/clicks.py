@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from percorso.store.base import Session
+from percorso.store.typed import copy_events
 
 CLICK = "Heatmap Click"
 FIELDS = {
@@ -30,16 +31,6 @@ def copy_clicks(s: Session, message_ids: Sequence[str] | None = None) -> None:
     """Copies the ``Heatmap Click`` events among ``message_ids`` (None: all stored) into
     ``heatmap_clicks``. ``rage`` and ``dead`` are true only when the event says ``true``."""
     fields, params = s.json_columns("e.properties", FIELDS)
-    where = "e.type = 'track' AND e.event = ?"
-    where_params: list[object] = [CLICK]
-    if message_ids is not None:
-        among, among_params = s.member("e.message_id", list(message_ids))
-        where += f" AND {among}"
-        where_params += among_params
-    s.execute(
-        "INSERT INTO heatmap_clicks (message_id, identity_id, timestamp, page_path, selector, x, y, width, "
-        "band, rage, dead) SELECT message_id, identity_id, timestamp, page_path, selector, x, y, width, band, "
-        "coalesce(rage = 'true', FALSE), coalesce(dead = 'true', FALSE) FROM (SELECT e.message_id, "
-        f"e.identity_id, e.timestamp, e.page_path, {fields} FROM events e WHERE {where}) c",
-        [*params, *where_params],
-    )
+    columns = "message_id, identity_id, timestamp, page_path, selector, x, y, width, band, rage, dead"
+    values = columns.replace("rage, dead", "coalesce(rage = 'true', FALSE), coalesce(dead = 'true', FALSE)")
+    copy_events(s, "heatmap_clicks", CLICK, columns, fields, params, message_ids, values=values)

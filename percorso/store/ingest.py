@@ -7,6 +7,7 @@ result — whatever the batch size.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,12 @@ from percorso.store.clicks import CLICK, copy_clicks
 from percorso.values import read_json
 
 _encode = msgspec.json.encode
+
+#: Events also kept in typed columns (store/typed.py), and the function that copies them.
+TYPED_COPIES: dict[str, Callable[[Session, Sequence[str]], None]] = {
+    CLICK: copy_clicks,
+    ANSWERED: copy_answers,
+}
 
 
 def observation(event: Event) -> Observation:
@@ -65,16 +72,12 @@ def write_batch(s: Session, events: list[Event], now: datetime) -> set[str]:
             event.identity_id = identity
         apply_profile_updates(s, subset, contact_ids, plan, now)
     stored = s.insert_events(batch)
-    clicks = [
-        e.message_id for e in batch if e.event == CLICK and e.type == "track" and e.message_id in stored
-    ]
-    if clicks:  # heatmap clicks are also kept in typed columns (store/clicks.py)
-        copy_clicks(s, clicks)
-    answers = [
-        e.message_id for e in batch if e.event == ANSWERED and e.type == "track" and e.message_id in stored
-    ]
-    if answers:  # and survey answers (store/answers.py)
-        copy_answers(s, answers)
+    typed: dict[str, list[str]] = {}
+    for e in batch:
+        if e.type == "track" and e.event in TYPED_COPIES and e.message_id in stored:
+            typed.setdefault(e.event, []).append(e.message_id)
+    for name, message_ids in typed.items():
+        TYPED_COPIES[name](s, message_ids)
     return stored
 
 
