@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 
@@ -527,6 +528,17 @@ class TwoSenders(Inbox):
         return await super().handle_DATA(server, session, envelope)
 
 
+BARRIER = 724100
+
+
+def waiting_on_locks(conn: Any) -> int:
+    """How many other sessions of this database wait for a lock."""
+    return conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    ).fetchone()[0]
+
+
 def test_two_workers_on_postgres_share_due_work_without_duplicates(
     pg_url: str, tmp_path: Any, classifier: Any
 ) -> None:
@@ -541,6 +553,7 @@ def test_two_workers_on_postgres_share_due_work_without_duplicates(
     )
     settings = Settings(data_dir=tmp_path, database_url=pg_url, pool_size=4)
     stores = [open_store(settings) for _ in range(2)]
+    holder: Any = None
     try:
         stores[0].reset()
         clock = ManualClock(MORNING)
@@ -557,10 +570,31 @@ def test_two_workers_on_postgres_share_due_work_without_duplicates(
         small = EngineSettings(base_url="http://percorso.test", due_batch=25, delivery_batch=10)
         workers = [Engine(store, clock=clock, smtp=smtp_settings, settings=small) for store in stores]
         workers[0].run_until_idle()
+        # A barrier inside the database: a claim of outbox rows waits, once it has chosen its
+        # rows, until the test lets it go, and the test lets it go once both workers are waiting
+        # there, so both have chosen their first rows at the same moment.
+        with stores[0].writing() as s:
+            s.execute(
+                "CREATE OR REPLACE FUNCTION claim_barrier() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                f"BEGIN PERFORM pg_advisory_lock_shared({BARRIER}); "
+                f"PERFORM pg_advisory_unlock_shared({BARRIER}); RETURN NEW; END $$"
+            )
+            s.execute("DROP TRIGGER IF EXISTS claim_barrier ON outbox")
+            s.execute(
+                "CREATE TRIGGER claim_barrier BEFORE UPDATE ON outbox FOR EACH ROW "
+                "WHEN (OLD.status = 'pending' AND NEW.status = 'sending') EXECUTE FUNCTION claim_barrier()"
+            )
+        holder = psycopg.connect(pg_url, autocommit=True)
+        holder.execute(f"SELECT pg_advisory_lock({BARRIER})")
         clock.advance(hours=4, minutes=1)  # 300 timers fall due at once
         threads = [threading.Thread(target=w.run_until_idle) for w in workers]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 60
+        while waiting_on_locks(holder) < 2:
+            assert time.monotonic() < deadline, "the two workers never claimed at the same time"
+            time.sleep(0.01)
+        holder.execute(f"SELECT pg_advisory_unlock({BARRIER})")
         for t in threads:
             t.join(timeout=120)
         ids = [str(m["Message-ID"]) for m in inbox.messages]
@@ -574,6 +608,11 @@ def test_two_workers_on_postgres_share_due_work_without_duplicates(
             assert s.rows("SELECT count(*) FROM outbox WHERE status = 'sent'")[0][0] == 300
             assert s.rows("SELECT count(*) FROM enrollments WHERE step = 'confirmed'")[0][0] == 300
     finally:
+        if holder is not None:
+            holder.close()
+        with stores[0].writing() as s:
+            s.execute("DROP TRIGGER IF EXISTS claim_barrier ON outbox")
+            s.execute("DROP FUNCTION IF EXISTS claim_barrier()")
         for store in stores:
             store.close()
         controller.stop()

@@ -435,6 +435,87 @@ def test_a_stalled_sender_leaves_the_messages_taken_from_it(store: Store, classi
         controller.stop()
 
 
+class TwoHolds(Sink):
+    """An SMTP server that holds the first and the second message it receives, each until the
+    test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = 0
+        self.holding = [threading.Event(), threading.Event()]
+        self.release = [threading.Event(), threading.Event()]
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        n, self.arrived = self.arrived, self.arrived + 1
+        if n < 2:
+            self.holding[n].set()
+            while not self.release[n].is_set():
+                await asyncio.sleep(0.01)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_stalled_sender_waking_while_the_other_still_sends_sends_no_more(
+    store: Store, classifier: Any
+) -> None:
+    """The claim that took the messages over is still sending when the stalled worker wakes:
+    the stalled worker must see that its claim is no longer its own, not merely that the
+    messages were sent."""
+    inbox = TwoHolds()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        save_automation(store, load_automation(NO_WAIT), "test")
+        now = datetime.now(UTC)
+        store.ingest(
+            [
+                parse_message(
+                    json.dumps(
+                        {
+                            "type": "track",
+                            "userId": f"s{i}",
+                            "messageId": f"s{i}",
+                            "event": "Signed Up",
+                            "context": {"traits": {"email": f"s{i}@example.it"}},
+                        }
+                    ).encode(),
+                    received_at=now,
+                    classifier=classifier,
+                )
+                for i in range(6)
+            ]
+        )
+        settings = EngineSettings(claim_timeout=0.5, sent_group=1)
+        smtp = SmtpSettings(host="127.0.0.1", port=controller.port)
+        stalled, other = (Engine(store, smtp=smtp, settings=settings) for _ in range(2))
+        assert stalled.decide() == 6
+        first = threading.Thread(target=stalled.deliver)
+        first.start()
+        assert inbox.holding[0].wait(30), "the first message never reached the server"
+
+        def take_over() -> None:
+            deadline = time.monotonic() + 30
+            while not other.deliver() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        second = threading.Thread(target=take_over)
+        second.start()
+        assert inbox.holding[1].wait(30), "the stalled claims were never taken over"
+        # The other worker holds all six and is sending its first; the stalled one wakes now.
+        inbox.release[0].set()
+        first.join(timeout=30)
+        assert stalled.stats["delivered"] == 1
+        inbox.release[1].set()
+        second.join(timeout=30)
+        # Each message arrived, and only the two that were in flight can have arrived twice.
+        assert len(set(inbox.emails)) == 6 and len(inbox.emails) <= 8
+        with store.session() as s:
+            assert s.rows("SELECT status, count(*) FROM outbox GROUP BY status") == [("sent", 6)]
+    finally:
+        for release in inbox.release:
+            release.set()
+        controller.stop()
+
+
 NO_WAIT = """
 key: welcome
 name: Welcome
