@@ -453,7 +453,8 @@ def painpoints_command(
         typer.Option(
             "--dimension",
             "-d",
-            help="Segments to compare: platform, channel, campaign, property:KEY, trait:KEY",
+            help="Segments to compare: platform, channel, campaign, property:KEY, trait:KEY "
+            "(default: the fields of the funnels' events with a few values each, found in the data)",
         ),
     ] = None,
     min_z: Annotated[float, typer.Option(help="Significance threshold (z score, one-sided)")] = 4.0,
@@ -477,7 +478,7 @@ def painpoints_command(
         raise typer.BadParameter("between 0 and 1", param_hint="--min-effect")
     if lang not in ("en", "it"):
         raise typer.BadParameter("en or it", param_hint="--lang")
-    cfg = Settings(min_z=min_z, min_effect=min_effect, dimensions=tuple(dimension or ("platform",)))
+    cfg = Settings(min_z=min_z, min_effect=min_effect, dimensions=tuple(dimension) if dimension else None)
     try:
         with opened(settings_for(data_dir)) as store:
             chosen = get_journey(store, journey)
@@ -496,7 +497,7 @@ def painpoints_command(
             "kind": p["kind"],
             "where": f"{p['funnel_name']}: {p['step']}",
             "segment": ", ".join(f"{k}={v}" for k, v in (p["segment"] or {}).items()),
-            "when": f"{p['when']['start']} → {p['when']['end']}" if p["when"] else "",
+            "when": f"{p['when']['start']} → {p['when']['end']}" if p["when"] else "all period",
             "contacts": p["contacts_affected"],
             "z": p["z"],
             "evidence": p["summary"],
@@ -507,8 +508,11 @@ def painpoints_command(
     if note:  # on standard error: csv and json on standard output stay data
         err.print(f"[yellow]{note}[/]", soft_wrap=True)
     if fmt == "table":
+        compared = sorted({d for dims in result["dimensions"].values() for d in dims})
         console.print(
-            f"[dim]contacts = contacts affected beyond the baseline; z = significance (reported from {min_z}); "
+            f"[dim]contacts = contacts affected beyond the baseline (visits, for a dated dip); "
+            f"z = significance (reported from {min_z}); segments compared: "
+            f"{', '.join(compared) or 'none'}{'' if dimension else ' (found in the data; -d to choose)'}; "
             "--format json for the full evidence[/]"
         )
 

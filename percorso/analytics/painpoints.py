@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,8 +37,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from scipy.stats import norm
+from statsmodels.stats.proportion import confint_proportions_2indep
+
 from percorso.analytics.experience import frustration_spots, score_drops
 from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, materialized
+from percorso.analytics.incidents import candidate_dimensions, daily_series, day_of, find_incidents
 from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
 from percorso.analytics.summaries import summaries
@@ -109,6 +114,7 @@ def find_pain_points(
 
     as_of = as_of or datetime.now(UTC)
     findings: list[dict[str, Any]] = []
+    dimensions: dict[str, list[str]] = {}
     funnels = journey_funnels(journey, lang)
     orders = order_events(journey)
     if funnels:
@@ -130,7 +136,8 @@ def find_pain_points(
                         as_of=as_of,
                         journey=journey,  # for the `persona` dimension
                     )
-                    findings += _detect(s, trouble, f, spec, settings, orders)
+                    found, dimensions[f.key] = _detect(s, trouble, f, spec, settings, orders)
+                    findings += found
     with store.session() as s:
         s.tune_for_analytics()
         findings += score_drops(s, journey, start, end, settings, lang)
@@ -158,6 +165,8 @@ def find_pain_points(
             "min_contacts": settings.min_contacts,
         },
         "funnels": [f.key for f in journey_funnels(journey)],
+        # the segments compared in each funnel: the asked dimensions, or those found in the data
+        "dimensions": dimensions,
         "pain_points": findings,
     }
 
@@ -166,6 +175,7 @@ def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
     to = f.steps[k].label if k < len(f.steps) else None
     step = f"{f.steps[k - 1].label} → {to}" if to and kind not in TROUBLE else f.steps[k - 1].label
     z = round(fields.pop("z"), 2)
+    p = fields.pop("p", None)
     texts = summaries(kind, fields.pop("facts"))
     segment = fields.get("segment")
     return {
@@ -180,7 +190,7 @@ def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
         "when": fields.pop("when", None),
         "contacts_affected": round(fields.pop("affected")),
         "z": z,
-        "p_value": float(f"{p_value(z):.3g}"),
+        "p_value": float(f"{p if p is not None else p_value(z):.3g}"),
         **fields,
         "summary": texts["en"],
         "summaries": texts,
@@ -222,25 +232,38 @@ def _trouble_events(s: Session, journey: Journey, start: datetime, end: datetime
 
 def _detect(
     s: Session, trouble: str, f: FunnelDef, spec: FunnelSpec, cfg: Settings, orders: Sequence[str] = ()
-) -> list[dict[str, Any]]:
-    """Every detector on one funnel. The funnel's events and reach are computed once per segment
-    dimension (into temporary tables) and every detector counts over them."""
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every detector on one funnel, and the dimensions its segments were compared over. The
+    funnel's events and reach are computed once per segment dimension (into temporary tables)
+    and every detector counts over them."""
     findings: list[dict[str, Any]] = []
     completion: list[float | None] = []
-    for i, dim in enumerate(cfg.dimensions or (None,)):
+    dims = funnel_dimensions(s, f, spec, cfg)
+    for i, dim in enumerate(dims or (None,)):
         with materialized(s, replace(spec, breakdown=dim)) as base:
             if dim is not None:
                 findings += _dropoff_and_slow(s, base, f, spec, dim, cfg)
             if i == 0:  # these do not depend on the segments
-                findings += _dips(s, base, f, spec, cfg)
                 findings += _trouble_and_loops(s, base, trouble, f, spec, cfg)
                 if _ends_in_an_order(f, orders):
                     completion = _completion(s, base, spec)
+    dips = _dips(s, f, spec, [d for d in dims if d not in ("persona", "first_campaign")], cfg)
+    # A segment's drop at a step that a dated incident of the same segment explains is that
+    # incident, seen again over the whole period: reported once, with its dates.
+    dated = {(p["step_index"], json.dumps(p["segment"], sort_keys=True)) for p in dips}
+    findings = [
+        p
+        for p in findings
+        if not (
+            p["kind"] == "dropoff" and (p["step_index"], json.dumps(p["segment"], sort_keys=True)) in dated
+        )
+    ]
+    findings = _one_dimension_each(findings) + dips
     for finding in findings:  # a lost step of a funnel that ends in an order is an order lost
         k = finding["step_index"]
         if finding["kind"] in LOST_STEPS and completion and k < len(completion) and completion[k] is not None:
             finding["orders_lost"] = round(finding["contacts_affected"] * completion[k], 1)
-    return findings
+    return findings, list(dims)
 
 
 #: The findings whose contacts_affected are contacts who did not take a step they would have.
@@ -393,60 +416,105 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
     return findings
 
 
-def _dips(s: Session, base: Sql, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> list[dict[str, Any]]:
-    """Weeks in which a step's conversion fell, against the weeks before and after."""
-    result = funnel_in(s, spec, base, distribution=False, groups=False)
-    trend = [t for t in result["trend"] if t["closed"] == t["entered"]]
+def _effect(p: dict[str, Any]) -> float:
+    ev = p["evidence"]
+    if p["kind"] == "dropoff":
+        return float(ev["segment_dropoff"] - ev["baseline_dropoff"])
+    return float(ev["segment_median_seconds"] / ev["overall_median_seconds"])
+
+
+def _one_dimension_each(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Segments of two dimensions often describe the same people (channel ``app`` is platforms
+    ``ios`` and ``android``): for each step and kind, only the dimension whose segment differs
+    most from the rest is reported, so one problem is not listed once per way of naming it."""
+    best: dict[tuple[str, int], tuple[float, str]] = {}
+    for p in findings:
+        if p["kind"] in ("dropoff", "slow"):
+            dim = next(iter(p["segment"]))
+            where = (p["kind"], p["step_index"])
+            if where not in best or _effect(p) > best[where][0]:
+                best[where] = (_effect(p), dim)
+    return [
+        p
+        for p in findings
+        if p["kind"] not in ("dropoff", "slow")
+        or next(iter(p["segment"])) == best[(p["kind"], p["step_index"])][1]
+    ]
+
+
+def funnel_dimensions(s: Session, f: FunnelDef, spec: FunnelSpec, cfg: Settings) -> tuple[str, ...]:
+    """The dimensions to compare segments over: the settings', or those found in the data."""
+    if cfg.dimensions is not None:
+        return cfg.dimensions
+    return tuple(candidate_dimensions(s, f.steps, spec.start, spec.end))
+
+
+def _dips(
+    s: Session, f: FunnelDef, spec: FunnelSpec, dims: Sequence[str], cfg: Settings
+) -> list[dict[str, Any]]:
+    """Runs of days in which a step converted worse, for everyone or in one segment, counted in
+    visits (:mod:`percorso.analytics.incidents`)."""
+    subject = spec.journey.subject if spec.journey is not None else "contact"
+    as_of = spec.as_of or datetime.now(UTC)
+    day0, series = daily_series(s, subject, f.steps, f.window_seconds, dims, spec.start, spec.end, as_of)
+    found, _ = find_incidents(series, fdr=cfg.fdr, min_effect=cfg.min_effect, min_attempts=cfg.min_contacts)
     findings = []
-    for k in range(1, len(f.steps)):
-        weeks = [(t["period_start"], t["steps"][k - 1], t["steps"][k]) for t in trend]
-        total_n = sum(w[1] for w in weeks)
-        total_x = sum(w[2] for w in weeks)
-        best: tuple[float, int, int] | None = None
-        for i in range(1, len(weeks) - 1):  # at least one week before and one after
-            for j in range(i, min(i + 6, len(weeks) - 1)):
-                n_in = sum(w[1] for w in weeks[i : j + 1])
-                x_in = sum(w[2] for w in weeks[i : j + 1])
-                n_out, x_out = total_n - n_in, total_x - x_in
-                if n_in < cfg.min_contacts or n_out < cfg.min_contacts:
-                    continue
-                z = z_test(x_out, n_out, x_in, n_in)  # outside converts better than inside
-                effect = x_out / n_out - x_in / n_in
-                if z >= cfg.min_z and effect >= cfg.min_effect and (best is None or z > best[0]):
-                    best = (z, i, j)
-        if best is None:
-            continue
-        z, i, j = best
-        n_in = sum(w[1] for w in weeks[i : j + 1])
-        x_in = sum(w[2] for w in weeks[i : j + 1])
-        n_out, x_out = total_n - n_in, total_x - x_in
-        first = datetime.fromisoformat(weeks[i][0])
-        last = datetime.fromisoformat(weeks[j][0]) + timedelta(days=7)
+    for sc in found:
+        sr, k = sc.series, sc.series.k
+        n_in = int(sr.attempts[sc.first : sc.last + 1].sum())
+        x_in = int(sr.converted[sc.first : sc.last + 1].sum())
+        n_out, x_out = int(sr.attempts.sum()) - n_in, int(sr.converted.sum()) - x_in
+        low, high = confint_proportions_2indep(x_out, n_out, x_in, n_in, method="newcomb", compare="diff")
+        first, last = day_of(day0, sc.first), day_of(day0, sc.last)
+        segment = {sr.dim: sr.value} if sr.dim else None
+        days = len(sr.attempts)
         findings.append(
             _finding(
                 "dip",
                 f,
                 k,
-                z=z,
-                when={"start": first.date().isoformat(), "end": last.date().isoformat()},
+                z=_z_of(sc.p),
+                p=sc.p,
+                segment=segment,
+                when={
+                    "start": first.isoformat(),
+                    "end": last.isoformat(),
+                    "from_period_start": sc.first == 0,
+                    "to_period_end": sc.last == days - 1,
+                },
                 affected=n_in * (x_out / n_out - x_in / n_in),
                 evidence={
+                    "unit": "visits",
                     "conversion_during": round(x_in / n_in, 4),
                     "conversion_otherwise": round(x_out / n_out, 4),
-                    "contacts_during": n_in,
-                    "weeks": j - i + 1,
+                    "difference": round(x_out / n_out - x_in / n_in, 4),
+                    "difference_interval": [round(float(low), 4), round(float(high), 4)],
+                    "visits_during": n_in,
+                    "visits_otherwise": n_out,
+                    "days": sc.last - sc.first + 1,
+                    "overdispersion": round(sc.dispersion, 2),
                 },
                 facts={
+                    "segment": f"{segment_text(segment)}" if segment else None,
                     "step": f.steps[k - 1].label,
                     "next": f.steps[k].label,
                     "rate": x_in / n_in,
                     "baseline": x_out / n_out,
-                    "start": first.date(),
-                    "end": last.date(),
+                    "start": first,
+                    "end": last,
                 },
             )
         )
     return findings
+
+
+def segment_text(segment: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in segment.items())
+
+
+def _z_of(p: float) -> float:
+    """The one-sided z score of a p-value (for ranking beside the z-tested findings)."""
+    return float(norm.isf(max(p, 1e-300)))
 
 
 def _trouble_and_loops(
@@ -502,7 +570,7 @@ def _trouble_and_loops(
         findings += _trouble(
             f, kind, reached, [int(row[f"{kind}{k}"] or 0) for k in range(1, n + 1)], names, cfg
         )
-    findings += _loops(f, reached, [int(row[f"back{k}"] or 0) for k in range(1, n)], cfg)
+    findings += _loops(f, reached, [int(row[f"back{k}"] or 0) for k in range(1, n)], cfg, spec.journey)
     return findings
 
 
@@ -544,13 +612,34 @@ def _trouble(
     return findings
 
 
-def _loops(f: FunnelDef, reached: list[int], back: list[int], cfg: Settings) -> list[dict[str, Any]]:
+def is_browsing(condition: Condition, journey: Journey | None) -> bool:
+    """Whether a step is browsing: the journey's ``signals.browsing``, else page and screen views
+    and events named like a view, a search or a list (any case, English or Italian)."""
+    declared = journey.signals.browsing if journey is not None and journey.signals is not None else None
+    if declared is not None:
+        return condition in declared
+    kinds = [condition.type] if isinstance(condition.type, str) else list(condition.type or [])
+    if kinds and all(k in ("page", "screen") for k in kinds):
+        return True
+    names = [condition.event] if isinstance(condition.event, str) else list(condition.event or [])
+    return bool(names) and all(BROWSING.search(name) for name in names)
+
+
+BROWSING = re.compile(r"view|visualizz|search|cerca|ricerc|brows|list|catalog", re.IGNORECASE)
+
+
+def _loops(
+    f: FunnelDef, reached: list[int], back: list[int], cfg: Settings, journey: Journey | None = None
+) -> list[dict[str, Any]]:
     findings = []
     n = len(reached)
-    for k in range(1, n):
+    # Going back to browsing (viewing products, reading pages) is how people shop, not friction:
+    # loops back to a browsing step are neither reported nor part of the baseline.
+    looked = [k for k in range(1, n) if not is_browsing(f.steps[k - 1].condition, journey)]
+    for k in looked:
         moved = reached[k]
-        rest_n = sum(reached[1:]) - moved
-        rest_x = sum(back) - back[k - 1]
+        rest_n = sum(reached[j] for j in looked) - moved
+        rest_x = sum(back[j - 1] for j in looked) - back[k - 1]
         if moved < cfg.min_contacts:
             continue
         share = back[k - 1] / moved

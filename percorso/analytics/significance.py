@@ -16,7 +16,10 @@ class Settings:
     min_effect: float = 0.05
     min_slow_ratio: float = 1.5
     min_contacts: int = 30
-    dimensions: tuple[str, ...] = ("platform",)
+    #: the segments' dimensions; None: found in the data (see incidents.candidate_dimensions)
+    dimensions: tuple[str, ...] | None = None
+    #: the false discovery rate allowed over the series the incident scan tests
+    fdr: float = 0.05
 
 
 def z_test(x1: int, n1: int, x2: int, n2: int) -> float:

@@ -68,8 +68,9 @@ _ENGLISH = {
         f"{f['segment']}: {f['step']} → {f['next']} takes {_times(f['ratio'], 'en')}x the usual time"
     ),
     "dip": lambda f: (
-        f"{f['step']} → {f['next']} converted {_pct(f['rate'])} from {_day(f['start'], 'en')} to "
-        f"{_day(f['end'], 'en')}, against {_pct(f['baseline'])} before and after"
+        f"{f['segment'] + ': ' if f.get('segment') else ''}{f['step']} → {f['next']} converted "
+        f"{_pct(f['rate'])} of visits from {_day(f['start'], 'en')} to {_day(f['end'], 'en')}, "
+        f"against {_pct(f['baseline'])} in the rest of the period"
     ),
     "support": lambda f: (
         f"{_pct(f['share'])} of contacts contact support after {f['step']} (other steps: {_pct(f['baseline'])})"
@@ -99,8 +100,9 @@ _ITALIAN = {
         f"{f['segment']}: «{f['step']}» → «{f['next']}» richiede {_times(f['ratio'], 'it')} volte il tempo abituale"
     ),
     "dip": lambda f: (
-        f"«{f['step']}» → «{f['next']}» ha convertito {_il(f['rate'])} {_dal(f['start'])} {_al(f['end'])}, "
-        f"contro {_il(f['baseline'])} prima e dopo"
+        f"{f['segment'] + ': ' if f.get('segment') else ''}«{f['step']}» → «{f['next']}» ha convertito "
+        f"{_il(f['rate'])} delle visite {_dal(f['start'])} {_al(f['end'])}, "
+        f"contro {_il(f['baseline'])} nel resto del periodo"
     ),
     "support": lambda f: (
         f"{_il(f['share'], capital=True)} dei contatti si rivolge all'assistenza dopo «{f['step']}» "

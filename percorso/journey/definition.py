@@ -155,6 +155,8 @@ class Signals(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     errors: list[Condition] | None = None
     support: list[Condition] | None = None
+    #: browsing (product and page views, searches): going back to it is not a loop worth reporting
+    browsing: list[Condition] | None = None
 
 
 class Journey(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

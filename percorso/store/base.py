@@ -87,6 +87,10 @@ class Session(ABC):
             parts.append(f"{sql} AS {name}")
         return ", ".join(parts), params
 
+    @abstractmethod
+    def json_keys(self, column: str) -> str:
+        """A set-returning select item: one row per top-level key of the JSON object ``column``."""
+
     def json_may_have(self, column: str, key: str) -> tuple[str, Any]:
         """A cheap test that ``column`` *may* have the top-level ``key`` (never false when it
         has it), to skip extracting values from most rows; and its parameter. Here: always."""

@@ -91,6 +91,9 @@ class DuckDBSession(Session):
         picked = ", ".join(f"struct_extract(json_fields__, '{name}') AS {name}" for name in fields)
         return f"json_transform({column}, ?) AS json_fields__, {picked}", [json.dumps(shape)]
 
+    def json_keys(self, column: str) -> str:
+        return f"unnest(json_keys(CASE WHEN json_type({column}) = 'OBJECT' THEN {column} END))"
+
     def json_may_have(self, column: str, key: str) -> tuple[str, Any]:
         # A substring search on the stored text costs a fraction of parsing the JSON.
         return f"contains(CAST({column} AS VARCHAR), ?)", '"' + key.replace("\\", "\\\\").replace(

@@ -63,6 +63,9 @@ class PostgresSession(Session):
     def text_matches(self, expression: str) -> str:
         return f"({expression} ~ ?)"
 
+    def json_keys(self, column: str) -> str:
+        return f"jsonb_object_keys(CASE WHEN jsonb_typeof({column}) = 'object' THEN {column} END)"
+
     def json_may_have(self, column: str, key: str) -> tuple[str, Any]:
         return f"jsonb_exists({column}, ?::text)", key
 

@@ -227,7 +227,7 @@ def painpoints(
     store = _store(request)
     journey = _journey(store, key)
     start, end = _period(since, until)
-    cfg = PainSettings(min_z=min_z, min_effect=min_effect, dimensions=tuple(dimension or ("platform",)))
+    cfg = PainSettings(min_z=min_z, min_effect=min_effect, dimensions=tuple(dimension) if dimension else None)
     try:
         return find_pain_points(
             store, journey, start=start, end=end, as_of=min(end, datetime.now(UTC)), settings=cfg, lang=lang
