@@ -528,11 +528,20 @@ def map_command(
     ] = None,
     lang: Annotated[str, typer.Option(help="Names in en or it")] = "en",
     pain_points: Annotated[bool, typer.Option(help="Include the pain points (slower)")] = True,
+    dimension: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dimension",
+            "-d",
+            help="Segments the pain points compare, as in `percorso painpoints -d` (default: found in the data)",
+        ),
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
 ) -> None:
     """The customer journey map from live data: per stage, contacts, conversion, time, actions,
     channels, emotion, pain points and KPIs."""
+    from percorso.analytics.funnel import FunnelError
     from percorso.analytics.journeymap import journey_map
     from percorso.analytics.personas import PersonaError
     from percorso.analytics.stages import StageError, get_journey
@@ -549,9 +558,16 @@ def map_command(
             chosen = get_journey(store, journey)
             note = period_note(store, start, end)
             result = journey_map(
-                store, chosen, persona=persona, start=start, end=end, lang=lang, with_pain_points=pain_points
+                store,
+                chosen,
+                persona=persona,
+                start=start,
+                end=end,
+                lang=lang,
+                with_pain_points=pain_points,
+                dimensions=tuple(dimension) if dimension else None,
             )
-    except (StageError, PersonaError) as exc:
+    except (StageError, PersonaError, FunnelError) as exc:
         raise fail(str(exc), code=2) from None
     if fmt == "json":
         sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -325,6 +325,17 @@ def test_cli_map(tmp_path):
     assert the_map["stages"][0]["contacts"]["entered"] > 0
     table = runner.invoke(app, ["map", *data, "--lang", "it"], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "Consapevolezza" in table.output
+    # The map's pain points compare the segments asked for, as `percorso painpoints -d` does.
+    chosen = runner.invoke(app, ["map", *data, "--format", "json", "-d", "platform"])
+    assert chosen.exit_code == 0, chosen.output
+    assert json.loads(chosen.output)["pain_point_dimensions"] == {
+        "checkout": ["platform"],
+        "registration": ["platform"],
+    }
+    found_in_data = json.loads(runner.invoke(app, ["map", *data, "--format", "json"]).output)
+    assert "channel" in found_in_data["pain_point_dimensions"]["checkout"]
+    unknown = runner.invoke(app, ["map", *data, "-d", "shoe size"])
+    assert unknown.exit_code == 2 and "'shoe size' is not one of" in unknown.output
     ghost = runner.invoke(app, ["map", *data, "--persona", "ghosts"])
     assert ghost.exit_code == 2 and "not a persona" in ghost.output
     backwards = runner.invoke(

@@ -20,8 +20,8 @@ tested is then controlled with Benjamini-Hochberg (statsmodels). The effect is t
 conversion with its 95% interval (Newcombe, statsmodels).
 
 The same run of days found in the whole population and in segments is one incident: it belongs
-to a segment when the rest of the population did not drop in those days, and to everyone
-otherwise.
+to a segment when the rest of the population clearly did not share the drop in those days (enough
+attempts, and its own drop's 95% interval below half the segment's), and to everyone otherwise.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ MIN_DAYS = 3
 MIN_OUTSIDE_DAYS = 7
 DAY = 86_400
 
+#: Events read to find the dimensions (the first of the period's funnel events).
+SAMPLE = 50_000
 #: The dimensions percorso reads itself, beside the properties and traits found in the data.
 BUILT_IN = ("platform", "channel", "campaign")
 
@@ -75,8 +77,8 @@ class Scan:
     dispersion: float
 
 
-def dimension_sql(s: Session, dim: str) -> Sql:
-    """A segment's value for the event ``e`` (traits through ``c``, the event's contact)."""
+def dimension_sql(s: Session, dim: str, traits: str = "c.traits") -> Sql:
+    """A segment's value for the event ``e`` (traits from ``traits``, the event's contact's)."""
     if dim == "platform":
         return Sql(PLATFORM)
     if dim == "channel":
@@ -84,7 +86,7 @@ def dimension_sql(s: Session, dim: str) -> Sql:
     if dim == "campaign":
         return Sql("e.utm_campaign")
     kind, key = dim.split(":", 1)
-    column = "e.properties" if kind == "property" else "c.traits"
+    column = "e.properties" if kind == "property" else traits
     expr, param = s.json_text(column, key)
     return Sql(expr, [param])
 
@@ -103,41 +105,34 @@ def candidate_dimensions(
     those events, with 2 to ``max_values`` distinct values (an id, a price or a free text has
     more, a constant fewer). The most present first, at most ``limit``."""
     where = any_of(s, [st.condition for st in steps])
-    base = f"FROM events e WHERE e.timestamp >= ? AND e.timestamp < ? AND ({where.text})"
-    params = [start, end, *where.params]
-    total = int(s.rows(f"SELECT count(*) {base}", params)[0][0] or 0)
-    if not total:
-        return []
-    candidates: list[tuple[str, int]] = []
-    for kind, column, source in (
-        ("property", "e.properties", base),
-        (
-            "trait",
-            "c.traits",
-            base.replace(
-                "FROM events e",
-                "FROM events e JOIN identities i ON i.identity_id = e.identity_id "
-                "JOIN contacts c ON c.contact_id = i.contact_id",
-            ),
-        ),
-    ):
-        keys = s.rows(
-            f"SELECT k, count(*) FROM (SELECT {s.json_keys(column)} AS k {source}) x "
-            "GROUP BY k ORDER BY 2 DESC, 1 LIMIT 40",
-            params,
-        )
-        candidates += [(f"{kind}:{k}", int(n)) for k, n in keys if k and int(n) * 3 >= total]
-    dims = [*BUILT_IN, *(d for d, _ in candidates)]
-    exprs = [dimension_sql(s, d) for d in dims]
-    joined = base.replace(
-        "FROM events e",
-        "FROM events e JOIN identities i ON i.identity_id = e.identity_id "
-        "LEFT JOIN contacts c ON c.contact_id = i.contact_id",
+    # A sample is enough to tell a segment field from an id: the first events of the period.
+    sample = f"percorso_sample_{uuid.uuid4().hex[:12]}"
+    s.execute(
+        f"CREATE TEMPORARY TABLE {sample} AS SELECT e.properties, e.channel, e.utm_campaign, e.library, "
+        "c.traits FROM (SELECT e.properties, e.channel, e.utm_campaign, e.library, e.identity_id "
+        f"FROM events e WHERE e.timestamp >= ? AND e.timestamp < ? AND ({where.text}) LIMIT {SAMPLE}) e "
+        "JOIN identities i ON i.identity_id = e.identity_id LEFT JOIN contacts c ON c.contact_id = i.contact_id",
+        [start, end, *where.params],
     )
-    counted = ", ".join(f"count(DISTINCT {x.text}), count({x.text})" for x in exprs)
-    row = s.rows(
-        f"SELECT {counted} {joined}", [*(p for x in exprs for p in (*x.params, *x.params)), *params]
-    )[0]
+    try:
+        total = int(s.rows(f"SELECT count(*) FROM {sample}")[0][0] or 0)
+        if not total:
+            return []
+        candidates: list[tuple[str, int]] = []
+        for kind, column in (("property", "e.properties"), ("trait", "e.traits")):
+            keys = s.rows(
+                f"SELECT k, count(*) FROM (SELECT {s.json_keys(column)} AS k FROM {sample} e) x "
+                "GROUP BY k ORDER BY 2 DESC, 1 LIMIT 40"
+            )
+            candidates += [(f"{kind}:{k}", int(n)) for k, n in keys if k and int(n) * 3 >= total]
+        dims = [*BUILT_IN, *(d for d, _ in candidates)]
+        exprs = [dimension_sql(s, d, traits="e.traits") for d in dims]
+        counted = ", ".join(f"count(DISTINCT {x.text}), count({x.text})" for x in exprs)
+        row = s.rows(f"SELECT {counted} FROM {sample} e", [p for x in exprs for p in (*x.params, *x.params)])[
+            0
+        ]
+    finally:
+        s.execute(f"DROP TABLE {sample}")
     kept = []
     for i, dim in enumerate(dims):
         distinct, present = int(row[2 * i] or 0), int(row[2 * i + 1] or 0)
@@ -200,9 +195,10 @@ def daily_series(
         f"FROM {source} WHERE e.timestamp >= ? AND e.timestamp < ? AND {CUSTOMER_EVENT} "
         f"AND {who.key} IN (SELECT {who.key} FROM {who.events} WHERE e.timestamp >= ? AND e.timestamp < ? "
         f"AND ({step_filter.text}))), "
-        "marked AS (SELECT ev.*, CASE WHEN ts - lag(ts) OVER (PARTITION BY cid ORDER BY ts, mid) "
+        # One order for every window (events of one second fall in one visit whatever their order).
+        "marked AS (SELECT ev.*, CASE WHEN ts - lag(ts) OVER (PARTITION BY cid ORDER BY ts) "
         f"<= {VISIT_GAP} THEN 0 ELSE 1 END AS new_visit FROM ev), "
-        "visits AS (SELECT marked.*, sum(new_visit) OVER (PARTITION BY cid ORDER BY ts, mid "
+        "visits AS (SELECT marked.*, sum(new_visit) OVER (PARTITION BY cid ORDER BY ts "
         f"ROWS UNBOUNDED PRECEDING) AS vid, {nexts} FROM marked) "
         f"SELECT k, CAST(floor(ts / {DAY}) AS INTEGER) - ? AS day, conv{dim_names} "
         f"FROM ({picks}) a WHERE rn = 1 AND ts >= ? AND ts < ?",
@@ -296,14 +292,20 @@ def _counts(series: Series, a: int, b: int) -> tuple[int, int, int, int]:
     return n_in, x_in, int(n.sum()) - n_in, int(x.sum()) - x_in
 
 
-def _dropped(series: Series, a: int, b: int, min_effect: float) -> bool:
-    """Whether ``series`` converted clearly worse in days a..b than outside them."""
+def _difference(series: Series, a: int, b: int) -> float:
     n_in, x_in, n_out, x_out = _counts(series, a, b)
-    if not n_in or not n_out:
+    return x_out / n_out - x_in / n_in if n_in and n_out else 0.0
+
+
+def _spared(rest: Series, a: int, b: int, segment_drop: float, min_attempts: int) -> bool:
+    """Whether the rest of the population clearly did not share a segment's drop in days a..b:
+    enough attempts, and the upper end of the 95% interval of its own drop under half the
+    segment's. A rest too small to tell leaves the incident to everyone."""
+    n_in, x_in, n_out, x_out = _counts(rest, a, b)
+    if n_in < min_attempts or n_out < min_attempts:
         return False
-    effect = x_out / n_out - x_in / n_in
-    low, _ = confint_proportions_2indep(x_out, n_out, x_in, n_in, method="newcomb", compare="diff")
-    return effect >= min_effect / 2 and low > 0
+    _, high = confint_proportions_2indep(x_out, n_out, x_in, n_in, method="newcomb", compare="diff")
+    return bool(high < segment_drop / 2)
 
 
 def _overlap(a: Scan, b: Scan) -> bool:
@@ -349,7 +351,8 @@ def find_incidents(
                 rest = Series(
                     sr.k, sr.dim, None, whole.attempts - sr.attempts, whole.converted - sr.converted
                 )
-                if not _dropped(rest, other.first, other.last, min_effect):
+                drop = _difference(sr, other.first, other.last)
+                if _spared(rest, other.first, other.last, drop, min_attempts):
                     chosen = other
                     break
         accepted.append(chosen)

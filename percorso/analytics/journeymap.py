@@ -14,6 +14,7 @@ from typing import Any
 from percorso.analytics.feedback import answer_columns, score_columns
 from percorso.analytics.painpoints import find_pain_points
 from percorso.analytics.personas import find_persona, journey_persona_sql
+from percorso.analytics.significance import Settings as PainSettings
 from percorso.analytics.sql import MEMBERSHIPS, Sql, Subject, condition_sql, subject
 from percorso.analytics.stages import stage_overview, update
 from percorso.journey.definition import Journey, display
@@ -33,6 +34,7 @@ def journey_map(
     with_pain_points: bool = True,
     refresh: bool = True,
     only: Sql | None = None,
+    dimensions: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     end = end or datetime.now(UTC)
     start = start or end - timedelta(weeks=26)
@@ -58,10 +60,18 @@ def journey_map(
     funnels = _funnel_conversions(store, journey, start, end) if contacts is None else {}
     activity, feedback = _activity(store, journey, start, end, contacts)
     pains: list[dict[str, Any]] = []
+    compared: dict[str, list[str]] = {}
     if with_pain_points:
-        pains = find_pain_points(
-            store, journey, start=start, end=end, as_of=min(end, datetime.now(UTC)), lang=lang
-        )["pain_points"]
+        found = find_pain_points(
+            store,
+            journey,
+            start=start,
+            end=end,
+            as_of=min(end, datetime.now(UTC)),
+            lang=lang,
+            settings=PainSettings(dimensions=dimensions),
+        )
+        pains, compared = found["pain_points"], found["dimensions"]
     by_stage_pains = _assign_pains(journey, pains)
     stages = []
     for k, (stage, numbers) in enumerate(zip(journey.stages, overview["stages"], strict=True), 1):
@@ -100,6 +110,7 @@ def journey_map(
         "stages": stages,
         "lanes": sorted({display(t.lane, lang) for t in journey.touchpoints}),
         "unplaced_pain_points": by_stage_pains.get("", []),
+        "pain_point_dimensions": compared,
         "notes": {
             "counts": "accounts (each account's stage moves when any of its people acts)"
             if journey.subject == "account"
