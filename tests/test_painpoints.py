@@ -310,6 +310,35 @@ def test_journey_map_places_pain_points_and_feels_the_feedback(planted_store):
     assert italian["stages"][0]["name"] == "Consapevolezza" and italian["name"] == "Percorso cliente"
 
 
+def test_pain_points_follow_the_map_filters(planted_store, planted):
+    """The map's filters (persona, channel, saved segment: a set of contacts) reach its pain
+    points: the app's payment failures are not found among people who never used the app, and a
+    filter that keeps nobody finds nothing."""
+    from percorso.analytics.journeymap import journey_map
+    from percorso.analytics.sql import Sql
+
+    def pains(the_map: dict) -> list[dict]:
+        return [p for st in the_map["stages"] for p in st["pain_points"]] + the_map["unplaced_pain_points"]
+
+    save_journey(planted_store, JOURNEY, "test")
+    whole = pains(journey_map(planted_store, JOURNEY, start=START, end=END))
+    assert any(p["segment"] == {"channel": "app"} for p in whole)
+    app_users = (
+        "SELECT i.contact_id FROM events e JOIN identities i ON i.identity_id = e.identity_id "
+        "WHERE e.channel = 'app'"
+    )
+    never_app = Sql(f"SELECT contact_id FROM contacts WHERE contact_id NOT IN ({app_users})")
+    filtered = pains(journey_map(planted_store, JOURNEY, start=START, end=END, only=never_app, refresh=False))
+    assert filtered, "the website's own problems are still found"
+    assert not any(p["segment"] and "app" in p["segment"].values() for p in filtered)
+    assert {p["key"] for p in filtered} != {p["key"] for p in whole}
+    # The same filter straight through find_pain_points gives the same findings.
+    direct = find_pain_points(planted_store, JOURNEY, start=START, end=END, as_of=END, contacts=never_app)
+    assert sorted(p["key"] for p in direct["pain_points"]) == sorted(p["key"] for p in filtered)
+    nobody = Sql("SELECT contact_id FROM contacts WHERE contact_id < 0")
+    assert pains(journey_map(planted_store, JOURNEY, start=START, end=END, only=nobody, refresh=False)) == []
+
+
 def test_cli_map(tmp_path):
     store = DuckDBStore(tmp_path / "percorso.duckdb")
     store.migrate()

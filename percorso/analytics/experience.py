@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from percorso.analytics.feedback import answer_columns, score_columns
 from percorso.analytics.significance import Settings, p_value, z_test
-from percorso.analytics.sql import RESOLVED_EVENTS
+from percorso.analytics.sql import RESOLVED_EVENTS, Sql
 from percorso.analytics.summaries import summaries
 from percorso.journey.definition import Journey, display
 from percorso.store.base import Session
@@ -55,17 +55,25 @@ def _finding(kind: str, *, where: str, what: str, stage: str | None, z: float, a
 
 
 def score_drops(
-    s: Session, journey: Journey, start: datetime, end: datetime, cfg: Settings, lang: str = "en"
+    s: Session,
+    journey: Journey,
+    start: datetime,
+    end: datetime,
+    cfg: Settings,
+    lang: str = "en",
+    contacts: Sql | None = None,
 ) -> list[dict[str, Any]]:
-    """Stages whose NPS or CSAT in ``[start, end)`` is significantly below the period before."""
+    """Stages whose NPS or CSAT in ``[start, end)`` is significantly below the period before
+    (only the answers of ``contacts``, a SELECT of contact ids, when given)."""
     if journey.subject != "contact":
         return []
     before = start - (end - start)
     answers, answer_params = answer_columns(s)
     scores, score_params = score_columns()
+    only = f" AND i.contact_id IN ({contacts.text})" if contacts is not None else ""
     rows = s.rows(
         f"WITH x0 AS (SELECT i.contact_id, e.timestamp AS ts, {answers} FROM {RESOLVED_EVENTS} "
-        "WHERE e.type = 'track' AND e.timestamp >= ? AND e.timestamp < ?), "
+        f"WHERE e.type = 'track' AND e.timestamp >= ? AND e.timestamp < ?{only}), "
         f"x AS (SELECT contact_id, ts, {scores} FROM x0) "
         "SELECT se.stage, CASE WHEN x.ts >= ? THEN 1 ELSE 0 END, count(x.nps), "
         "sum(CASE WHEN x.nps >= 9 THEN 1 ELSE 0 END), sum(CASE WHEN x.nps <= 6 THEN 1 ELSE 0 END), "
@@ -73,7 +81,15 @@ def score_drops(
         "FROM x JOIN stage_entries se ON se.journey_key = ? AND se.contact_id = x.contact_id "
         "AND se.entered_at <= x.ts AND (se.left_at IS NULL OR se.left_at > x.ts) "
         "WHERE x.nps IS NOT NULL OR x.csat IS NOT NULL GROUP BY 1, 2",
-        [*answer_params, before, end, *score_params, start, journey.key],
+        [
+            *answer_params,
+            before,
+            end,
+            *(contacts.params if contacts else []),
+            *score_params,
+            start,
+            journey.key,
+        ],
     )
     counts: dict[tuple[str, int], tuple[int, int, int, int, int]] = {
         (stage, int(now)): tuple(int(v or 0) for v in rest)  # type: ignore[misc]
@@ -149,15 +165,19 @@ def score_drops(
 
 
 def frustration_spots(
-    s: Session, journey: Journey, start: datetime, end: datetime, cfg: Settings
+    s: Session, journey: Journey, start: datetime, end: datetime, cfg: Settings, contacts: Sql | None = None
 ) -> list[dict[str, Any]]:
-    """Clicked elements whose share of rage and dead clicks stands out from the rest of the site."""
+    """Clicked elements whose share of rage and dead clicks stands out from the rest of the site
+    (only the clicks of ``contacts``, a SELECT of contact ids, when given)."""
     # From the typed copy of the clicks (store/clicks.py).
     clicks = (
         "SELECT c.page_path, c.selector, c.rage, c.dead, i.contact_id, c.timestamp AS ts FROM heatmap_clicks c "
         "JOIN identities i ON i.identity_id = c.identity_id WHERE c.timestamp >= ? AND c.timestamp < ?"
     )
     params: list[Any] = [start, end]
+    if contacts is not None:
+        clicks += f" AND i.contact_id IN ({contacts.text})"
+        params += contacts.params
     rows = s.rows(
         "SELECT page_path, selector, count(*), sum(CASE WHEN rage OR dead THEN 1 ELSE 0 END), "
         "count(DISTINCT CASE WHEN rage OR dead THEN contact_id END), "

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,6 +98,8 @@ class FunnelSpec:
     order: str = "ordered"  # ordered | strict | any
     exclusions: tuple[Exclusion, ...] = ()
     journey: Journey | None = field(default=None, compare=False)  # whose personas `persona` uses
+    #: only the events of these contacts (a SELECT of contact ids: a persona, a saved segment)
+    contacts: Sql | None = field(default=None, compare=False)
 
     def check(self) -> None:
         n = len(self.steps)
@@ -261,9 +263,24 @@ class _Text:
         return Sql("".join(self.parts), self.params)
 
 
-def events_sql(session: Session, spec: FunnelSpec) -> Sql:
+def event_columns(spec: FunnelSpec) -> list[str]:
+    """The columns of ``ev`` besides ``bd``."""
+    n, m = len(spec.steps), len(spec.exclusions)
+    strict = ["considered"] if spec.order == "strict" else []
+    return [
+        "cid",
+        "ts",
+        "mid",
+        *(f"s{k}" for k in range(1, n + 1)),
+        *(f"x{j}" for j in range(1, m + 1)),
+        *strict,
+    ]
+
+
+def events_sql(session: Session, spec: FunnelSpec, breakdowns: Sequence[str | None] | None = None) -> Sql:
     """The ``SELECT`` of ``ev``: every event that can matter to the funnel, once, with its flags
-    (``cid``, ``ts``, ``mid``, ``s1..sn``, ``x1..xm``, ``considered`` in strict mode, ``bd``)."""
+    (``cid``, ``ts``, ``mid``, ``s1..sn``, ``x1..xm``, ``considered`` in strict mode, ``bd``; or,
+    with ``breakdowns``, ``bd0..bdN``: one value per breakdown, to share the scan among them)."""
     window = int(spec.window_seconds)
     strict = spec.order == "strict"
     flags = [condition_sql(session, s.condition) for s in spec.steps]
@@ -282,7 +299,16 @@ def events_sql(session: Session, spec: FunnelSpec) -> Sql:
             "THEN 1 ELSE 0 END AS considered",
             steps_match.params,
         )
-    if bd.event is not None:
+    if breakdowns is not None:
+        for j, b in enumerate(breakdowns):
+            one = _breakdown(session, replace(spec, breakdown=b)).event
+            if one is not None:
+                q.add(
+                    f", CASE WHEN {flags[0].text} THEN {one.text} END AS bd{j}", flags[0].params + one.params
+                )
+            else:
+                q.add(f", CAST(NULL AS TEXT) AS bd{j}")
+    elif bd.event is not None:
         q.add(
             f", CASE WHEN {flags[0].text} THEN {bd.event.text} END AS bd", flags[0].params + bd.event.params
         )
@@ -294,6 +320,8 @@ def events_sql(session: Session, spec: FunnelSpec) -> Sql:
         f" FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? AND (({wanted.text}){track})",
         [spec.start, datetime.fromtimestamp(spec.end.timestamp() + window, UTC), *wanted.params],
     )
+    if spec.contacts is not None:
+        q.add(f" AND i.contact_id IN ({spec.contacts.text})", spec.contacts.params)
     return q.sql()
 
 
@@ -445,12 +473,38 @@ def funnel(
 
 
 @contextmanager
-def materialized(session: Session, spec: FunnelSpec, *, events: bool = True) -> Iterator[Sql]:
+def shared_events(session: Session, spec: FunnelSpec, breakdowns: Sequence[str | None]) -> Iterator[str]:
+    """``ev`` once for several breakdowns of the same funnel (columns ``bd0..bdN``), into a
+    temporary table; yields its name, for :func:`materialized`'s ``shared``."""
+    for b in breakdowns:
+        replace(spec, breakdown=b).check()
+    name = f"percorso_shared_{uuid.uuid4().hex[:12]}"
+    ev = events_sql(session, spec, breakdowns)
+    session.execute(f"CREATE TEMPORARY TABLE {name} AS {ev.text}", ev.params)
+    yield name
+    session.execute(f"DROP TABLE {name}")
+
+
+@contextmanager
+def materialized(
+    session: Session, spec: FunnelSpec, *, events: bool = True, shared: tuple[str, int] | None = None
+) -> Iterator[Sql]:
     """Computes ``reached`` (and ``ev`` unless ``events=False``) once, into temporary tables, for
     several questions about the same funnel (pain points ask seven); yields the CTE prefix that
-    reads them. The tables go with the transaction if it fails, and are dropped when it does not."""
+    reads them. The tables go with the transaction if it fails, and are dropped when it does not.
+    ``shared`` is a :func:`shared_events` table and the position of ``spec.breakdown`` in it."""
     spec.check()
     name = f"percorso_funnel_{uuid.uuid4().hex[:12]}"
+    if shared is not None:
+        table, j = shared
+        ev = Sql(f"SELECT {', '.join(event_columns(spec))}, bd{j} AS bd FROM {table}")
+        base = reached_sql(session, spec, events=ev)
+        session.execute(
+            f"CREATE TEMPORARY TABLE {name}_reached AS {base.text} SELECT * FROM reached", base.params
+        )
+        yield Sql(f"WITH ev AS ({ev.text}), reached AS (SELECT * FROM {name}_reached)")
+        session.execute(f"DROP TABLE {name}_reached")
+        return
     if events:
         ev = events_sql(session, spec)
         session.execute(f"CREATE TEMPORARY TABLE {name}_ev AS {ev.text}", ev.params)

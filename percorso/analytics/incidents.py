@@ -151,6 +151,7 @@ def daily_series(
     start: datetime,
     end: datetime,
     as_of: datetime,
+    contacts: Sql | None = None,
 ) -> tuple[int, list[Series]]:
     """Per transition and segment, the attempts and conversions of each day of ``[start, end)``
     (days too recent for an attempt to have converted are cut); returns the first day's number
@@ -166,13 +167,20 @@ def daily_series(
     flags = [condition_sql(s, st.condition) for st in steps]
     dim_sql = [dimension_sql(s, d) for d in dims]
     needs_traits = any(d.startswith("trait:") for d in dims)
+    step_filter = any_of(s, [st.condition for st in steps])
     columns = ", ".join(
         [f"CASE WHEN {f.text} THEN 1 ELSE 0 END AS s{j + 1}" for j, f in enumerate(flags)]
-        + [f"CAST({d.text} AS TEXT) AS d{j}" for j, d in enumerate(dim_sql)]
+        # segments are read from the steps' events only
+        + [
+            f"CASE WHEN {step_filter.text} THEN CAST({d.text} AS TEXT) END AS d{j}"
+            for j, d in enumerate(dim_sql)
+        ]
     )
-    params: list[Any] = [*(p for f in flags for p in f.params), *(p for d in dim_sql for p in d.params)]
+    params: list[Any] = [
+        *(p for f in flags for p in f.params),
+        *(p for d in dim_sql for p in (*step_filter.params, *d.params)),
+    ]
     source = who.events + (" LEFT JOIN contacts c ON c.contact_id = i.contact_id" if needs_traits else "")
-    step_filter = any_of(s, [st.condition for st in steps])
     # Events of the contacts who took a step, from a visit gap before the period to the last
     # conversion window after it.
     read_from = start - timedelta(seconds=VISIT_GAP)
@@ -183,25 +191,35 @@ def daily_series(
         for k in range(1, n)
     )
     dim_names = "".join(f", d{j}" for j in range(len(dims)))
-    picks = " UNION ALL ".join(
-        f"SELECT {k} AS k, cid, ts, n{k} AS conv{dim_names}, "
-        f"row_number() OVER (PARTITION BY cid, vid ORDER BY ts, mid) AS rn FROM visits WHERE s{k} = 1"
+    # One row per visit: when it first reached each step, whether any of its attempts at the step
+    # converted, and the segment its attempts were made in (the least value if they differ).
+    per_visit = ", ".join(
+        f"min(CASE WHEN s{k} = 1 THEN ts END) AS t{k}, max(CASE WHEN s{k} = 1 THEN n{k} END) AS c{k}"
+        + "".join(f", min(CASE WHEN s{k} = 1 THEN d{j} END) AS d{j}_{k}" for j in range(len(dims)))
         for k in range(1, n)
     )
+    picks = " UNION ALL ".join(
+        f"SELECT {k} AS k, t{k} AS ts, c{k} AS conv"
+        + "".join(f", d{j}_{k} AS d{j}" for j in range(len(dims)))
+        + f" FROM per_visit WHERE t{k} IS NOT NULL"
+        for k in range(1, n)
+    )
+    only = f" AND i.contact_id IN ({contacts.text})" if contacts is not None else ""
     name = f"percorso_attempts_{uuid.uuid4().hex[:12]}"
     s.execute(
         f"CREATE TEMPORARY TABLE {name} AS "
-        f"WITH ev AS (SELECT {who.key} AS cid, {EPOCH} AS ts, e.message_id AS mid, {columns} "
+        f"WITH ev AS (SELECT {who.key} AS cid, {EPOCH} AS ts, {columns} "
         f"FROM {source} WHERE e.timestamp >= ? AND e.timestamp < ? AND {CUSTOMER_EVENT} "
         f"AND {who.key} IN (SELECT {who.key} FROM {who.events} WHERE e.timestamp >= ? AND e.timestamp < ? "
-        f"AND ({step_filter.text}))), "
+        f"AND ({step_filter.text})){only}), "
         # One order for every window (events of one second fall in one visit whatever their order).
         "marked AS (SELECT ev.*, CASE WHEN ts - lag(ts) OVER (PARTITION BY cid ORDER BY ts) "
         f"<= {VISIT_GAP} THEN 0 ELSE 1 END AS new_visit FROM ev), "
         "visits AS (SELECT marked.*, sum(new_visit) OVER (PARTITION BY cid ORDER BY ts "
-        f"ROWS UNBOUNDED PRECEDING) AS vid, {nexts} FROM marked) "
+        f"ROWS UNBOUNDED PRECEDING) AS vid, {nexts} FROM marked), "
+        f"per_visit AS (SELECT {per_visit} FROM visits GROUP BY cid, vid) "
         f"SELECT k, CAST(floor(ts / {DAY}) AS INTEGER) - ? AS day, conv{dim_names} "
-        f"FROM ({picks}) a WHERE rn = 1 AND ts >= ? AND ts < ?",
+        f"FROM ({picks}) a WHERE ts >= ? AND ts < ?",
         [
             *params,
             read_from,
@@ -209,6 +227,7 @@ def daily_series(
             start,
             last_closed,
             *step_filter.params,
+            *(contacts.params if contacts is not None else []),
             day0,
             start.timestamp(),
             last_closed.timestamp(),

@@ -23,6 +23,14 @@ from percorso.store import Store
 TOP_ACTIONS = 5
 
 
+def _people(journey: Journey, chosen: Sql | None) -> Sql | None:
+    """The map's filter as contact ids (pain points count people): a journey that follows
+    accounts gives the people of the chosen accounts."""
+    if chosen is None or journey.subject != "account":
+        return chosen
+    return Sql(f"SELECT pm.cid FROM ({MEMBERSHIPS}) pm WHERE pm.gid IN ({chosen.text})", chosen.params)
+
+
 def journey_map(
     store: Store,
     journey: Journey,
@@ -70,6 +78,7 @@ def journey_map(
             as_of=min(end, datetime.now(UTC)),
             lang=lang,
             settings=PainSettings(dimensions=dimensions),
+            contacts=_people(journey, contacts),
         )
         pains, compared = found["pain_points"], found["dimensions"]
     by_stage_pains = _assign_pains(journey, pains)

@@ -41,7 +41,7 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from percorso.analytics.experience import frustration_spots, score_drops
-from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, materialized
+from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, materialized, shared_events
 from percorso.analytics.incidents import candidate_dimensions, daily_series, day_of, find_incidents
 from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
@@ -108,8 +108,11 @@ def find_pain_points(
     as_of: datetime | None = None,
     settings: Settings = Settings(),
     lang: str = "en",
+    contacts: Sql | None = None,
 ) -> dict[str, Any]:
-    """Every funnel of ``journey`` through every detector, ranked by contacts affected."""
+    """Every funnel of ``journey`` through every detector, ranked by contacts affected; with
+    ``contacts`` (a SELECT of contact ids: a persona, a channel, a saved segment), over their
+    events, answers and clicks only."""
     from percorso.analytics.customer import order_events
 
     as_of = as_of or datetime.now(UTC)
@@ -123,7 +126,7 @@ def find_pain_points(
             s.tune_for_analytics()
             longest = max(f.window_seconds for f in funnels)
             with _trouble_events(
-                s, journey, start, end + timedelta(seconds=longest + TROUBLE_HORIZON)
+                s, journey, start, end + timedelta(seconds=longest + TROUBLE_HORIZON), contacts
             ) as trouble:
                 for f in funnels:
                     spec = FunnelSpec(
@@ -135,13 +138,14 @@ def find_pain_points(
                         exclusions=f.exclusions,
                         as_of=as_of,
                         journey=journey,  # for the `persona` dimension
+                        contacts=contacts,
                     )
                     found, dimensions[f.key] = _detect(s, trouble, f, spec, settings, orders)
                     findings += found
     with store.session() as s:
         s.tune_for_analytics()
-        findings += score_drops(s, journey, start, end, settings, lang)
-        findings += frustration_spots(s, journey, start, end, settings)
+        findings += score_drops(s, journey, start, end, settings, lang, contacts)
+        findings += frustration_spots(s, journey, start, end, settings, contacts)
     # Money at stake where the journey has orders with a revenue: orders lost times the period's
     # average order value, in the journey's currency.
     with store.session() as s:
@@ -214,17 +218,28 @@ def trouble_sql(s: Session, journey: Journey) -> tuple[Sql, Sql]:
 
 
 @contextmanager
-def _trouble_events(s: Session, journey: Journey, start: datetime, end: datetime) -> Iterator[str]:
+def _trouble_events(
+    s: Session, journey: Journey, start: datetime, end: datetime, contacts: Sql | None = None
+) -> Iterator[str]:
     """Support contacts and error events of the period (and the horizon after it), read once
     for every funnel into a temporary table; yields its name."""
     name = f"percorso_trouble_{uuid.uuid4().hex[:12]}"
     support, errors = trouble_sql(s, journey)
+    only = f" AND i.contact_id IN ({contacts.text})" if contacts is not None else ""
     s.execute(
         f"CREATE TEMPORARY TABLE {name} AS SELECT i.contact_id AS cid, {EPOCH} AS ts, "
         f"CASE WHEN {support.text} THEN 1 ELSE 0 END AS support, CASE WHEN {errors.text} THEN 1 ELSE 0 END AS errors, "
         f"e.event, e.channel FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? "
-        f"AND ({support.text} OR {errors.text})",
-        [*support.params, *errors.params, start, end, *support.params, *errors.params],
+        f"AND ({support.text} OR {errors.text}){only}",
+        [
+            *support.params,
+            *errors.params,
+            start,
+            end,
+            *support.params,
+            *errors.params,
+            *(contacts.params if contacts else []),
+        ],
     )
     yield name
     s.execute(f"DROP TABLE {name}")
@@ -239,14 +254,16 @@ def _detect(
     findings: list[dict[str, Any]] = []
     completion: list[float | None] = []
     dims = funnel_dimensions(s, f, spec, cfg)
-    for i, dim in enumerate(dims or (None,)):
-        with materialized(s, replace(spec, breakdown=dim)) as base:
-            if dim is not None:
-                findings += _dropoff_and_slow(s, base, f, spec, dim, cfg)
-            if i == 0:  # these do not depend on the segments
-                findings += _trouble_and_loops(s, base, trouble, f, spec, cfg)
-                if _ends_in_an_order(f, orders):
-                    completion = _completion(s, base, spec)
+    # The funnel's events are read once for every dimension, and its reach computed per dimension.
+    with shared_events(s, spec, dims or (None,)) as events:
+        for i, dim in enumerate(dims or (None,)):
+            with materialized(s, replace(spec, breakdown=dim), shared=(events, i)) as base:
+                if dim is not None:
+                    findings += _dropoff_and_slow(s, base, f, spec, dim, cfg)
+                if i == 0:  # these do not depend on the segments
+                    findings += _trouble_and_loops(s, base, trouble, f, spec, cfg)
+                    if _ends_in_an_order(f, orders):
+                        completion = _completion(s, base, spec)
     dips = _dips(s, f, spec, [d for d in dims if d not in ("persona", "first_campaign")], cfg)
     # A segment's drop at a step that a dated incident of the same segment explains is that
     # incident, seen again over the whole period: reported once, with its dates.
@@ -456,7 +473,9 @@ def _dips(
     visits (:mod:`percorso.analytics.incidents`)."""
     subject = spec.journey.subject if spec.journey is not None else "contact"
     as_of = spec.as_of or datetime.now(UTC)
-    day0, series = daily_series(s, subject, f.steps, f.window_seconds, dims, spec.start, spec.end, as_of)
+    day0, series = daily_series(
+        s, subject, f.steps, f.window_seconds, dims, spec.start, spec.end, as_of, contacts=spec.contacts
+    )
     found, _ = find_incidents(series, fdr=cfg.fdr, min_effect=cfg.min_effect, min_attempts=cfg.min_contacts)
     findings = []
     for sc in found:
