@@ -10,6 +10,8 @@ findings against the planted truth:
   within 3 days of its start and of its end;
 * **false findings in the top 5**: findings that match no planted friction, among the five ranked
   first (an error or support finding at the payment incident's step counts as that incident);
+* **notes**: what the answer says about the data (orders stamped in the payment's second or before
+  it starve the ordered funnel: the answer must say so);
 * **run time** of ``find_pain_points`` on the scored datasets, and with ``--timing-visitors``
   (default about 1M events) on one larger dataset.
 
@@ -141,6 +143,7 @@ def run_one(visitors: int, seed: int, style: str) -> dict[str, Any]:
         "load_seconds": round(loaded, 1),
         "painpoints_seconds": round(seconds, 2),
         "dimensions": result["dimensions"],
+        "notes": [n["summaries"]["en"] for n in result["notes"]],
         **score(result["pain_points"], truth()),
         "top5": [
             {"kind": p["kind"], "step": p["step"], "segment": p["segment"], "when": p["when"]}

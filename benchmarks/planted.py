@@ -157,7 +157,7 @@ def events(visitors: int, seed: int = 1, style: str = "title") -> Iterator[dict[
                     emit(steps[0], {"product": f"p{rng.randint(1, 300)}"})
                     continue
                 if i == 4 and rng.random() < 0.25:  # the order in the payment's second, or before it
-                    stamp = t - timedelta(seconds=rng.choice([0, 0, 0, 1]))
+                    stamp = out[-1][0] - timedelta(seconds=rng.choice([0, 0, 0, 1]))
                     out.append((stamp, steps[i], {**who, "revenue": round(rng.uniform(20, 240), 2)}))
                     continue
                 emit(steps[i], {"revenue": round(rng.uniform(20, 240), 2)} if i == 4 else None)

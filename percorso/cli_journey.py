@@ -507,6 +507,8 @@ def painpoints_command(
     emit(rows, output, title=f"pain points in {chosen.key}, {start.date()} → {end.date()}")
     if note:  # on standard error: csv and json on standard output stay data
         err.print(f"[yellow]{note}[/]", soft_wrap=True)
+    for said in result["notes"]:
+        err.print(said["summary"], style="yellow", soft_wrap=True, markup=False)
     if fmt == "table":
         compared = sorted({d for dims in result["dimensions"].values() for d in dims})
         console.print(

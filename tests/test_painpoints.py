@@ -461,6 +461,41 @@ def test_money_at_stake_is_orders_lost_times_the_average_order(planted_store, pl
             assert "value_at_stake" not in p, p
 
 
+def test_an_ordered_funnel_starved_by_same_second_steps_is_said(store: Store) -> None:
+    """100 carts paid for; 40 orders are stamped in the payment's second (or one before it), 60
+    half a minute after. The ordered funnel sees 60 orders: the answer says that 40% of the
+    visits that ordered did so in or before the payment's second, and suggests `order: any`;
+    in that mode there is nothing to say."""
+    from percorso.journey.definition import load_journey as load
+    from tests.test_stages import Feed
+
+    feed = Feed(store)
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    messages = []
+    for n in range(100):
+        who = {"userId": f"c{n}"}
+        at = start + timedelta(hours=n)
+        messages.append(feed.msg(who, at, "Cart Viewed"))
+        messages.append(feed.msg(who, at + timedelta(minutes=1), "Payment Started"))
+        lag = timedelta(seconds=[0, -1][n % 2]) if n < 40 else timedelta(seconds=30)
+        messages.append(feed.msg(who, at + timedelta(minutes=1) + lag, "Order Completed"))
+    feed.send(*messages)
+    end = start + timedelta(days=10)
+    ordered = load(SIGNAL_JOURNEY)
+    result = find_pain_points(store, ordered, start=start, end=end, as_of=end, lang="it")
+    [note] = result["notes"]
+    assert (note["kind"], note["funnel"], note["step_index"], note["share"]) == (
+        "same_second",
+        "checkout",
+        2,
+        0.4,
+    )
+    assert note["summary"] == note["summaries"]["it"] and "order: any" in note["summaries"]["en"]
+    assert "40%" in note["summaries"]["en"]
+    any_order = load(SIGNAL_JOURNEY.replace("window: 1d", "window: 1d\n    order: any"))
+    assert find_pain_points(store, any_order, start=start, end=end, as_of=end)["notes"] == []
+
+
 def test_money_at_stake_worked_out_by_hand(store: Store) -> None:
     """200 iOS contacts: half pay, half of those order; 400 web contacts: 90% pay, half of those
     order; every order is €100 (and one of €300 outside the funnel raises the average to €100.87).

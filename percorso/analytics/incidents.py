@@ -152,16 +152,17 @@ def daily_series(
     end: datetime,
     as_of: datetime,
     contacts: Sql | None = None,
-) -> tuple[int, list[Series]]:
+) -> tuple[int, list[Series], dict[int, tuple[int, int]]]:
     """Per transition and segment, the attempts and conversions of each day of ``[start, end)``
     (days too recent for an attempt to have converted are cut); returns the first day's number
-    (days since 1970-01-01) and the series."""
+    (days since 1970-01-01), the series, and per transition the converted visits and how many of
+    them converted only by events stamped in the step's second or before it."""
     within = min(window_seconds, CONVERT_WITHIN)
     last_closed = min(end, as_of - timedelta(seconds=within))
     day0 = int(start.timestamp() // DAY)
     days = max(0, math.ceil(last_closed.timestamp() / DAY) - day0)
     if days <= 0 or len(steps) < 2:
-        return day0, []
+        return day0, [], {}
     who = subject(journey_subject)
     n = len(steps)
     flags = [condition_sql(s, st.condition) for st in steps]
@@ -185,21 +186,26 @@ def daily_series(
     # conversion window after it.
     read_from = start - timedelta(seconds=VISIT_GAP)
     read_to = last_closed + timedelta(seconds=within + OUT_OF_ORDER)
+    # m: the last time of the next step within the tolerance before or the window after. Taken
+    # at all, the attempt converted; later than the step, an ordered funnel counts it too (to tell
+    # when same-second and out-of-order events starve an ordered funnel).
     nexts = ", ".join(
-        f"max(s{k + 1}) OVER (PARTITION BY cid ORDER BY ts RANGE BETWEEN {OUT_OF_ORDER} PRECEDING "
-        f"AND {within} FOLLOWING) AS n{k}"
+        f"max(CASE WHEN s{k + 1} = 1 THEN ts END) OVER (PARTITION BY cid ORDER BY ts RANGE BETWEEN "
+        f"{OUT_OF_ORDER} PRECEDING AND {within} FOLLOWING) AS m{k}"
         for k in range(1, n)
     )
     dim_names = "".join(f", d{j}" for j in range(len(dims)))
     # One row per visit: when it first reached each step, whether any of its attempts at the step
     # converted, and the segment its attempts were made in (the least value if they differ).
     per_visit = ", ".join(
-        f"min(CASE WHEN s{k} = 1 THEN ts END) AS t{k}, max(CASE WHEN s{k} = 1 THEN n{k} END) AS c{k}"
+        f"min(CASE WHEN s{k} = 1 THEN ts END) AS t{k}, "
+        f"max(CASE WHEN s{k} = 1 AND m{k} IS NOT NULL THEN 1 ELSE 0 END) AS c{k}, "
+        f"max(CASE WHEN s{k} = 1 AND m{k} > ts THEN 1 ELSE 0 END) AS a{k}"
         + "".join(f", min(CASE WHEN s{k} = 1 THEN d{j} END) AS d{j}_{k}" for j in range(len(dims)))
         for k in range(1, n)
     )
     picks = " UNION ALL ".join(
-        f"SELECT {k} AS k, t{k} AS ts, c{k} AS conv"
+        f"SELECT {k} AS k, t{k} AS ts, c{k} AS conv, a{k} AS after"
         + "".join(f", d{j}_{k} AS d{j}" for j in range(len(dims)))
         + f" FROM per_visit WHERE t{k} IS NOT NULL"
         for k in range(1, n)
@@ -218,7 +224,7 @@ def daily_series(
         "visits AS (SELECT marked.*, sum(new_visit) OVER (PARTITION BY cid ORDER BY ts "
         f"ROWS UNBOUNDED PRECEDING) AS vid, {nexts} FROM marked), "
         f"per_visit AS (SELECT {per_visit} FROM visits GROUP BY cid, vid) "
-        f"SELECT k, CAST(floor(ts / {DAY}) AS INTEGER) - ? AS day, conv{dim_names} "
+        f"SELECT k, CAST(floor(ts / {DAY}) AS INTEGER) - ? AS day, conv, after{dim_names} "
         f"FROM ({picks}) a WHERE ts >= ? AND ts < ?",
         [
             *params,
@@ -234,6 +240,13 @@ def daily_series(
         ],
     )
     try:
+        early = {
+            int(k): (int(conv or 0), int(only or 0))
+            for k, conv, only in s.rows(
+                f"SELECT k, sum(conv), sum(CASE WHEN conv = 1 AND coalesce(after, 0) = 0 THEN 1 ELSE 0 END) "
+                f"FROM {name} GROUP BY k"
+            )
+        }
         out: list[Series] = []
         groups = [(None, None)] + [(dims[j], f"d{j}") for j in range(len(dims))]
         for dim, column in groups:
@@ -258,7 +271,7 @@ def daily_series(
                 out.append(Series(k, dim, value, a, c))
     finally:
         s.execute(f"DROP TABLE {name}")
-    return day0, out
+    return day0, out, early
 
 
 def scan(series: Series, min_days: int = MIN_DAYS) -> Scan | None:

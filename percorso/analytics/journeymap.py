@@ -69,6 +69,7 @@ def journey_map(
     activity, feedback = _activity(store, journey, start, end, contacts)
     pains: list[dict[str, Any]] = []
     compared: dict[str, list[str]] = {}
+    pain_notes: list[dict[str, Any]] = []
     if with_pain_points:
         found = find_pain_points(
             store,
@@ -80,7 +81,7 @@ def journey_map(
             settings=PainSettings(dimensions=dimensions),
             contacts=_people(journey, contacts),
         )
-        pains, compared = found["pain_points"], found["dimensions"]
+        pains, compared, pain_notes = found["pain_points"], found["dimensions"], found["notes"]
     by_stage_pains = _assign_pains(journey, pains)
     stages = []
     for k, (stage, numbers) in enumerate(zip(journey.stages, overview["stages"], strict=True), 1):
@@ -120,6 +121,7 @@ def journey_map(
         "lanes": sorted({display(t.lane, lang) for t in journey.touchpoints}),
         "unplaced_pain_points": by_stage_pains.get("", []),
         "pain_point_dimensions": compared,
+        "pain_point_notes": pain_notes,
         "notes": {
             "counts": "accounts (each account's stage moves when any of its people acts)"
             if journey.subject == "account"

@@ -118,6 +118,7 @@ def find_pain_points(
     as_of = as_of or datetime.now(UTC)
     findings: list[dict[str, Any]] = []
     dimensions: dict[str, list[str]] = {}
+    notes: list[dict[str, Any]] = []  # what the data allows (same-second steps starving a funnel)
     funnels = journey_funnels(journey, lang)
     orders = order_events(journey)
     if funnels:
@@ -140,7 +141,7 @@ def find_pain_points(
                         journey=journey,  # for the `persona` dimension
                         contacts=contacts,
                     )
-                    found, dimensions[f.key] = _detect(s, trouble, f, spec, settings, orders)
+                    found, dimensions[f.key] = _detect(s, trouble, f, spec, settings, orders, notes)
                     findings += found
     with store.session() as s:
         s.tune_for_analytics()
@@ -171,6 +172,7 @@ def find_pain_points(
         "funnels": [f.key for f in journey_funnels(journey)],
         # the segments compared in each funnel: the asked dimensions, or those found in the data
         "dimensions": dimensions,
+        "notes": [{**n, "summary": n["summaries"].get(lang, n["summaries"]["en"])} for n in notes],
         "pain_points": findings,
     }
 
@@ -246,7 +248,13 @@ def _trouble_events(
 
 
 def _detect(
-    s: Session, trouble: str, f: FunnelDef, spec: FunnelSpec, cfg: Settings, orders: Sequence[str] = ()
+    s: Session,
+    trouble: str,
+    f: FunnelDef,
+    spec: FunnelSpec,
+    cfg: Settings,
+    orders: Sequence[str] = (),
+    notes: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every detector on one funnel, and the dimensions its segments were compared over. The
     funnel's events and reach are computed once per segment dimension (into temporary tables)
@@ -264,7 +272,7 @@ def _detect(
                     findings += _trouble_and_loops(s, base, trouble, f, spec, cfg)
                     if _ends_in_an_order(f, orders):
                         completion = _completion(s, base, spec)
-    dips = _dips(s, f, spec, [d for d in dims if d not in ("persona", "first_campaign")], cfg)
+    dips = _dips(s, f, spec, [d for d in dims if d not in ("persona", "first_campaign")], cfg, notes)
     # A segment's drop at a step that a dated incident of the same segment explains is that
     # incident, seen again over the whole period: reported once, with its dates.
     dated = {(p["step_index"], json.dumps(p["segment"], sort_keys=True)) for p in dips}
@@ -466,17 +474,45 @@ def funnel_dimensions(s: Session, f: FunnelDef, spec: FunnelSpec, cfg: Settings)
     return tuple(candidate_dimensions(s, f.steps, spec.start, spec.end))
 
 
+def _starved_note(f: FunnelDef, k: int, share: float) -> dict[str, Any]:
+    step, nxt = f.steps[k - 1].label, f.steps[k].label
+    pct = f"{share:.0%}"
+    return {
+        "kind": "same_second",
+        "funnel": f.key,
+        "step_index": k,
+        "share": round(share, 4),
+        "summaries": {
+            "en": f"{f.name}: in {pct} of the visits that went from {step} to {nxt}, {nxt} is stamped in "
+            f"the same second as {step} or up to a minute before it, and an ordered funnel does not count "
+            "them; `order: any` on this funnel counts them.",
+            "it": f"{f.name}: nel {pct} delle visite passate da «{step}» a «{nxt}», «{nxt}» ha lo stesso "
+            f"secondo di «{step}» o fino a un minuto prima, e un funnel ordinato non le conta; "
+            "con `order: any` su questo funnel vengono contate.",
+        },
+    }
+
+
 def _dips(
-    s: Session, f: FunnelDef, spec: FunnelSpec, dims: Sequence[str], cfg: Settings
+    s: Session,
+    f: FunnelDef,
+    spec: FunnelSpec,
+    dims: Sequence[str],
+    cfg: Settings,
+    notes: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Runs of days in which a step converted worse, for everyone or in one segment, counted in
     visits (:mod:`percorso.analytics.incidents`)."""
     subject = spec.journey.subject if spec.journey is not None else "contact"
     as_of = spec.as_of or datetime.now(UTC)
-    day0, series = daily_series(
+    day0, series, early = daily_series(
         s, subject, f.steps, f.window_seconds, dims, spec.start, spec.end, as_of, contacts=spec.contacts
     )
     found, _ = find_incidents(series, fdr=cfg.fdr, min_effect=cfg.min_effect, min_attempts=cfg.min_contacts)
+    if notes is not None and f.order != "any":
+        for k, (converted, only_early) in sorted(early.items()):
+            if only_early >= cfg.min_contacts and only_early >= 0.05 * converted:
+                notes.append(_starved_note(f, k, only_early / converted))
     findings = []
     for sc in found:
         sr, k = sc.series, sc.series.k
