@@ -496,7 +496,7 @@ def painpoints_command(
             "#": p["rank"],
             "kind": p["kind"],
             "where": f"{p['funnel_name']}: {p['step']}",
-            "segment": ", ".join(f"{k}={v}" for k, v in (p["segment"] or {}).items()),
+            "segment": p["segment_label"] or "",
             "when": f"{p['when']['start']} → {p['when']['end']}" if p["when"] else "all period",
             "contacts": p["contacts_affected"],
             "z": p["z"],

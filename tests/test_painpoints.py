@@ -143,20 +143,26 @@ def test_engines_agree(tmp_path):
 SUMMARIES = [  # kind, facts, English, Italian
     (
         "dropoff",
-        {"segment": "platform=ios", "step": "Checkout Started", "rate": 0.42, "baseline": 0.08},
-        "platform=ios: 42% drop off after Checkout Started against 8% elsewhere",
-        "platform=ios: abbandona dopo «Checkout Started» il 42% dei contatti, contro l'8% degli altri",
+        {"segment": "iOS", "step": "Checkout Started", "rate": 0.42, "baseline": 0.08},
+        "iOS: 42 in 100 give up after Checkout Started, against 8 in 100 elsewhere",
+        "iOS: 42 su 100 abbandonano dopo «Checkout Started», contro 8 su 100 degli altri",
+    ),
+    (
+        "dropoff",
+        {"segment": "Android", "step": "Checkout Started", "rate": 0.31, "baseline": 0.1},
+        "Android: 3 in 10 give up after Checkout Started, against 1 in 10 elsewhere",
+        "Android: 3 su 10 abbandonano dopo «Checkout Started», contro 1 su 10 degli altri",
     ),
     (
         "slow",
         {
-            "segment": "platform=android",
+            "segment": "Android",
             "step": "Checkout Started",
             "next": "Payment Info Entered",
             "ratio": 3.24,
         },
-        "platform=android: Checkout Started → Payment Info Entered takes 3.2x the usual time",
-        "platform=android: «Checkout Started» → «Payment Info Entered» richiede 3,2 volte il tempo abituale",
+        "Android: Checkout Started → Payment Info Entered takes 3.2x the usual time",
+        "Android: «Checkout Started» → «Payment Info Entered» richiede 3,2 volte il tempo abituale",
     ),
     (
         "dip",
@@ -176,7 +182,7 @@ SUMMARIES = [  # kind, facts, English, Italian
     (
         "dip",
         {
-            "segment": "device=mobile",
+            "segment": "device mobile",
             "step": "Checkout Started",
             "next": "Payment Submitted",
             "rate": 0.35,
@@ -184,9 +190,9 @@ SUMMARIES = [  # kind, facts, English, Italian
             "start": date(2026, 3, 16),
             "end": date(2026, 4, 12),
         },
-        "device=mobile: Checkout Started → Payment Submitted converted 35% of visits from 16 Mar 2026 to "
+        "device mobile: Checkout Started → Payment Submitted converted 35% of visits from 16 Mar 2026 to "
         "12 Apr 2026, against 70% in the rest of the period",
-        "device=mobile: «Checkout Started» → «Payment Submitted» ha convertito il 35% delle visite "
+        "device mobile: «Checkout Started» → «Payment Submitted» ha convertito il 35% delle visite "
         "dal 16 mar 2026 al 12 apr 2026, contro il 70% nel resto del periodo",
     ),
     (

@@ -45,7 +45,7 @@ from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, ma
 from percorso.analytics.incidents import candidate_dimensions, daily_series, day_of, find_incidents
 from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
-from percorso.analytics.summaries import summaries
+from percorso.analytics.summaries import segment_label, summaries
 from percorso.journey.definition import Condition, Journey, display, duration_seconds
 from percorso.store import Store
 from percorso.store.base import Session
@@ -192,7 +192,8 @@ def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
         "funnel_name": f.name,
         "step": step,
         "step_index": k,
-        "segment": fields.pop("segment", None),
+        "segment": fields.get("segment"),
+        "segment_label": segment_label(fields.pop("segment", None)),
         "when": fields.pop("when", None),
         "contacts_affected": round(fields.pop("affected")),
         "z": z,
@@ -362,7 +363,7 @@ def _dropoff_and_slow(
                             "baseline_contacts": rest_reached,
                         },
                         facts={
-                            "segment": f"{dim}={g['group']}",
+                            "segment": segment_label({dim: g["group"]}),
                             "step": f.steps[k - 1].label,
                             "rate": drop_g,
                             "baseline": drop_rest,
@@ -431,7 +432,7 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
                             "segment_contacts": g_n,
                         },
                         facts={
-                            "segment": f"{dim}={r['grp']}",
+                            "segment": segment_label({dim: r["grp"]}),
                             "step": f.steps[k - 1].label,
                             "next": f.steps[k].label,
                             "ratio": ratio,
@@ -550,7 +551,7 @@ def _dips(
                     "overdispersion": round(sc.dispersion, 2),
                 },
                 facts={
-                    "segment": f"{segment_text(segment)}" if segment else None,
+                    "segment": segment_label(segment),
                     "step": f.steps[k - 1].label,
                     "next": f.steps[k].label,
                     "rate": x_in / n_in,
@@ -561,10 +562,6 @@ def _dips(
             )
         )
     return findings
-
-
-def segment_text(segment: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in segment.items())
 
 
 def _z_of(p: float) -> float:

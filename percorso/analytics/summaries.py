@@ -29,6 +29,31 @@ def _pct(value: float) -> str:
     return f"{value:.0%}"
 
 
+PLATFORMS = {"ios": "iOS", "android": "Android", "web": "Web", "other": "other platforms"}
+
+
+def segment_label(segment: dict[str, Any] | None) -> str | None:
+    """A segment as a person reads it: ``{"platform": "android"}`` is "Android",
+    ``{"property:device": "mobile"}`` "device mobile", ``{"trait:plan": "gold"}`` "plan gold"."""
+    if not segment:
+        return None
+    parts = []
+    for dim, value in segment.items():
+        if dim == "platform":
+            parts.append(PLATFORMS.get(str(value), str(value)))
+        else:
+            parts.append(f"{dim.split(':', 1)[-1]} {value}")
+    return ", ".join(parts)
+
+
+def _in(rate: float, baseline: float) -> tuple[str, str, str]:
+    """Two shares as counts of people, out of 10 when both read well so (3 in 10, 1 in 10), else
+    out of 100: (segment count, baseline count, the denominator)."""
+    if min(rate, baseline) >= 0.095 and all(abs(v * 10 - round(v * 10)) <= 0.15 for v in (rate, baseline)):
+        return str(round(rate * 10)), str(round(baseline * 10)), "10"
+    return str(round(rate * 100)), str(round(baseline * 100)), "100"
+
+
 def _times(value: float, lang: str) -> str:
     text = f"{value:.1f}"
     return text.replace(".", ",") if lang == "it" else text
@@ -61,8 +86,8 @@ def _il(value: float, capital: bool = False) -> str:
 
 
 _ENGLISH = {
-    "dropoff": lambda f: (
-        f"{f['segment']}: {_pct(f['rate'])} drop off after {f['step']} against {_pct(f['baseline'])} elsewhere"
+    "dropoff": lambda f: "{s}: {0} in {2} give up after {step}, against {1} in {2} elsewhere".format(
+        *_in(f["rate"], f["baseline"]), s=f["segment"], step=f["step"]
     ),
     "slow": lambda f: (
         f"{f['segment']}: {f['step']} → {f['next']} takes {_times(f['ratio'], 'en')}x the usual time"
@@ -92,9 +117,8 @@ _ENGLISH = {
 }
 
 _ITALIAN = {
-    "dropoff": lambda f: (
-        f"{f['segment']}: abbandona dopo «{f['step']}» {_il(f['rate'])} dei contatti, "
-        f"contro {_il(f['baseline'])} degli altri"
+    "dropoff": lambda f: "{s}: {0} su {2} abbandonano dopo «{step}», contro {1} su {2} degli altri".format(
+        *_in(f["rate"], f["baseline"]), s=f["segment"], step=f["step"]
     ),
     "slow": lambda f: (
         f"{f['segment']}: «{f['step']}» → «{f['next']}» richiede {_times(f['ratio'], 'it')} volte il tempo abituale"
