@@ -221,6 +221,21 @@ def test_summaries_in_english_and_italian(kind, facts, english, italian):
     assert summaries(kind, facts) == {"en": english, "it": italian}
 
 
+def test_every_piece_of_evidence_has_a_label_in_both_languages(planted):
+    """The map lists each finding's evidence under a label: none may show as a bare key."""
+    from percorso.web.dashboard.i18n import catalog
+
+    shown = {
+        k
+        for p in planted["pain_points"]
+        for k, v in p["evidence"].items()
+        if not isinstance(v, list | dict) and k != "unit"
+    }
+    assert "visits_during" in shown and "segment_dropoff" in shown
+    missing = [k for k in sorted(shown) if set(catalog().get(f"fact.{k}", {})) < {"en", "it"}]
+    assert missing == []
+
+
 def test_every_finding_has_both_summaries(planted_store, planted):
     assert {p["kind"] for p in planted["pain_points"]} == {
         "dropoff",
@@ -500,6 +515,43 @@ def test_an_ordered_funnel_starved_by_same_second_steps_is_said(store: Store) ->
     assert "40%" in note["summaries"]["en"]
     any_order = load(SIGNAL_JOURNEY.replace("window: 1d", "window: 1d\n    order: any"))
     assert find_pain_points(store, any_order, start=start, end=end, as_of=end)["notes"] == []
+
+
+def test_the_map_page_says_when_same_second_steps_starve_a_funnel(server) -> None:
+    """The note reaches the map page and its JSON twin, in the reader's language."""
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+    from percorso.web.dashboard.users import add_user
+    from tests.test_dashboard import signed_in
+    from tests.test_stages import Feed
+
+    feed = Feed(server.store)
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    messages = []
+    for n in range(100):
+        who = {"userId": f"c{n}"}
+        at = start + timedelta(hours=n)
+        messages += [
+            feed.msg(who, at, "Cart Viewed"),
+            feed.msg(who, at + timedelta(minutes=1), "Payment Started"),
+        ]
+        messages.append(
+            feed.msg(who, at + timedelta(minutes=1, seconds=0 if n < 40 else 30), "Order Completed")
+        )
+    feed.send(*messages)
+    save(server.store, load(SIGNAL_JOURNEY), "test")
+    add_user(server.store, "n@example.it", "a long enough secret", role="admin")
+    client = signed_in(server, ("n@example.it", "a long enough secret"))
+    try:
+        period = "journey=shop&from=2026-10-01&to=2026-10-10"
+        twin = client.get(f"/map.json?{period}").json()["map"]
+        [note] = twin["pain_point_notes"]
+        assert note["share"] == 0.4
+        page = client.get(f"/map?{period}", headers={"accept-language": "it"}).text
+        assert 'data-data-note="same_second"' in page
+        assert "nel 40% delle visite passate da «Payment Started» a «Order Completed»" in page
+    finally:
+        client.close()
 
 
 def test_money_at_stake_worked_out_by_hand(store: Store) -> None:
