@@ -461,6 +461,9 @@ def painpoints_command(
     min_effect: Annotated[
         float, typer.Option(help="Smallest difference in conversion worth reporting (0-1)")
     ] = 0.05,
+    fdr: Annotated[
+        float, typer.Option(help="False discovery rate held over every place tested (Benjamini-Hochberg)")
+    ] = 0.05,
     lang: Annotated[str, typer.Option(help="Funnel names and summaries in en or it")] = "en",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
@@ -478,7 +481,11 @@ def painpoints_command(
         raise typer.BadParameter("between 0 and 1", param_hint="--min-effect")
     if lang not in ("en", "it"):
         raise typer.BadParameter("en or it", param_hint="--lang")
-    cfg = Settings(min_z=min_z, min_effect=min_effect, dimensions=tuple(dimension) if dimension else None)
+    if not 0 < fdr < 1:
+        raise typer.BadParameter("between 0 and 1", param_hint="--fdr")
+    cfg = Settings(
+        min_z=min_z, min_effect=min_effect, fdr=fdr, dimensions=tuple(dimension) if dimension else None
+    )
     try:
         with opened(settings_for(data_dir)) as store:
             chosen = get_journey(store, journey)

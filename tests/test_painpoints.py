@@ -107,11 +107,37 @@ def test_ranked_by_contacts_affected(planted):
 
 
 def test_clean_shop_has_no_pain_points(tmp_path):
+    from percorso.analytics.significance import Settings
+
     store = loaded(tmp_path, contacts=6000, problems=frozenset())
     try:
         assert find_pain_points(store, JOURNEY, start=START, end=END, as_of=END)["pain_points"] == []
+        # Tested loosely (any z, a 1-point effect), the shop's noise passes when the false
+        # discovery rate is left free, and nothing does when it is held at 5%.
+        loose = {"min_z": 0.5, "min_effect": 0.01}
+        free = find_pain_points(
+            store, JOURNEY, start=START, end=END, as_of=END, settings=Settings(**loose, fdr=1.0)
+        )
+        assert len(free["pain_points"]) > 5 and free["thresholds"]["cells_tested"] > 100
+        held = find_pain_points(store, JOURNEY, start=START, end=END, as_of=END, settings=Settings(**loose))
+        assert held["pain_points"] == []
     finally:
         store.close()
+
+
+def test_benjamini_hochberg_worked_out_by_hand():
+    """p = 0.001, 0.008, 0.039 among 5 cells tested at 5%: the thresholds are 1%, 2%, 3%, so the
+    first two pass and 0.039 does not; among 3 cells (thresholds 1.67%, 3.33%, 5%) all three do.
+    Other kinds (a dated dip, tested in its own family) are left alone."""
+    from percorso.analytics.painpoints import _false_discoveries_out
+
+    findings = [{"kind": "dropoff", "p_value": p} for p in (0.039, 0.001, 0.008)] + [
+        {"kind": "dip", "p_value": 0.2}
+    ]
+    kept = _false_discoveries_out(findings, 5, 0.05)
+    assert sorted(p["p_value"] for p in kept if p["kind"] == "dropoff") == [0.001, 0.008]
+    assert {"kind": "dip", "p_value": 0.2} in kept
+    assert len(_false_discoveries_out(findings, 3, 0.05)) == 4
 
 
 def test_engines_agree(tmp_path):

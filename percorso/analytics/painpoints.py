@@ -33,11 +33,13 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from scipy.stats import norm
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from percorso.analytics.experience import frustration_spots, score_drops
@@ -113,9 +115,28 @@ def find_pain_points(
     """Every funnel of ``journey`` through every detector, ranked by contacts affected; with
     ``contacts`` (a SELECT of contact ids: a persona, a channel, a saved segment), over their
     events, answers and clicks only."""
+    as_of = as_of or datetime.now(UTC)
+    tested = [0]
+    token = _TESTS.set(tested)
+    try:
+        return _find(store, journey, start, end, as_of, settings, lang, contacts, tested)
+    finally:
+        _TESTS.reset(token)
+
+
+def _find(
+    store: Store,
+    journey: Journey,
+    start: datetime,
+    end: datetime,
+    as_of: datetime,
+    settings: Settings,
+    lang: str,
+    contacts: Sql | None,
+    tested: list[int],
+) -> dict[str, Any]:
     from percorso.analytics.customer import order_events
 
-    as_of = as_of or datetime.now(UTC)
     findings: list[dict[str, Any]] = []
     dimensions: dict[str, list[str]] = {}
     notes: list[dict[str, Any]] = []  # what the data allows (same-second steps starving a funnel)
@@ -156,6 +177,7 @@ def find_pain_points(
             finding["value_at_stake"] = round(finding["orders_lost"] * aov[0], 2) if aov else None
             finding["currency"] = journey.currency
             finding["average_order_value"] = round(aov[0], 2) if aov else None
+    findings = _false_discoveries_out(findings, tested[0], settings.fdr)
     findings.sort(key=lambda p: (-p["contacts_affected"], -p["z"]))
     for rank, finding in enumerate(findings, 1):
         finding["rank"] = rank
@@ -168,6 +190,8 @@ def find_pain_points(
             "min_effect": settings.min_effect,
             "min_slow_ratio": settings.min_slow_ratio,
             "min_contacts": settings.min_contacts,
+            "fdr": settings.fdr,
+            "cells_tested": tested[0],
         },
         "funnels": [f.key for f in journey_funnels(journey)],
         # the segments compared in each funnel: the asked dimensions, or those found in the data
@@ -346,7 +370,7 @@ def _dropoff_and_slow(
             if reached < cfg.min_contacts or rest_reached < cfg.min_contacts:
                 continue
             drop_g, drop_rest = 1 - moved / reached, 1 - rest_moved / rest_reached
-            z = z_test(reached - moved, reached, rest_reached - rest_moved, rest_reached)
+            z = _tested_z(reached - moved, reached, rest_reached - rest_moved, rest_reached)
             if z >= cfg.min_z and drop_g - drop_rest >= cfg.min_effect:
                 findings.append(
                     _finding(
@@ -414,7 +438,7 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
             if g_n < cfg.min_contacts or rest_n < cfg.min_contacts or not median_all:
                 continue
             ratio = float(r[f"med{k}"] or 0) / float(median_all)
-            z = z_test(g_slow, g_n, rest_slow, rest_n)
+            z = _tested_z(g_slow, g_n, rest_slow, rest_n)
             if z >= cfg.min_z and ratio >= cfg.min_slow_ratio:
                 findings.append(
                     _finding(
@@ -641,7 +665,7 @@ def _trouble(
         if reached[k - 1] < cfg.min_contacts or rest_n < cfg.min_contacts:
             continue
         share, base_share = trouble[k - 1] / reached[k - 1], rest_x / rest_n
-        z = z_test(trouble[k - 1], reached[k - 1], rest_x, rest_n)
+        z = _tested_z(trouble[k - 1], reached[k - 1], rest_x, rest_n)
         if z >= cfg.min_z and share - base_share >= cfg.min_effect / 2 and share >= 1.5 * base_share:
             findings.append(
                 _finding(
@@ -697,7 +721,7 @@ def _loops(
         share = back[k - 1] / moved
         base_share = rest_x / rest_n if rest_n else 0.0
         z = (
-            z_test(back[k - 1], moved, rest_x, rest_n)
+            _tested_z(back[k - 1], moved, rest_x, rest_n)
             if rest_n >= cfg.min_contacts
             else _z_vs(share, moved, 0.01)
         )
@@ -718,6 +742,35 @@ def _loops(
                 )
             )
     return findings
+
+
+#: How many cells the z-tested detectors compared in this call (for Benjamini-Hochberg).
+_TESTS: ContextVar[list[int]] = ContextVar("painpoint_tests")
+
+
+def _tested_z(x1: int, n1: int, x2: int, n2: int) -> float:
+    """:func:`z_test`, counted as one cell tested."""
+    counter = _TESTS.get(None)
+    if counter is not None:
+        counter[0] += 1
+    return z_test(x1, n1, x2, n2)
+
+
+def _false_discoveries_out(findings: list[dict[str, Any]], tested: int, fdr: float) -> list[dict[str, Any]]:
+    """Benjamini-Hochberg over every cell the z-tested detectors compared: the findings whose
+    p-value passes at ``fdr``. Cells that were tested but are not findings count as p = 1, which
+    can only make the threshold stricter."""
+    judged = [p for p in findings if p["kind"] in Z_TESTED]
+    if not judged:
+        return findings
+    m = max(tested, len(judged))
+    p_values = [p["p_value"] for p in judged] + [1.0] * (m - len(judged))
+    keep, _, _, _ = multipletests(p_values, alpha=fdr, method="fdr_bh")
+    passed = {id(p) for p, kept in zip(judged, keep, strict=False) if kept}
+    return [p for p in findings if p["kind"] not in Z_TESTED or id(p) in passed]
+
+
+Z_TESTED = ("dropoff", "slow", "support", "errors", "loop")
 
 
 def _z_vs(share: float, n: int, expected: float) -> float:

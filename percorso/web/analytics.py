@@ -222,12 +222,15 @@ def painpoints(
     dimension: Annotated[list[str] | None, Query(max_length=10)] = None,
     min_z: Annotated[float, Query(ge=1, le=20)] = 4.0,
     min_effect: Annotated[float, Query(gt=0, lt=1)] = 0.05,
+    fdr: Annotated[float, Query(gt=0, lt=1, description="false discovery rate (Benjamini-Hochberg)")] = 0.05,
     lang: Lang = "en",
 ) -> dict[str, Any]:
     store = _store(request)
     journey = _journey(store, key)
     start, end = _period(since, until)
-    cfg = PainSettings(min_z=min_z, min_effect=min_effect, dimensions=tuple(dimension) if dimension else None)
+    cfg = PainSettings(
+        min_z=min_z, min_effect=min_effect, fdr=fdr, dimensions=tuple(dimension) if dimension else None
+    )
     try:
         return find_pain_points(
             store, journey, start=start, end=end, as_of=min(end, datetime.now(UTC)), settings=cfg, lang=lang
