@@ -485,6 +485,72 @@ def shared_events(session: Session, spec: FunnelSpec, breakdowns: Sequence[str |
     session.execute(f"DROP TABLE {name}")
 
 
+class SharedReach:
+    """A funnel's events and reach computed once for several breakdowns (:func:`shared_reach`):
+    a breakdown read from the entry event only relabels each contact's row, so its ``reached``
+    is the shared one joined to the entry's value; one read from the contact is computed anew."""
+
+    def __init__(self, session: Session, spec: FunnelSpec, events: str, breakdowns: Sequence[str | None]):
+        self.session, self.spec, self.events, self.breakdowns = session, spec, events, list(breakdowns)
+        self.name = f"percorso_reach_{uuid.uuid4().hex[:12]}"
+        self.columns = ", ".join(event_columns(spec))
+        self.from_entry = [
+            b is None or _breakdown(session, replace(spec, breakdown=b)).contact is None for b in breakdowns
+        ]
+        plain = replace(spec, breakdown=None)
+        base = reached_sql(
+            session, plain, events=Sql(f"SELECT {self.columns}, CAST(NULL AS TEXT) AS bd FROM {events}")
+        )
+        session.execute(
+            f"CREATE TEMPORARY TABLE {self.name} AS {base.text} SELECT * FROM reached", base.params
+        )
+        # Each contact's entry (the first step-1 event in the period, as f0 picks it) and its values.
+        values = ", ".join(f"bd{j}" for j in range(len(breakdowns)))
+        session.execute(
+            f"CREATE TEMPORARY TABLE {self.name}_entry AS SELECT cid, {values} FROM (SELECT cid, {values}, "
+            f"row_number() OVER (PARTITION BY cid ORDER BY ts, mid) AS rn FROM {events} "
+            "WHERE s1 = 1 AND ts >= ? AND ts < ?) x WHERE x.rn = 1",
+            [spec.start.timestamp(), spec.end.timestamp()],
+        )
+
+    def close(self) -> None:
+        self.session.execute(f"DROP TABLE {self.name}_entry")
+        self.session.execute(f"DROP TABLE {self.name}")
+
+    @contextmanager
+    def base(self, j: int) -> Iterator[Sql]:
+        """The CTE prefix (``ev`` and ``reached``) of the ``j``-th breakdown."""
+        if not self.from_entry[j]:
+            spec = replace(self.spec, breakdown=self.breakdowns[j])
+            with materialized(self.session, spec, shared=(self.events, j)) as base:
+                yield base
+            return
+        n = len(self.spec.steps)
+        times = ", ".join(f"r.t{k}" for k in range(1, n + 1))
+        label = f"coalesce(x.bd{j}, '(none)')" if self.breakdowns[j] is not None else "r.bd"
+        table = f"{self.name}_{j}"
+        self.session.execute(
+            f"CREATE TEMPORARY TABLE {table} AS SELECT r.cid, {label} AS bd, {times}, r.xat, r.brk "
+            f"FROM {self.name} r LEFT JOIN {self.name}_entry x ON x.cid = r.cid"
+        )
+        yield Sql(
+            f"WITH ev AS (SELECT {self.columns}, bd{j} AS bd FROM {self.events}), "
+            f"reached AS (SELECT * FROM {table})"
+        )
+        self.session.execute(f"DROP TABLE {table}")
+
+
+@contextmanager
+def shared_reach(
+    session: Session, spec: FunnelSpec, breakdowns: Sequence[str | None]
+) -> Iterator[SharedReach]:
+    """The funnel's events read once and its reach computed once for every breakdown."""
+    with shared_events(session, spec, breakdowns) as events:
+        reach = SharedReach(session, spec, events, breakdowns)
+        yield reach
+        reach.close()
+
+
 @contextmanager
 def materialized(
     session: Session, spec: FunnelSpec, *, events: bool = True, shared: tuple[str, int] | None = None

@@ -43,7 +43,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from percorso.analytics.experience import frustration_spots, score_drops
-from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, materialized, shared_events
+from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, shared_reach
 from percorso.analytics.incidents import candidate_dimensions, daily_series, day_of, find_incidents
 from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
@@ -288,9 +288,9 @@ def _detect(
     completion: list[float | None] = []
     dims = funnel_dimensions(s, f, spec, cfg)
     # The funnel's events are read once for every dimension, and its reach computed per dimension.
-    with shared_events(s, spec, dims or (None,)) as events:
+    with shared_reach(s, spec, dims or (None,)) as reach:
         for i, dim in enumerate(dims or (None,)):
-            with materialized(s, replace(spec, breakdown=dim), shared=(events, i)) as base:
+            with reach.base(i) as base:
                 if dim is not None:
                     findings += _dropoff_and_slow(s, base, f, spec, dim, cfg)
                 if i == 0:  # these do not depend on the segments
