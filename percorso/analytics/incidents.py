@@ -354,7 +354,8 @@ def find_incidents(
 ) -> tuple[list[Scan], int]:
     """The incidents among ``series``, one per run of days and step (see the module's text);
     returns them and how many series were tested."""
-    scans = [sc for sr in series if (sc := scan(sr)) is not None]
+    # A series with fewer attempts than a run needs cannot hold an incident: not scanned (p = 1).
+    scans = [sc for sr in series if sr.attempts.sum() >= min_attempts and (sc := scan(sr)) is not None]
     tested = len(series)
     if not scans:
         return [], tested
