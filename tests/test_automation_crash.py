@@ -381,32 +381,37 @@ class StallingInbox(Sink):
         return await super().handle_DATA(server, session, envelope)
 
 
+def _six_sign_ups(store: Store, classifier: Any) -> None:
+    """The welcome automation, and six people signing up who each get its e-mail at once."""
+    save_automation(store, load_automation(NO_WAIT), "test")
+    now = datetime.now(UTC)
+    store.ingest(
+        [
+            parse_message(
+                json.dumps(
+                    {
+                        "type": "track",
+                        "userId": f"s{i}",
+                        "messageId": f"s{i}",
+                        "event": "Signed Up",
+                        "context": {"traits": {"email": f"s{i}@example.it"}},
+                    }
+                ).encode(),
+                received_at=now,
+                classifier=classifier,
+            )
+            for i in range(6)
+        ]
+    )
+
+
 def test_a_stalled_sender_leaves_the_messages_taken_from_it(store: Store, classifier: Any) -> None:
     inbox = StallingInbox()
     port = free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        save_automation(store, load_automation(NO_WAIT), "test")
-        now = datetime.now(UTC)
-        store.ingest(
-            [
-                parse_message(
-                    json.dumps(
-                        {
-                            "type": "track",
-                            "userId": f"s{i}",
-                            "messageId": f"s{i}",
-                            "event": "Signed Up",
-                            "context": {"traits": {"email": f"s{i}@example.it"}},
-                        }
-                    ).encode(),
-                    received_at=now,
-                    classifier=classifier,
-                )
-                for i in range(6)
-            ]
-        )
+        _six_sign_ups(store, classifier)
         settings = EngineSettings(claim_timeout=0.5, sent_group=1)
         smtp = SmtpSettings(host="127.0.0.1", port=port)
         stalled, other = (Engine(store, smtp=smtp, settings=settings) for _ in range(2))
@@ -464,26 +469,7 @@ def test_a_stalled_sender_waking_while_the_other_still_sends_sends_no_more(
     controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
-        save_automation(store, load_automation(NO_WAIT), "test")
-        now = datetime.now(UTC)
-        store.ingest(
-            [
-                parse_message(
-                    json.dumps(
-                        {
-                            "type": "track",
-                            "userId": f"s{i}",
-                            "messageId": f"s{i}",
-                            "event": "Signed Up",
-                            "context": {"traits": {"email": f"s{i}@example.it"}},
-                        }
-                    ).encode(),
-                    received_at=now,
-                    classifier=classifier,
-                )
-                for i in range(6)
-            ]
-        )
+        _six_sign_ups(store, classifier)
         settings = EngineSettings(claim_timeout=0.5, sent_group=1)
         smtp = SmtpSettings(host="127.0.0.1", port=controller.port)
         stalled, other = (Engine(store, smtp=smtp, settings=settings) for _ in range(2))
