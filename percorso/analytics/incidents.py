@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -274,48 +275,59 @@ def daily_series(
     return day0, out, early
 
 
+@lru_cache(maxsize=16)
+def _runs(days: int, min_days: int) -> tuple[Any, Any]:
+    """Every run of days a scan compares with the rest: first and last day offsets (inclusive),
+    at least ``min_days`` long and leaving :data:`MIN_OUTSIDE_DAYS` outside."""
+    first, last = np.triu_indices(days)
+    length = last - first + 1
+    keep = (length >= min_days) & (days - length >= MIN_OUTSIDE_DAYS)
+    return first[keep], last[keep]
+
+
+def _ll(k: Any, m: Any, p: Any) -> Any:
+    return xlogy(k, p) + xlogy(m - k, 1 - p)
+
+
 def scan(series: Series, min_days: int = MIN_DAYS) -> Scan | None:
     """The run of days with the lowest conversion against the rest (see the module's text)."""
     n, x = series.attempts, series.converted
     days = len(n)
     if days < min_days + MIN_OUTSIDE_DAYS or n.sum() == 0:
         return None
+    first, last = _runs(days, min_days)
+    runs = len(first)
     cn = np.concatenate([[0.0], np.cumsum(n)])
     cx = np.concatenate([[0.0], np.cumsum(x)])
-    first = np.arange(days)[:, None]
-    last = np.arange(days)[None, :]
-    length = last - first + 1
-    valid = (length >= min_days) & (days - length >= MIN_OUTSIDE_DAYS)
     n_in = cn[last + 1] - cn[first]
     x_in = cx[last + 1] - cx[first]
-    n_out, x_out = n.sum() - n_in, x.sum() - x_in
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p_in = np.where(n_in > 0, x_in / n_in, 0.0)
-        p_out = np.where(n_out > 0, x_out / n_out, 0.0)
-        p_all = x.sum() / n.sum()
-
-        def ll(k: Any, m: Any, p: Any) -> Any:
-            return xlogy(k, p) + xlogy(m - k, 1 - p)
-
-        llr = ll(x_in, n_in, p_in) + ll(x_out, n_out, p_out) - ll(x.sum(), n.sum(), p_all)
-    llr = np.where(valid & (p_in < p_out) & (n_in > 0) & (n_out > 0), llr, 0.0)
+    n_all, x_all = float(cn[-1]), float(cx[-1])
+    n_out, x_out = n_all - n_in, x_all - x_in
+    # Only runs that converted worse than the rest can be the incident: the likelihood is
+    # computed for those alone (usually under half of them).
+    lower = (n_in > 0) & (n_out > 0) & (x_in * n_out < x_out * n_in)
+    if not lower.any():
+        return None
+    first, last = first[lower], last[lower]
+    n_in, x_in, n_out, x_out = n_in[lower], x_in[lower], n_out[lower], x_out[lower]
+    p_in, p_out = x_in / n_in, x_out / n_out
+    llr = _ll(x_in, n_in, p_in) + _ll(x_out, n_out, p_out) - _ll(x_all, n_all, x_all / n_all)
     best = int(np.argmax(llr))
-    a, b = divmod(best, days)
-    if llr[a, b] <= 0:
+    a, b = int(first[best]), int(last[best])
+    if llr[best] <= 0:
         return None
     # Overdispersion outside the run: Pearson's chi-square of the days against the outside rate.
     outside = np.ones(days, dtype=bool)
     outside[a : b + 1] = False
-    rate = float(p_out[a, b])
+    rate = float(p_out[best])
     seen = outside & (n > 0)
     dispersion = 1.0
     if 0 < rate < 1 and seen.sum() > 1:
         pearson = ((x[seen] - n[seen] * rate) ** 2 / (n[seen] * rate * (1 - rate))).sum()
         dispersion = max(1.0, float(pearson) / (int(seen.sum()) - 1))
-    statistic = 2 * float(llr[a, b]) / dispersion
-    runs = int(valid.sum())
+    statistic = 2 * float(llr[best]) / dispersion
     p = min(1.0, float(chi2.sf(statistic, 1)) / 2 * runs)
-    return Scan(series, float(llr[a, b]), a, b, p, dispersion)
+    return Scan(series, float(llr[best]), a, b, p, dispersion)
 
 
 def _counts(series: Series, a: int, b: int) -> tuple[int, int, int, int]:
