@@ -543,8 +543,10 @@ def test_an_ordered_funnel_starved_by_same_second_steps_is_said(store: Store) ->
     assert find_pain_points(store, any_order, start=start, end=end, as_of=end)["notes"] == []
 
 
-def test_the_map_page_says_when_same_second_steps_starve_a_funnel(server) -> None:
-    """The note reaches the map page and its JSON twin, in the reader's language."""
+def test_the_map_page_says_when_same_second_steps_starve_a_funnel(server, monkeypatch) -> None:
+    """The note reaches the map page and its JSON twin, in the reader's language; the English and
+    the Italian page are drawn from one computation of the pain points."""
+    import percorso.analytics.journeymap as journeymap
     from percorso.analytics.stages import save_journey as save
     from percorso.journey.definition import load_journey as load
     from percorso.web.dashboard.users import add_user
@@ -568,14 +570,25 @@ def test_the_map_page_says_when_same_second_steps_starve_a_funnel(server) -> Non
     save(server.store, load(SIGNAL_JOURNEY), "test")
     add_user(server.store, "n@example.it", "a long enough secret", role="admin")
     client = signed_in(server, ("n@example.it", "a long enough secret"))
+    computed = []
+    find = journeymap.find_pain_points
+    monkeypatch.setattr(journeymap, "find_pain_points", lambda *a, **k: computed.append(1) or find(*a, **k))
     try:
         period = "journey=shop&from=2026-10-01&to=2026-10-10"
         twin = client.get(f"/map.json?{period}").json()["map"]
         [note] = twin["pain_point_notes"]
-        assert note["share"] == 0.4
+        assert note["share"] == 0.4 and note["summary"] == note["summaries"]["en"]
         page = client.get(f"/map?{period}", headers={"accept-language": "it"}).text
         assert 'data-data-note="same_second"' in page
         assert "nel 40% delle visite passate da «Payment Started» a «Order Completed»" in page
+        italian = client.get(f"/map.json?{period}", headers={"accept-language": "it"}).json()["map"]
+        assert italian["pain_point_notes"][0]["summary"] == note["summaries"]["it"]
+        assert (
+            twin["pain_point_notes"][0]["summary"] == note["summaries"]["en"]
+        )  # the English map kept its own
+        assert len(computed) == 1
+        client.get(f"/map.json?{period}&refresh=1")
+        assert len(computed) == 2  # a refresh computes them again
     finally:
         client.close()
 

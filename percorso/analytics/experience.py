@@ -24,14 +24,19 @@ from urllib.parse import quote
 from percorso.analytics.feedback import answer_columns, score_columns
 from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import RESOLVED_EVENTS, Sql
-from percorso.analytics.summaries import summaries
+from percorso.analytics.summaries import LANGS, summaries
 from percorso.journey.definition import Journey, display
 from percorso.store.base import Session
 
 
 def _finding(kind: str, *, where: str, what: str, stage: str | None, z: float, affected: float,
              link: str, evidence: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    texts = summaries(kind, facts)
+    # A stage is named in each summary's own language (``facts["stage"]`` maps language to name).
+    stage_names = facts.get("stage")
+    if isinstance(stage_names, dict):
+        texts = {lg: summaries(kind, {**facts, "stage": name})[lg] for lg, name in stage_names.items()}
+    else:
+        texts = summaries(kind, facts)
     z = round(z, 2)
     return {
         # the same problem found again (another period, another language) has the same key
@@ -96,6 +101,7 @@ def score_drops(
         for stage, now, *rest in rows
     }
     names = {st.key: display(st.name, lang) for st in journey.stages}
+    named = {st.key: {lg: display(st.name, lg) for lg in LANGS} for st in journey.stages}
     findings = []
     for stage in journey.stage_keys():
         then = counts.get((stage, 0), (0, 0, 0, 0, 0))
@@ -127,7 +133,7 @@ def score_drops(
                         },
                         facts={
                             "metric": "NPS",
-                            "stage": names[stage],
+                            "stage": named[stage],
                             "now": 100 * nps2,
                             "before": 100 * nps1,
                         },
@@ -155,7 +161,7 @@ def score_drops(
                         },
                         facts={
                             "metric": "CSAT",
-                            "stage": names[stage],
+                            "stage": named[stage],
                             "now": 100 * share2,
                             "before": 100 * share1,
                         },

@@ -7,12 +7,13 @@ The dashboard draws it; ``percorso map --format json`` prints it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
 from percorso.analytics.feedback import answer_columns, score_columns
-from percorso.analytics.painpoints import find_pain_points
+from percorso.analytics.painpoints import find_pain_points, in_language
 from percorso.analytics.personas import find_persona, journey_persona_sql
 from percorso.analytics.significance import Settings as PainSettings
 from percorso.analytics.sql import MEMBERSHIPS, Sql, Subject, condition_sql, subject
@@ -43,7 +44,11 @@ def journey_map(
     refresh: bool = True,
     only: Sql | None = None,
     dimensions: tuple[str, ...] | None = None,
+    memo: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The map of ``journey`` (see the module's text). ``memo``, given, is handed the computation
+    of the pain points and returns its result: a dashboard keeps one result for both languages
+    (the names and summaries are chosen afterwards and the result is not changed)."""
     end = end or datetime.now(UTC)
     start = start or end - timedelta(weeks=26)
     if refresh:
@@ -71,16 +76,20 @@ def journey_map(
     compared: dict[str, list[str]] = {}
     pain_notes: list[dict[str, Any]] = []
     if with_pain_points:
-        found = find_pain_points(
-            store,
-            journey,
-            start=start,
-            end=end,
-            as_of=min(end, datetime.now(UTC)),
-            lang=lang,
-            settings=PainSettings(dimensions=dimensions),
-            contacts=_people(journey, contacts),
-        )
+        people = _people(journey, contacts)
+
+        def compute() -> dict[str, Any]:
+            return find_pain_points(
+                store,
+                journey,
+                start=start,
+                end=end,
+                as_of=min(end, datetime.now(UTC)),
+                settings=PainSettings(dimensions=dimensions),
+                contacts=people,
+            )
+
+        found = in_language(memo(compute) if memo else compute(), journey, lang)
         pains, compared, pain_notes = found["pain_points"], found["dimensions"], found["notes"]
     by_stage_pains = _assign_pains(journey, pains)
     stages = []

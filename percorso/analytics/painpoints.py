@@ -119,9 +119,27 @@ def find_pain_points(
     tested = [0]
     token = _TESTS.set(tested)
     try:
-        return _find(store, journey, start, end, as_of, settings, lang, contacts, tested)
+        found = _find(store, journey, start, end, as_of, settings, contacts, tested)
     finally:
         _TESTS.reset(token)
+    return in_language(found, journey, lang)
+
+
+def in_language(found: dict[str, Any], journey: Journey, lang: str) -> dict[str, Any]:
+    """A :func:`find_pain_points` result with its names and summaries in ``lang``, as a new
+    dict (``found`` is left as it is: one result serves every language of a page)."""
+    funnels = {f.key: display(f.name, lang) for f in journey.funnels}
+    stages = {st.key: display(st.name, lang) for st in journey.stages}
+    pains = []
+    for finding in found["pain_points"]:
+        named = {**finding, "summary": finding["summaries"].get(lang, finding["summaries"]["en"])}
+        if finding.get("funnel") in funnels:
+            named["funnel_name"] = funnels[finding["funnel"]]
+        elif finding["kind"] == "score_drop" and finding.get("stage") in stages:
+            named["step"] = stages[finding["stage"]]
+        pains.append(named)
+    notes = [{**n, "summary": n["summaries"].get(lang, n["summaries"]["en"])} for n in found["notes"]]
+    return {**found, "notes": notes, "pain_points": pains}
 
 
 def _find(
@@ -131,7 +149,6 @@ def _find(
     end: datetime,
     as_of: datetime,
     settings: Settings,
-    lang: str,
     contacts: Sql | None,
     tested: list[int],
 ) -> dict[str, Any]:
@@ -140,7 +157,7 @@ def _find(
     findings: list[dict[str, Any]] = []
     dimensions: dict[str, list[str]] = {}
     notes: list[dict[str, Any]] = []  # what the data allows (same-second steps starving a funnel)
-    funnels = journey_funnels(journey, lang)
+    funnels = journey_funnels(journey)
     orders = order_events(journey)
     if funnels:
         # One session: the temporary tables live on its connection.
@@ -166,7 +183,7 @@ def _find(
                     findings += found
     with store.session() as s:
         s.tune_for_analytics()
-        findings += score_drops(s, journey, start, end, settings, lang, contacts)
+        findings += score_drops(s, journey, start, end, settings, contacts=contacts)
         findings += frustration_spots(s, journey, start, end, settings, contacts)
     # Money at stake where the journey has orders with a revenue: orders lost times the period's
     # average order value, in the journey's currency.
@@ -181,7 +198,6 @@ def _find(
     findings.sort(key=lambda p: (-p["contacts_affected"], -p["z"]))
     for rank, finding in enumerate(findings, 1):
         finding["rank"] = rank
-        finding["summary"] = finding["summaries"].get(lang, finding["summaries"]["en"])
     return {
         "journey": journey.key,
         "period": {"start": start.isoformat(), "end": end.isoformat()},
@@ -196,7 +212,7 @@ def _find(
         "funnels": [f.key for f in journey_funnels(journey)],
         # the segments compared in each funnel: the asked dimensions, or those found in the data
         "dimensions": dimensions,
-        "notes": [{**n, "summary": n["summaries"].get(lang, n["summaries"]["en"])} for n in notes],
+        "notes": notes,
         "pain_points": findings,
     }
 

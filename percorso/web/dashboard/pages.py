@@ -7,6 +7,7 @@ template renders (principle 7 of docs/architecture.md).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -69,7 +70,13 @@ def contact_filter(store: Store, filters: Filters) -> Sql | None:
 
 def cached_map(request: Request, filters: Filters, lang: str, period: Any = None) -> dict[str, Any]:
     store = _store(request)
+    cache = request.app.state.dashboard_cache
     chosen = period or filters.period
+
+    def pains(compute_pains: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        # The same pain points for every language of the page: one computation, kept as long as the map.
+        key = ("pain points", *filters.key(), chosen)
+        return dict(cache.get(key, compute_pains, refresh=filters.refresh).value)
 
     def compute() -> dict[str, Any]:
         result = journey_map(
@@ -81,13 +88,14 @@ def cached_map(request: Request, filters: Filters, lang: str, period: Any = None
             lang=lang,
             refresh=False,
             only=contact_filter(store, filters),
+            memo=pains,
         )
         result["notes_by_stage"] = map_notes(store, filters.journey.key)
         result["opportunities_by_stage"] = map_opportunities(store, filters.journey.key, result)
         return result
 
     key = ("map", *filters.key(), chosen, lang)
-    entry = request.app.state.dashboard_cache.get(key, compute, refresh=filters.refresh)
+    entry = cache.get(key, compute, refresh=filters.refresh)
     return {**entry.value, "computed_at": entry.computed_at.isoformat(), "compute_seconds": entry.seconds}
 
 
