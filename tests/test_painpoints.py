@@ -593,13 +593,8 @@ def test_the_map_page_says_when_same_second_steps_starve_a_funnel(server, monkey
         client.close()
 
 
-def test_money_at_stake_worked_out_by_hand(store: Store) -> None:
-    """200 iOS contacts: half pay, half of those order; 400 web contacts: 90% pay, half of those
-    order; every order is €100 (and one of €300 outside the funnel raises the average to €100.87).
-    iOS drops 40 points more at Payment Started: 80 contacts affected. Of those who paid, 230 of
-    460 ordered: 40 orders lost, €4,034.63 at stake."""
-    from percorso.analytics.stages import save_journey as save
-    from percorso.journey.definition import load_journey as load
+def _ios_shop(store: Store) -> None:
+    """The shop of the money-at-stake test: iOS contacts drop 40 points more after Cart Viewed."""
     from tests.test_stages import Feed
 
     feed = Feed(store)
@@ -628,8 +623,20 @@ def test_money_at_stake_worked_out_by_hand(store: Store) -> None:
                 )
     messages.append(feed.msg({"userId": "shop-till"}, start, "Order Completed", properties={"revenue": 300}))
     feed.send(*messages)
+
+
+def test_money_at_stake_worked_out_by_hand(store: Store) -> None:
+    """200 iOS contacts: half pay, half of those order; 400 web contacts: 90% pay, half of those
+    order; every order is €100 (and one of €300 outside the funnel raises the average to €100.87).
+    iOS drops 40 points more at Payment Started: 80 contacts affected. Of those who paid, 230 of
+    460 ordered: 40 orders lost, €4,034.63 at stake."""
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+
+    _ios_shop(store)
     journey = load(SIGNAL_JOURNEY)
     save(store, journey, "test")
+    start = datetime(2026, 10, 1, tzinfo=UTC)
     end = start + timedelta(days=10)
     found = find_pain_points(store, journey, start=start, end=end, as_of=end)["pain_points"]
     [drop] = [p for p in found if p["kind"] == "dropoff"]
@@ -639,3 +646,76 @@ def test_money_at_stake_worked_out_by_hand(store: Store) -> None:
     assert drop["average_order_value"] == 100.87  # (230 x 100 + 300) / 231, to the cent
     assert drop["value_at_stake"] == pytest.approx(40 * (230 * 100 + 300) / 231, abs=0.01)
     assert drop["currency"] == "EUR"
+
+
+def test_from_a_pain_point_to_its_contacts_and_an_automation_in_italian(server) -> None:
+    """On the Italian map, the iOS drop-off shows its money at stake in euros; its link lists the
+    iOS contacts who stopped after the step (not everyone who did), under the map's filters; one
+    click saves them as a segment and opens the form that starts an automation for them."""
+    import html
+    import re
+
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+    from percorso.web.dashboard.users import add_user
+    from tests.test_dashboard import csrf_of, signed_in
+
+    _ios_shop(server.store)
+    save(server.store, load(SIGNAL_JOURNEY), "test")
+    add_user(server.store, "e@example.it", "a long enough secret", role="editor")
+    client = signed_in(server, ("e@example.it", "a long enough secret"))
+    client.cookies.set("percorso_lang", "it")
+    try:
+        period = "journey=shop&from=2026-10-01&to=2026-10-10"
+        page = html.unescape(client.get(f"/map?{period}").text)
+        pain = page[page.index('data-pain="dropoff"') :]
+        pain = pain[: pain.index("</details>")]
+        assert "iOS" in pain and 'data-at-stake="4034.63"' in pain
+        assert "4034,63\xa0€" in pain.replace(".", "") or "4.034,63\xa0€" in pain  # Babel, it_IT
+        link = re.search(r'<a href="([^"]+)" data-contacts-link>', pain)
+        assert link is not None
+        query = link.group(1).split("?", 1)[1]
+        assert "breakdown=platform" in query and "value=ios" in query and "from=2026-10-01" in query
+
+        listed = client.get(f"/funnels.json?{query}").json()["dropped"]
+        assert (listed["total"], listed["group"], listed["step"]) == (100, "iOS", 1)
+        everyone = client.get(f"/funnels.json?{query.replace('&value=ios', '')}").json()
+        assert everyone["dropped"]["total"] == 140  # 100 iOS and 40 web contacts stopped there
+        shown = html.unescape(client.get(f"/funnels?{query}").text)
+        assert "100 contatti (iOS) hanno abbandonato dopo “Cart Viewed”" in shown
+
+        saved = client.post(
+            "/funnels/segment",
+            data={"name": "iOS persi", "query": query, "then": "reach", "csrf_token": csrf_of(client)},
+        )
+        assert saved.status_code == 303 and saved.headers["location"] == "/segments/ios-persi/reach"
+        twin = client.get("/segments/ios-persi/reach.json").json()
+        assert twin["segment"]["members"] == 100 and twin["form"]["goal"] == "Order Completed"
+        assert "Raggiungi “iOS persi”" in html.unescape(client.get("/segments/ios-persi/reach").text)
+
+        # The map's filters go with the link: under a saved segment (the 200 iOS contacts and the
+        # first 100 of the web, who all paid), the list counts its members alone.
+        with server.store.writing() as s:
+            s.execute(
+                "INSERT INTO segments (segment_key, name, source, created_by, created_at) "
+                "VALUES ('first', 'First', '{}', 'test', ?)",
+                [datetime.now(UTC)],
+            )
+            s.execute(
+                "INSERT INTO segment_members (segment_key, contact_id) SELECT 'first', i.contact_id "
+                "FROM identities i WHERE i.kind = 'user_id' AND (i.value LIKE 'ios-%' OR i.value IN "
+                + "("
+                + ", ".join(f"'web-{n}'" for n in range(100))
+                + "))"
+            )
+        filtered = html.unescape(client.get(f"/map?{period}&segment=first").text)
+        links = re.findall(r'<a href="([^"]+)" data-contacts-link>', filtered)
+        [link] = [x for x in links if "dropped=1&" in x]
+        assert "segment=first" in link and "value=ios" in link
+        unsplit = link.replace("/funnels?", "/funnels.json?").replace("&value=ios", "")
+        assert client.get(unsplit).json()["dropped"]["total"] == 100  # not 140: no web contact of theirs
+        bad = client.get(f"/funnels?{query.replace('&value=ios', '&value=ios&breakdown=')}")
+        assert bad.status_code == 400
+        assert client.get("/funnels.json?funnel=checkout&journey=shop&value=ios").status_code == 400
+    finally:
+        client.close()

@@ -770,24 +770,55 @@ def _duration_label(seconds: int) -> str:
 
 
 def dropped_contacts(
-    store: Store, spec: FunnelSpec, step: int, limit: int = 1000, offset: int = 0
+    store: Store,
+    spec: FunnelSpec,
+    step: int,
+    limit: int = 1000,
+    offset: int = 0,
+    *,
+    value: str | None = None,
 ) -> list[dict[str, Any]]:
     """Contacts who dropped after ``step``: reached it, not the next one, and their window has
     closed (or, in strict mode, their next event was another one) — an audience for a follow-up.
-    Contacts removed by an exclusion step are not in it."""
-    spec.check()
-    n = len(spec.steps)
-    if not 1 <= step < n:
-        raise FunnelError("step", f"between 1 and {n - 1} (the last step has no drop-off)")
+    Contacts removed by an exclusion step are not in it. With ``value``, only those whose
+    breakdown value (``spec.breakdown``) is ``value``."""
     with store.session() as s:
         s.tune_for_analytics()
-        base = reached_sql(s, spec)
+        base, where, params = _dropped(s, spec, step, value)
         step_time = "t1" if step == 1 else f"t{step}"
         return s.dicts(
             base.text + f" SELECT r.cid AS contact_id, {step_time} AS reached_at_epoch, "
             "(SELECT min(value) FROM identities WHERE contact_id = r.cid AND kind = 'email') AS email "
-            f"FROM reached r WHERE {step_time} IS NOT NULL AND t{step + 1} IS NULL "
-            f"AND (t1 + ? <= ? OR brk = {step}) AND xat IS NULL "
-            "ORDER BY r.cid LIMIT ? OFFSET ?",
-            [*base.params, spec.window_seconds, _as_of(spec), limit, offset],
+            f"FROM reached r WHERE {where} ORDER BY r.cid LIMIT ? OFFSET ?",
+            [*base.params, *params, limit, offset],
         )
+
+
+def dropped_count(store: Store, spec: FunnelSpec, step: int, *, value: str | None = None) -> int:
+    """How many contacts :func:`dropped_contacts` lists (all pages)."""
+    with store.session() as s:
+        s.tune_for_analytics()
+        base, where, params = _dropped(s, spec, step, value)
+        return int(
+            s.rows(base.text + f" SELECT count(*) FROM reached r WHERE {where}", [*base.params, *params])[0][
+                0
+            ]
+        )
+
+
+def _dropped(s: Session, spec: FunnelSpec, step: int, value: str | None) -> tuple[Sql, str, list[Any]]:
+    spec.check()
+    n = len(spec.steps)
+    if not 1 <= step < n:
+        raise FunnelError("step", f"between 1 and {n - 1} (the last step has no drop-off)")
+    if value is not None and spec.breakdown is None:
+        raise FunnelError("value", "a breakdown value needs a breakdown")
+    step_time = "t1" if step == 1 else f"t{step}"
+    where = (
+        f"{step_time} IS NOT NULL AND t{step + 1} IS NULL AND (t1 + ? <= ? OR brk = {step}) AND xat IS NULL"
+    )
+    params: list[Any] = [spec.window_seconds, _as_of(spec)]
+    if value is not None:
+        where += " AND r.bd = ?"
+        params.append(value)
+    return reached_sql(s, spec), where, params

@@ -24,7 +24,7 @@ from percorso.store import Store
 TOP_ACTIONS = 5
 
 
-def _people(journey: Journey, chosen: Sql | None) -> Sql | None:
+def people_of(journey: Journey, chosen: Sql | None) -> Sql | None:
     """The map's filter as contact ids (pain points count people): a journey that follows
     accounts gives the people of the chosen accounts."""
     if chosen is None or journey.subject != "account":
@@ -76,7 +76,7 @@ def journey_map(
     compared: dict[str, list[str]] = {}
     pain_notes: list[dict[str, Any]] = []
     if with_pain_points:
-        people = _people(journey, contacts)
+        people = people_of(journey, contacts)
 
         def compute() -> dict[str, Any]:
             return find_pain_points(

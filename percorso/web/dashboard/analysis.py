@@ -19,15 +19,17 @@ from percorso.analytics.funnel import (
     FunnelSpec,
     Step,
     dropped_contacts,
+    dropped_count,
     funnel,
     parse_exclusion,
     parse_step,
 )
 from percorso.analytics.painpoints import journey_funnels
 from percorso.analytics.paths import END, OTHER, PathError, PathSpec, paths
+from percorso.analytics.summaries import segment_label
 from percorso.journey.definition import DURATION_PATTERN, JourneyError, display, duration_seconds
 from percorso.store import Store
-from percorso.web.dashboard.filters import PageError, period, stored_journeys
+from percorso.web.dashboard.filters import PageError, journey_filters, people, period, stored_journeys
 from percorso.web.dashboard.i18n import Translator
 from percorso.web.dashboard.render import language, page
 from percorso.web.dashboard.twins import Editor, Viewer, both_on
@@ -36,6 +38,7 @@ router = APIRouter(include_in_schema=False)
 both = both_on(router)
 
 DROPPED_PAGE = 100  # contacts per page of a drop-off list
+PEOPLE_FILTERS = ("persona", "segment", "channel")
 SEGMENT_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -128,6 +131,11 @@ def funnel_form(request: Request, lang: str) -> dict[str, Any]:
         raise PageError(
             f"dropped: {dropped!r} is not a step that has a next step (1–{len(steps) - 1})", "dropped"
         )
+    value = q.get("value")
+    if value is not None and not (q.get("breakdown") and dropped):
+        raise PageError(
+            "value: lists the contacts of one group, so it needs a breakdown and dropped", "value"
+        )
     return {
         "steps": steps,
         "window": window,
@@ -137,7 +145,10 @@ def funnel_form(request: Request, lang: str) -> dict[str, Any]:
         "funnel": chosen or "",
         "journey": journey,
         "dropped": int(dropped) if dropped else None,
+        "value": value,
         "period": period(request).as_dict(),
+        # the map's filters, kept when a pain point links here: only these people's events count
+        "people": {k: q.get(k) for k in PEOPLE_FILTERS if q.get(k)},
     }
 
 
@@ -148,6 +159,7 @@ def _spec(request: Request, form: dict[str, Any]) -> FunnelSpec:
         journeys = stored_journeys(_store(request))
         journey = next((j for j in journeys if j.key == form["journey"]), journeys[0] if journeys else None)
     steps, exclusions = _from_journey(request, form)
+    contacts = people(_store(request), journey_filters(request)) if form["people"] else None
     try:
         return FunnelSpec(
             steps=steps or [parse_step(s) for s in form["steps"]],
@@ -160,6 +172,7 @@ def _spec(request: Request, form: dict[str, Any]) -> FunnelSpec:
             if exclusions is not None
             else tuple(parse_exclusion(e) for e in form["exclude"]),
             journey=journey,
+            contacts=contacts,
         )
     except (FunnelError, JourneyError, ValueError) as exc:
         raise PageError(str(exc), getattr(exc, "field", "steps")) from None
@@ -180,19 +193,28 @@ def funnels_page(request: Request, session: Viewer) -> Response:
     if len(form["steps"]) >= 2:
         spec = _spec(request, form)
         store = _store(request)
-        key = ("funnel", repr(spec))
+        key = ("funnel", repr(spec), tuple(sorted(form["people"].items())))
         try:
             entry = request.app.state.dashboard_cache.get(key, lambda: funnel(store, spec))
             data["result"] = entry.value
             data["computed_at"] = entry.computed_at.isoformat()
             if form["dropped"]:
-                # The step table's count, paged: every contact it counts can be listed.
-                total = int(entry.value["total"]["steps"][form["dropped"] - 1].get("dropped") or 0)
+                # The step table's count, paged: every contact it counts can be listed (one
+                # group's, counted apart, when a pain point in a segment links here).
+                if form["value"] is None:
+                    total = int(entry.value["total"]["steps"][form["dropped"] - 1].get("dropped") or 0)
+                else:
+                    total = dropped_count(store, spec, form["dropped"], value=form["value"])
                 pages = max(1, -(-total // DROPPED_PAGE))
                 number = _page_number(request, pages)
                 data["dropped"] = {
                     "step": form["dropped"],
                     "label": form["steps"][form["dropped"] - 1],
+                    "value": form["value"],
+                    # the group as the map names it ("Android", "device mobile")
+                    "group": segment_label({form["breakdown"]: form["value"]})
+                    if form["value"] is not None
+                    else None,
                     "total": total,
                     "page": number,
                     "pages": pages,
@@ -205,6 +227,7 @@ def funnels_page(request: Request, session: Viewer) -> Response:
                             form["dropped"],
                             limit=DROPPED_PAGE,
                             offset=(number - 1) * DROPPED_PAGE,
+                            value=form["value"],
                         )
                     ],
                 }
@@ -226,8 +249,10 @@ def save_segment(
     session: Editor,
     name: Annotated[str, Form(max_length=100)],
     query: Annotated[str, Form(max_length=4000)],
+    then: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
-    """Saves the contacts who dropped at a step as a segment (usable as a map filter)."""
+    """Saves the contacts who dropped at a step as a segment (usable as a map filter); with
+    ``then=reach``, goes on to the form that starts an automation for them."""
     from starlette.datastructures import QueryParams
 
     name = name.strip()
@@ -245,7 +270,7 @@ def save_segment(
     spec = _spec(sub, form)
     store = _store(request)
     try:
-        contacts = dropped_contacts(store, spec, form["dropped"], limit=1_000_000)
+        contacts = dropped_contacts(store, spec, form["dropped"], limit=1_000_000, value=form["value"])
     except FunnelError as exc:
         raise PageError(str(exc), exc.field) from None
     with store.writing() as s:
@@ -270,6 +295,8 @@ def save_segment(
                 [v for cid in chunk for v in (key, cid)],
             )
     request.app.state.dashboard_cache.clear()
+    if then == "reach":
+        return RedirectResponse(f"/segments/{key}/reach", status_code=303)
     return RedirectResponse(f"/map?segment={key}", status_code=303)
 
 

@@ -8,7 +8,10 @@ from typing import Any
 
 from fastapi import Request
 
+from percorso.analytics.journeymap import people_of
 from percorso.analytics.period import DEFAULT_DAYS
+from percorso.analytics.personas import find_persona, journey_persona_sql
+from percorso.analytics.sql import Sql
 from percorso.analytics.stages import StageError, get_journey
 from percorso.journey.definition import Journey
 from percorso.store import Store
@@ -129,4 +132,55 @@ def journey_filters(request: Request) -> Filters:
         channel=request.query_params.get("channel") or None,
         segment=request.query_params.get("segment") or None,
         refresh=request.query_params.get("refresh") == "1",
+    )
+
+
+def contact_filter(store: Store, filters: Filters) -> Sql | None:
+    """The map's channel and segment filters as one ``SELECT contact_id``."""
+    parts: list[Sql] = []
+    if filters.channel:
+        parts.append(
+            Sql(
+                "SELECT DISTINCT i.contact_id FROM events e JOIN identities i ON i.identity_id = e.identity_id "
+                "WHERE e.channel = ? AND e.timestamp >= ? AND e.timestamp < ?",
+                [filters.channel, filters.period.start, filters.period.end],
+            )
+        )
+    if filters.segment:
+        with store.session() as s:
+            if not s.rows("SELECT 1 FROM segments WHERE segment_key = ?", [filters.segment]):
+                raise PageError(f"there is no saved segment {filters.segment!r}", "segment")
+        parts.append(
+            Sql(
+                "SELECT coalesce(c.merged_into, c.contact_id) FROM segment_members m "
+                "JOIN contacts c ON c.contact_id = m.contact_id WHERE m.segment_key = ?",
+                [filters.segment],
+            )
+        )
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return Sql(
+        f"SELECT contact_id FROM ({parts[0].text}) a(contact_id) WHERE contact_id IN ({parts[1].text})",
+        [*parts[0].params, *parts[1].params],
+    )
+
+
+def people(store: Store, filters: Filters) -> Sql | None:
+    """The page's persona, channel and saved-segment filters as one ``SELECT`` of contact ids:
+    the people whose pain points the map shows (a journey that follows accounts gives the
+    people of the chosen accounts)."""
+    only = contact_filter(store, filters)
+    if not filters.persona:
+        return only
+    journey = filters.journey
+    with store.session() as s:
+        chosen = journey_persona_sql(s, journey, find_persona(journey, filters.persona), filters.period.end)
+    members = people_of(journey, chosen) or chosen
+    if only is None:
+        return members
+    return Sql(
+        f"SELECT contact_id FROM ({members.text}) pm(contact_id) WHERE contact_id IN ({only.text})",
+        [*members.params, *only.params],
     )

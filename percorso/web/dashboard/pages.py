@@ -10,16 +10,16 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from percorso.analytics.journeymap import journey_map
-from percorso.analytics.sql import CUSTOMER_EVENT, RESOLVED_EVENTS, Sql
+from percorso.analytics.sql import CUSTOMER_EVENT, RESOLVED_EVENTS
 from percorso.journey.definition import display
 from percorso.store import Store
-from percorso.web.dashboard.filters import Filters, PageError, journey_filters
+from percorso.web.dashboard.filters import Filters, PageError, contact_filter, journey_filters
 from percorso.web.dashboard.render import language, page
 from percorso.web.dashboard.signin import safe_next
 from percorso.web.dashboard.twins import Editor, Viewer, both_on
@@ -36,38 +36,6 @@ def _store(request: Request) -> Store:
 
 
 # -- shared analytics, cached ---------------------------------------------------------------------
-def contact_filter(store: Store, filters: Filters) -> Sql | None:
-    """The map's channel and segment filters as one ``SELECT contact_id``."""
-    parts: list[Sql] = []
-    if filters.channel:
-        parts.append(
-            Sql(
-                "SELECT DISTINCT i.contact_id FROM events e JOIN identities i ON i.identity_id = e.identity_id "
-                "WHERE e.channel = ? AND e.timestamp >= ? AND e.timestamp < ?",
-                [filters.channel, filters.period.start, filters.period.end],
-            )
-        )
-    if filters.segment:
-        with store.session() as s:
-            if not s.rows("SELECT 1 FROM segments WHERE segment_key = ?", [filters.segment]):
-                raise PageError(f"there is no saved segment {filters.segment!r}", "segment")
-        parts.append(
-            Sql(
-                "SELECT coalesce(c.merged_into, c.contact_id) FROM segment_members m "
-                "JOIN contacts c ON c.contact_id = m.contact_id WHERE m.segment_key = ?",
-                [filters.segment],
-            )
-        )
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    return Sql(
-        f"SELECT contact_id FROM ({parts[0].text}) a(contact_id) WHERE contact_id IN ({parts[1].text})",
-        [*parts[0].params, *parts[1].params],
-    )
-
-
 def cached_map(request: Request, filters: Filters, lang: str, period: Any = None) -> dict[str, Any]:
     store = _store(request)
     cache = request.app.state.dashboard_cache
@@ -264,7 +232,8 @@ def map_page(request: Request, session: Viewer) -> Response:
         data["filters"]["compare_to"] = before.last.isoformat()
         data["compare"] = cached_map(request, filters, lang, before)
         data["deltas"] = _deltas(data["compare"], data["map"])
-    data["suggestions"] = _suggestions(data["map"])
+    data["pain_links"] = pain_links(data["map"], filters)
+    data["suggestions"] = _suggestions(data["map"], data["pain_links"])
     if session.user.can("editor"):  # whom a planned opportunity may be given to
         from percorso.web.dashboard.opportunities import team
 
@@ -295,27 +264,59 @@ def _deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str
     return out
 
 
-def _suggestions(jmap: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Opportunities the data suggests: look at (and reach) the contacts behind each pain point."""
+def pain_links(jmap: dict[str, Any], filters: Filters) -> dict[str, str]:
+    """For each pain point found in a funnel, the funnel page listing exactly its contacts: those
+    who stopped after its step, in its segment (a breakdown value) and in its days (a dated
+    incident, else the map's period), among the people the map's filters keep. From there they
+    become a segment and an automation reaches them."""
+    steps = {f.key: len(f.steps) for f in filters.journey.funnels}
+    out: dict[str, str] = {}
+    for pain in [
+        *(p for s in jmap["stages"] for p in s["pain_points"]),
+        *jmap.get("unplaced_pain_points", []),
+    ]:
+        k, funnel = pain.get("step_index"), pain.get("funnel")
+        if not funnel or not k or not 1 <= int(k) < steps.get(funnel, 0):
+            continue
+        when = pain.get("when") if isinstance(pain.get("when"), dict) else None
+        query: list[tuple[str, str]] = [
+            ("journey", jmap["journey"]),
+            ("funnel", str(funnel)),
+            ("dropped", str(k)),
+        ]
+        query += (
+            [("from", when["start"]), ("to", when["end"])] if when else list(filters.period.as_dict().items())
+        )
+        query += [
+            (name, str(value))
+            for name in ("persona", "segment", "channel")
+            if (value := getattr(filters, name))
+        ]
+        for dim, value in (pain.get("segment") or {}).items():
+            query += [("breakdown", dim), ("value", str(value))]
+        out[pain["key"]] = "/funnels?" + urlencode(query)
+    return out
+
+
+def _suggestions(jmap: dict[str, Any], links: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """Opportunities the data suggests: look at (and reach) the contacts behind each pain point,
+    each suggestion naming its step and, where it has one, its segment."""
     out: dict[str, list[dict[str, Any]]] = {}
     for stage in jmap["stages"]:
         for pain in stage["pain_points"]:
-            seen = {(s["funnel"], s["step"]) for s in out.get(stage["stage"], [])}
-            if (
-                pain.get("funnel")
-                and pain.get("step_index")
-                and (pain["funnel"], pain["step_index"]) not in seen
-            ):
-                out.setdefault(stage["stage"], []).append(
-                    {
-                        "pain": pain.get("summary"),
-                        "funnel": pain["funnel"],
-                        "step": pain["step_index"],
-                        "step_name": pain.get("step"),
-                        "link": f"/funnels?journey={quote(jmap['journey'])}&funnel={quote(str(pain['funnel']))}"
-                        f"&dropped={int(pain['step_index'])}",
-                    }
-                )
+            link = links.get(pain["key"])
+            if link is None or link in {s["link"] for s in out.get(stage["stage"], [])}:
+                continue
+            out.setdefault(stage["stage"], []).append(
+                {
+                    "pain": pain.get("summary"),
+                    "funnel": pain["funnel"],
+                    "step": pain["step_index"],
+                    "step_name": pain.get("step"),
+                    "segment": pain.get("segment_label"),
+                    "link": link,
+                }
+            )
     return out
 
 
