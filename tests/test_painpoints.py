@@ -80,6 +80,10 @@ def test_planted_slow_android_checkout(planted):
     assert slow["segment"] == {"platform": "android"}
     assert slow["step"] == "Checkout Started → Payment Info Entered"
     assert slow["evidence"]["segment_median_seconds"] > 3 * slow["evidence"]["overall_median_seconds"]
+    # The hang often outlasts the visit gap (30 minutes): those contacts came back later, which
+    # is the same problem, reported once, with the slow step.
+    assert slow["evidence"]["segment_share_later"] > 0.3 > slow["evidence"]["baseline_share_later"]
+    assert found(planted, "later") == []
 
 
 def test_planted_app_payment_failures(planted):
@@ -99,11 +103,21 @@ def test_planted_delivery_calls(planted):
     assert support["evidence"]["share_with_trouble"] > 0.15 > support["evidence"]["baseline_share"]
 
 
-def test_ranked_by_contacts_affected(planted):
-    affected = [p["contacts_affected"] for p in planted["pain_points"]]
-    assert affected == sorted(affected, reverse=True)
-    assert [p["rank"] for p in planted["pain_points"]] == list(range(1, len(affected) + 1))
-    assert len(planted["pain_points"]) == 6  # the five planted problems; app failures show two ways
+def test_ranked_by_money_then_conversions_lost_then_contacts(planted):
+    """The app's payment drop loses orders (money), the registration outage loses completed
+    registrations, the rest lose no step and follow by contacts affected."""
+    pains = planted["pain_points"]
+    assert [p["kind"] for p in pains[:2]] == ["dropoff", "dip"]
+    assert pains[0]["value_at_stake"] > 0 and pains[0]["orders_lost"] == pains[0]["conversions_lost"]
+    assert (
+        pains[1]["conversions_lost"] > 0
+        and "orders_lost" not in pains[1]
+        and "value_at_stake" not in pains[1]
+    )
+    rest = [p["contacts_affected"] for p in pains[2:]]
+    assert rest == sorted(rest, reverse=True) and not any("conversions_lost" in p for p in pains[2:])
+    assert [p["rank"] for p in pains] == list(range(1, len(pains) + 1))
+    assert len(pains) == 6  # the five planted problems; app failures show two ways
 
 
 def test_clean_shop_has_no_pain_points(tmp_path):
@@ -189,6 +203,19 @@ SUMMARIES = [  # kind, facts, English, Italian
         },
         "Android: Checkout Started → Payment Info Entered takes 3.2x the usual time",
         "Android: «Checkout Started» → «Payment Info Entered» richiede 3,2 volte il tempo abituale",
+    ),
+    (
+        "later",
+        {
+            "segment": "iOS",
+            "step": "Payment Started",
+            "next": "Order Completed",
+            "rate": 0.6,
+            "baseline": 0.02,
+        },
+        "iOS: 60 in 100 take Payment Started → Order Completed only in a later visit, against 2 in 100 elsewhere",
+        "iOS: 60 su 100 passano da «Payment Started» a «Order Completed» solo in una visita successiva, "
+        "contro 2 su 100 degli altri",
     ),
     (
         "dip",
@@ -719,3 +746,47 @@ def test_from_a_pain_point_to_its_contacts_and_an_automation_in_italian(server) 
         assert client.get("/funnels.json?funnel=checkout&journey=shop&value=ios").status_code == 400
     finally:
         client.close()
+
+
+def test_a_step_taken_in_a_later_visit_is_reported_as_such_not_as_slow(store: Store) -> None:
+    """200 iOS contacts pay; 120 of them order the next day (a later visit), the rest two minutes
+    later, like every web contact. Nobody drops, and within the visit every step takes the same
+    time: the one finding is that iOS contacts come back later to order (60 in 100 against 0),
+    not a slow step (the day's wait is not time spent in the step)."""
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+    from tests.test_stages import Feed
+
+    feed = Feed(store)
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    messages = []
+    for platform, library, people, later in (
+        ("ios", "analytics-ios", 200, 120),
+        ("web", "analytics.js", 400, 0),
+    ):
+        context = {"library": {"name": library, "version": "1"}}
+        for n in range(people):
+            who = {"userId": f"{platform}-{n}"}
+            at = start + timedelta(minutes=17 * n)
+            messages.append(feed.msg(who, at, "Cart Viewed", context=context))
+            messages.append(feed.msg(who, at + timedelta(minutes=1), "Payment Started", context=context))
+            ordered = at + (timedelta(hours=20) if n < later else timedelta(minutes=3))
+            messages.append(feed.msg(who, ordered, "Order Completed", context=context))
+    feed.send(*messages)
+    journey = load(SIGNAL_JOURNEY)
+    save(store, journey, "test")
+    end = start + timedelta(days=10)
+    result = find_pain_points(store, journey, start=start, end=end, as_of=end + timedelta(days=2), lang="it")
+    [later] = result["pain_points"]
+    assert (later["kind"], later["segment"], later["step_index"]) == ("later", {"platform": "ios"}, 2)
+    assert later["evidence"] == {
+        "segment_share_later": 0.6,
+        "baseline_share_later": 0.0,
+        "segment_contacts": 200,
+        "baseline_contacts": 400,
+    }
+    assert later["contacts_affected"] == 120
+    assert later["summary"] == (
+        "iOS: 60 su 100 passano da «Payment Started» a «Order Completed» solo in una visita successiva, "
+        "contro 0 su 100 degli altri"
+    )

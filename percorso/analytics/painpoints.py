@@ -1,15 +1,17 @@
 """Pain points, found automatically: where customers are lost or struggle, with evidence.
 
-For every funnel of a journey (checkout, registration, …) and every step in it, five detectors
+For every funnel of a journey (checkout, registration, …) and every step in it, seven detectors
 look for a place that is significantly worse than its own baseline:
 
 ``dropoff``        a segment (platform=ios, …) drops off at a step far more than everyone else;
-``dip``            a step's conversion fell during a run of weeks compared with before and after;
+``dip``            a step's conversion fell during a run of days, counted in visits
+                   (:mod:`percorso.analytics.incidents`);
 ``loop``           customers go back and forth between two steps;
 ``support``        a step is followed by support contacts (channels support, call-center) far more
                    often than the other steps of the funnel;
 ``errors``         the same for error events (``*Failed*``, ``*Error*``);
-``slow``           a segment takes far longer than everyone else between two steps.
+``slow``           a segment takes far longer than everyone else between two steps, within the visit;
+``later``          a segment takes the next step far more often only in a later visit.
 
 Beside the funnels, :mod:`percorso.analytics.experience` finds stages whose NPS or CSAT dropped
 (``score_drop``) and clicked elements full of rage and dead clicks (``frustration``).
@@ -44,7 +46,7 @@ from statsmodels.stats.proportion import confint_proportions_2indep
 
 from percorso.analytics.experience import frustration_spots, score_drops
 from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, shared_reach
-from percorso.analytics.incidents import candidate_dimensions, daily_series, day_of, find_incidents
+from percorso.analytics.incidents import VISIT_GAP, candidate_dimensions, daily_series, day_of, find_incidents
 from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
 from percorso.analytics.summaries import segment_label, summaries
@@ -112,7 +114,7 @@ def find_pain_points(
     lang: str = "en",
     contacts: Sql | None = None,
 ) -> dict[str, Any]:
-    """Every funnel of ``journey`` through every detector, ranked by contacts affected; with
+    """Every funnel of ``journey`` through every detector, ranked by :func:`impact`; with
     ``contacts`` (a SELECT of contact ids: a persona, a channel, a saved segment), over their
     events, answers and clicks only."""
     as_of = as_of or datetime.now(UTC)
@@ -195,7 +197,7 @@ def _find(
             finding["currency"] = journey.currency
             finding["average_order_value"] = round(aov[0], 2) if aov else None
     findings = _false_discoveries_out(findings, tested[0], settings.fdr)
-    findings.sort(key=lambda p: (-p["contacts_affected"], -p["z"]))
+    findings.sort(key=impact)
     for rank, finding in enumerate(findings, 1):
         finding["rank"] = rank
     return {
@@ -215,6 +217,18 @@ def _find(
         "notes": notes,
         "pain_points": findings,
     }
+
+
+def impact(finding: dict[str, Any]) -> tuple[float, float, float, float]:
+    """The ranking key, biggest impact first: money at stake, then completed funnels lost (a
+    drop-off or an incident), then contacts affected (the findings that lose no step: slowness,
+    loops, errors, support, scores, clicks), then the strength of the evidence."""
+    return (
+        -(finding.get("value_at_stake") or 0.0),
+        -(finding.get("conversions_lost") or 0.0),
+        -finding["contacts_affected"],
+        -finding["z"],
+    )
 
 
 def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
@@ -311,8 +325,7 @@ def _detect(
                     findings += _dropoff_and_slow(s, base, f, spec, dim, cfg)
                 if i == 0:  # these do not depend on the segments
                     findings += _trouble_and_loops(s, base, trouble, f, spec, cfg)
-                    if _ends_in_an_order(f, orders):
-                        completion = _completion(s, base, spec)
+                    completion = _completion(s, base, spec)
     dips = _dips(s, f, spec, [d for d in dims if d not in ("persona", "first_campaign")], cfg, notes)
     # A segment's drop at a step that a dated incident of the same segment explains is that
     # incident, seen again over the whole period: reported once, with its dates.
@@ -325,10 +338,31 @@ def _detect(
         )
     ]
     findings = _one_dimension_each(findings) + dips
-    for finding in findings:  # a lost step of a funnel that ends in an order is an order lost
+    # A segment that comes back later at a step where it also drops, had an incident or is slow
+    # within the visit is one problem: reported once, as that, with the share who came back later.
+    lost = {
+        (p["step_index"], json.dumps(p["segment"], sort_keys=True)): p
+        for p in sorted(findings, key=lambda p: p["kind"] == "slow")  # a drop before slowness
+        if p["kind"] in (*LOST_STEPS, "slow") and p["segment"]
+    }
+    kept = []
+    for p in findings:
+        same = lost.get((p["step_index"], json.dumps(p["segment"], sort_keys=True)))
+        if p["kind"] == "later" and same is not None:
+            same["evidence"]["segment_share_later"] = p["evidence"]["segment_share_later"]
+            same["evidence"]["baseline_share_later"] = p["evidence"]["baseline_share_later"]
+        else:
+            kept.append(p)
+    findings = kept
+    # A contact lost at a step is a completed funnel lost as often as those past the step
+    # completed it; in a funnel that ends in an order, an order lost.
+    order = _ends_in_an_order(f, orders)
+    for finding in findings:
         k = finding["step_index"]
         if finding["kind"] in LOST_STEPS and completion and k < len(completion) and completion[k] is not None:
-            finding["orders_lost"] = round(finding["contacts_affected"] * completion[k], 1)
+            finding["conversions_lost"] = round(finding["contacts_affected"] * completion[k], 1)
+            if order:
+                finding["orders_lost"] = finding["conversions_lost"]
     return findings, list(dims)
 
 
@@ -426,16 +460,27 @@ def _closed(groups: list[dict[str, Any]], k: int) -> tuple[int, int]:
 
 
 def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[dict[str, Any]]:
-    """Per segment: how many transitions k→k+1 are slower than the step's overall median."""
+    """Per segment and transition k→k+1: steps taken within the visit (the next step within
+    :data:`VISIT_GAP`) that are slower than the step's usual median (``slow``), and the share
+    that took the next step only in a later visit (``later``: came back later, once)."""
     n = len(f.steps)
     findings = []
+    gap = VISIT_GAP
+
+    def took(k: int) -> str:
+        return f"(t{k + 1} - t{k})"
+
+    def within(k: int) -> str:
+        return f"CASE WHEN {took(k)} <= {gap} THEN {took(k)} END"
+
     medians = ", ".join(
-        f"percentile_cont(0.5) WITHIN GROUP (ORDER BY t{k + 1} - t{k}) AS m{k}" for k in range(1, n)
+        f"percentile_cont(0.5) WITHIN GROUP (ORDER BY {within(k)}) AS m{k}" for k in range(1, n)
     )
     overall = s.dicts(base.text + f" SELECT {medians} FROM reached", base.params)[0]
     counts = ", ".join(
-        f"count(t{k + 1}) AS n{k}, sum(CASE WHEN t{k + 1} - t{k} > ? THEN 1 ELSE 0 END) AS slow{k}, "
-        f"percentile_cont(0.5) WITHIN GROUP (ORDER BY t{k + 1} - t{k}) AS med{k}"
+        f"count({within(k)}) AS n{k}, sum(CASE WHEN {took(k)} <= {gap} AND {took(k)} > ? THEN 1 ELSE 0 END) "
+        f"AS slow{k}, percentile_cont(0.5) WITHIN GROUP (ORDER BY {within(k)}) AS med{k}, "
+        f"count(t{k + 1}) AS all{k}, sum(CASE WHEN {took(k)} > {gap} THEN 1 ELSE 0 END) AS later{k}"
         for k in range(1, n)
     )
     thresholds = [float(overall[f"m{k}"]) if overall[f"m{k}"] is not None else 0.0 for k in range(1, n)]
@@ -445,10 +490,42 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
     for k in range(1, n):
         total_n = sum(int(r[f"n{k}"] or 0) for r in rows)
         total_slow = sum(int(r[f"slow{k}"] or 0) for r in rows)
+        total_all = sum(int(r[f"all{k}"] or 0) for r in rows)
+        total_later = sum(int(r[f"later{k}"] or 0) for r in rows)
         median_all = overall.get(f"m{k}")
         for r in rows:
             if r["grp"] in ("(none)", "(other)"):
                 continue
+            segment = {dim: r["grp"]}
+            g_all, g_later = int(r[f"all{k}"] or 0), int(r[f"later{k}"] or 0)
+            rest_all, rest_later = total_all - g_all, total_later - g_later
+            if g_all >= cfg.min_contacts and rest_all >= cfg.min_contacts:
+                share, baseline = g_later / g_all, rest_later / rest_all
+                z = _tested_z(g_later, g_all, rest_later, rest_all)
+                if z >= cfg.min_z and share - baseline >= cfg.min_effect:
+                    findings.append(
+                        _finding(
+                            "later",
+                            f,
+                            k,
+                            z=z,
+                            segment=segment,
+                            affected=g_later - g_all * baseline,
+                            evidence={
+                                "segment_share_later": round(share, 4),
+                                "baseline_share_later": round(baseline, 4),
+                                "segment_contacts": g_all,
+                                "baseline_contacts": rest_all,
+                            },
+                            facts={
+                                "segment": segment_label(segment),
+                                "step": f.steps[k - 1].label,
+                                "next": f.steps[k].label,
+                                "rate": share,
+                                "baseline": baseline,
+                            },
+                        )
+                    )
             g_n, g_slow = int(r[f"n{k}"] or 0), int(r[f"slow{k}"] or 0)
             rest_n, rest_slow = total_n - g_n, total_slow - g_slow
             if g_n < cfg.min_contacts or rest_n < cfg.min_contacts or not median_all:
@@ -462,7 +539,7 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
                         f,
                         k,
                         z=z,
-                        segment={dim: r["grp"]},
+                        segment=segment,
                         affected=g_slow - g_n * (rest_slow / rest_n),
                         evidence={
                             "segment_median_seconds": round(float(r[f"med{k}"]), 1),
@@ -472,7 +549,7 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
                             "segment_contacts": g_n,
                         },
                         facts={
-                            "segment": segment_label({dim: r["grp"]}),
+                            "segment": segment_label(segment),
                             "step": f.steps[k - 1].label,
                             "next": f.steps[k].label,
                             "ratio": ratio,
@@ -486,6 +563,8 @@ def _effect(p: dict[str, Any]) -> float:
     ev = p["evidence"]
     if p["kind"] == "dropoff":
         return float(ev["segment_dropoff"] - ev["baseline_dropoff"])
+    if p["kind"] == "later":
+        return float(ev["segment_share_later"] - ev["baseline_share_later"])
     return float(ev["segment_median_seconds"] / ev["overall_median_seconds"])
 
 
@@ -495,7 +574,7 @@ def _one_dimension_each(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     most from the rest is reported, so one problem is not listed once per way of naming it."""
     best: dict[tuple[str, int], tuple[float, str]] = {}
     for p in findings:
-        if p["kind"] in ("dropoff", "slow"):
+        if p["kind"] in SEGMENTED:
             dim = next(iter(p["segment"]))
             where = (p["kind"], p["step_index"])
             if where not in best or _effect(p) > best[where][0]:
@@ -503,8 +582,7 @@ def _one_dimension_each(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         p
         for p in findings
-        if p["kind"] not in ("dropoff", "slow")
-        or next(iter(p["segment"])) == best[(p["kind"], p["step_index"])][1]
+        if p["kind"] not in SEGMENTED or next(iter(p["segment"])) == best[(p["kind"], p["step_index"])][1]
     ]
 
 
@@ -786,7 +864,9 @@ def _false_discoveries_out(findings: list[dict[str, Any]], tested: int, fdr: flo
     return [p for p in findings if p["kind"] not in Z_TESTED or id(p) in passed]
 
 
-Z_TESTED = ("dropoff", "slow", "support", "errors", "loop")
+Z_TESTED = ("dropoff", "slow", "later", "support", "errors", "loop")
+#: The findings of one segment against the rest, reported over one dimension per step.
+SEGMENTED = ("dropoff", "slow", "later")
 
 
 def _z_vs(share: float, n: int, expected: float) -> float:

@@ -92,6 +92,11 @@ _ENGLISH = {
     "slow": lambda f: (
         f"{f['segment']}: {f['step']} → {f['next']} takes {_times(f['ratio'], 'en')}x the usual time"
     ),
+    "later": lambda f: (
+        "{s}: {0} in {2} take {step} → {next} only in a later visit, against {1} in {2} elsewhere".format(
+            *_in(f["rate"], f["baseline"]), s=f["segment"], step=f["step"], next=f["next"]
+        )
+    ),
     "dip": lambda f: (
         f"{f['segment'] + ': ' if f.get('segment') else ''}{f['step']} → {f['next']} converted "
         f"{_pct(f['rate'])} of visits from {_day(f['start'], 'en')} to {_day(f['end'], 'en')}, "
@@ -122,6 +127,11 @@ _ITALIAN = {
     ),
     "slow": lambda f: (
         f"{f['segment']}: «{f['step']}» → «{f['next']}» richiede {_times(f['ratio'], 'it')} volte il tempo abituale"
+    ),
+    "later": lambda f: (
+        "{s}: {0} su {2} passano da «{step}» a «{next}» solo in una visita successiva, contro {1} su {2} degli altri".format(
+            *_in(f["rate"], f["baseline"]), s=f["segment"], step=f["step"], next=f["next"]
+        )
     ),
     "dip": lambda f: (
         f"{f['segment'] + ': ' if f.get('segment') else ''}«{f['step']}» → «{f['next']}» ha convertito "
