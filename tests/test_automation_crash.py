@@ -295,7 +295,7 @@ def test_kill_dash_nine_workers_on_postgres(sink: tuple[Sink, int, str], tmp_pat
             }
 
         try:
-            seen = crash_loop(workers, 2, progress, contacts, rounds=6, deadline=started + 75)
+            seen = crash_loop(workers, 2, progress, contacts, rounds=6, deadline=started + 180)
         finally:
             workers.stop()
         # The kills hit the work in progress: enrolling, and sending with claims left behind.
@@ -349,7 +349,7 @@ def test_kill_dash_nine_embedded_server(sink: tuple[Sink, int, str], tmp_path: P
     server = Processes(env, ["serve"], ready=up)
     started = time.monotonic()
     try:
-        seen = crash_loop(server, 1, progress, contacts, rounds=4, deadline=started + 60)
+        seen = crash_loop(server, 1, progress, contacts, rounds=4, deadline=started + 180)
     finally:
         server.stop()
         api.close()
