@@ -181,3 +181,61 @@ def test_the_map_page_shows_them_with_links_to_the_evidence(server) -> None:
         assert heat.json()["result"]["rage_clicks"] == 120
     finally:
         dashboard.close()
+
+
+def test_the_emotion_lane_quotes_what_customers_said_in_each_stage(server) -> None:
+    """Each stage's quotes are the newest comment of an unhappy, a neutral and a happy answer
+    given while in that stage (as the curve counts them), long ones cut; a comment without a
+    score, or only blanks, is not a quote. The page shows them under the curve, dated in Italian."""
+    from percorso.web.dashboard.users import add_user
+    from tests.test_dashboard import signed_in
+
+    store = server.store
+    journey = load_journey(JOURNEY)
+    save_journey(store, journey, "test")
+    feed = Feed(store)
+
+    def said(who: str, at: datetime, score: int | None, comment: str, *, buys: bool) -> list[dict[str, Any]]:
+        person = {"userId": who}
+        out = [feed.msg(person, at)]
+        if buys:
+            out.append(feed.msg(person, at + timedelta(minutes=1), "Order Completed"))
+        properties: dict[str, Any] = {"survey": "nps-site", "kind": "nps", "comment": comment}
+        if score is not None:
+            properties["score"] = score
+        out.append(feed.msg(person, at + timedelta(minutes=5), "Survey Answered", properties=properties))
+        return out
+
+    day = timedelta(days=1)
+    feed.send(
+        *said("b1", START, 2, "Older complaint", buys=True),
+        *said("b2", START + day, 3, "The parcel came a week late  and nobody told me", buys=True),
+        *said("b3", START + 2 * day, 7, "Fine, a bit slow", buys=True),
+        *said("b4", START + 3 * day, 10, "Lovely " + "lamp " * 80, buys=True),
+        *said("b5", START + 4 * day, None, "No score given", buys=True),
+        *said("b6", START + 5 * day, 9, "   ", buys=True),
+        *said("a1", START + day, 4, "Could not find the sizes", buys=False),
+    )
+    update(store, journey)
+    stages = {s["stage"]: s for s in journey_map(store, journey, start=START, end=END)["stages"]}
+    buy = stages["buy"]["emotion"]["quotes"]
+    assert [(q["tone"], q["metric"], q["score"]) for q in buy] == [
+        ("low", "NPS", 3),
+        ("mid", "NPS", 7),
+        ("high", "NPS", 10),
+    ]
+    assert buy[0]["text"] == "The parcel came a week late and nobody told me"
+    assert len(buy[2]["text"]) == 280 and buy[2]["text"].endswith("…")
+    assert [q["text"] for q in stages["aware"]["emotion"]["quotes"]] == ["Could not find the sizes"]
+
+    add_user(store, "anna@example.it", "a long enough secret", role="viewer")
+    dashboard = signed_in(server, ("anna@example.it", "a long enough secret"))
+    try:
+        dashboard.cookies.set("percorso_lang", "it")
+        html = dashboard.get(
+            "/map", params={"journey": "shop", "from": "2026-10-01", "to": "2026-10-14"}
+        ).text
+        assert 'data-quote="low"' in html and "“The parcel came a week late and nobody told me”" in html
+        assert "NPS 3 · 2 ott 2026" in html and "Cosa hanno detto i clienti in ogni fase" in html
+    finally:
+        dashboard.close()

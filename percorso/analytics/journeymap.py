@@ -72,6 +72,7 @@ def journey_map(
     overview = stage_overview(store, journey, since=start, until=end, lang=lang, contacts=contacts)
     funnels = _funnel_conversions(store, journey, start, end) if contacts is None else {}
     activity, feedback = _activity(store, journey, start, end, contacts)
+    quotes = _quotes(store, journey, start, end, contacts)
     pains: list[dict[str, Any]] = []
     compared: dict[str, list[str]] = {}
     pain_notes: list[dict[str, Any]] = []
@@ -114,7 +115,7 @@ def journey_map(
                 "top_actions": _top(act["actions"], TOP_ACTIONS),
                 "channels": _shares(act["channels"]),
                 "touchpoints": _touchpoints(journey, act["touchpoints"], lang),
-                "emotion": _emotion(fb),
+                "emotion": {**_emotion(fb), "quotes": quotes.get(k, [])},
                 "pain_points": by_stage_pains.get(stage.key, []),
                 "kpis": _kpis(stage, numbers, act, fb, lang, journey.currency, funnels),
             }
@@ -247,6 +248,68 @@ def _activity(
         ):  # fmt: skip
             fb[key] += int(value or 0)
     return activity, feedback
+
+
+#: The sides of a score a stage's quotes are taken from, one each: unhappy, neutral, happy.
+TONES = ("low", "mid", "high")
+QUOTE_LENGTH = 280
+
+
+def _quotes(
+    store: Store, journey: Journey, start: datetime, end: datetime, contacts: Sql | None
+) -> dict[int, list[dict[str, Any]]]:
+    """The words behind each stage's emotion: of the answers with a comment given while in the
+    stage (counted in the stage as the curve's scores are), the newest of an unhappy score (NPS
+    0-6, CSAT 1-2), of a neutral one (7-8, 3) and of a happy one (9-10, 4-5), in that order."""
+    subj = subject(journey.subject)
+    windows, fp = _stage_windows(subj, contacts)
+    with store.session() as s:
+        s.tune_for_analytics()
+        answers, answer_params = answer_columns(s)
+        scores, score_params = score_columns()
+        may, may_p = s.json_may_have("e.properties", "comment")
+        comment, comment_p = s.json_text("e.properties", "comment")
+        tone = (
+            "CASE WHEN nps <= 6 OR csat <= 2 THEN 'low' WHEN nps >= 9 OR csat >= 4 THEN 'high' ELSE 'mid' END"
+        )
+        rows = s.rows(
+            f"WITH {windows}, x0 AS (SELECT se.stage_index, e.timestamp AS ts, e.message_id, "
+            f"CASE WHEN {may} THEN {comment} END AS comment, {answers} "
+            f"FROM {_subject_events(subj)} AND e.type = 'track' "
+            "AND e.timestamp >= se.entered_at AND e.timestamp < se.left_at AND e.timestamp >= ? AND e.timestamp < ?), "
+            f"x1 AS (SELECT stage_index, ts, message_id, comment, {scores} FROM x0 WHERE comment IS NOT NULL), "
+            f"x AS (SELECT x1.*, {tone} AS tone FROM x1 WHERE (nps IS NOT NULL OR csat IS NOT NULL) "
+            "AND trim(comment) <> '') "
+            "SELECT stage_index, tone, ts, comment, nps, csat FROM (SELECT x.*, row_number() OVER "
+            "(PARTITION BY stage_index, tone ORDER BY ts DESC, message_id DESC) AS rn FROM x) q WHERE rn = 1",
+            [
+                end,
+                journey.key,
+                end,
+                end,
+                start,
+                *fp,
+                may_p,
+                comment_p,
+                *answer_params,
+                start,
+                end,
+                *score_params,
+            ],
+        )
+    out: dict[int, list[dict[str, Any]]] = {}
+    for stage_index, tone, ts, text, nps, csat in sorted(rows, key=lambda r: (r[0], TONES.index(r[1]))):
+        text = " ".join(str(text).split())
+        out.setdefault(int(stage_index), []).append(
+            {
+                "text": text if len(text) <= QUOTE_LENGTH else text[: QUOTE_LENGTH - 1].rstrip() + "…",
+                "tone": tone,
+                "metric": "NPS" if nps is not None else "CSAT",
+                "score": int(nps if nps is not None else csat),
+                "at": ts.isoformat() if hasattr(ts, "isoformat") else str(ts),
+            }
+        )
+    return out
 
 
 def _emotion(fb: dict[str, Any]) -> dict[str, Any]:

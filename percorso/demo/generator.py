@@ -138,6 +138,27 @@ def marketing_consent(seed: int, index: int) -> bool:
     return digest[0] * 100 < CONSENT_PERCENT * 256
 
 
+#: What the shop's customers write beside their score, by its side (unhappy, neutral, happy).
+COMMENTS = {
+    "low": (
+        "La consegna è arrivata con una settimana di ritardo e nessuno mi ha avvisato.",
+        "Ho dovuto chiamare due volte il servizio clienti per sapere dov'era il pacco.",
+        "Il pagamento con la carta è fallito tre volte prima di andare a buon fine.",
+        "Il divano è bello ma il montaggio non era compreso, e non era scritto da nessuna parte.",
+    ),
+    "mid": (
+        "Prodotti belli, ma i tempi di consegna andrebbero chiariti prima dell'acquisto.",
+        "Tutto bene, anche se il sito da telefono è un po' lento.",
+        "Buona qualità, prezzi un po' alti rispetto ad altri negozi.",
+    ),
+    "high": (
+        "Consegna puntuale e il corriere è stato gentilissimo.",
+        "La lampada è ancora più bella dal vivo. Tornerò sicuramente!",
+        "Servizio clienti rapido e cortese, mi hanno aiutato a scegliere il colore.",
+    ),
+}
+
+
 @dataclass(frozen=True)
 class DemoSpec:
     contacts: int = 20_000
@@ -470,12 +491,14 @@ class _Person:
 
     def survey(self, ts: float, satisfied: float) -> None:
         score = min(10, max(0, round(self.rng.gauss(6 + 3.5 * satisfied, 1.8))))
-        self.offline(
-            ts,
-            "survey",
-            "Survey Responded",
-            {"survey": "nps", "score": score, "question": "Consiglieresti Casa Aurora?"},
-        )
+        answer: dict[str, Any] = {"survey": "nps", "score": score, "question": "Consiglieresti Casa Aurora?"}
+        # About one answer in three leaves a comment. Drawn from its own generator, seeded by the
+        # contact and the moment, so the rest of the shop stays what it was without comments.
+        words = random.Random(f"{self.user_id}-{ts:.0f}")
+        if words.random() < 0.35:
+            side = COMMENTS["low" if score <= 6 else "high" if score >= 9 else "mid"]
+            answer["comment"] = words.choice(side)
+        self.offline(ts, "survey", "Survey Responded", answer)
 
     def call(self, ts: float, reason: str) -> None:
         rng = self.rng
