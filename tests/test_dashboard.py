@@ -151,6 +151,11 @@ def test_map_page_shows_the_same_numbers_as_its_json_twin(site: LiveServer) -> N
     assert "Mappa del percorso" in html_it and "Consapevolezza" in html_it
     first = f"{stages[0]['contacts']['entered']:,}".replace(",", ".")
     assert f"data-entered>{first}</span>" in html_it
+    # Actions as people say them, the event's own name in the tooltip.
+    actions = [a for s in stages for a in s["top_actions"]]
+    viewed = next(a for a in actions if a["action"] == "Product Viewed")
+    assert viewed["name"] == "Viewed a product"
+    assert '<span class="name" title="Product Viewed">Ha visto un prodotto</span>' in html_it
 
 
 def test_overview_tiles_match_the_store(site: LiveServer) -> None:

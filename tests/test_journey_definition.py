@@ -163,3 +163,32 @@ def test_a_funnel_kpi_names_a_funnel_of_the_journey() -> None:
         load_journey(text, "shop.yaml")
     problem = caught.value.problems[0]
     assert problem.field == "stages[2].kpis[1].funnel" and "checkout, registration" in problem.message
+
+
+def test_events_are_named_as_people_say_them():
+    from percorso.journey.names import action_name
+
+    journey = load_journey(
+        GOOD
+        + "events:\n"
+        + "  Registration Submitted: {en: Signed up, it: Si è registrato}\n"
+        + '  "page: Home": Viewed the home page\n'
+        + "  Order Completed: {en: Bought, it: Ha comprato}\n"
+    )
+    # the journey's own names first, in each language, in any case style of the event
+    assert action_name(journey, "Registration Submitted", "it") == "Si è registrato"
+    assert action_name(journey, "registration_submitted", "en") == "Signed up"
+    assert action_name(journey, "page: Home", "it") == "Viewed the home page"  # a plain string is both
+    assert action_name(journey, "Order Completed", "en") == "Bought"
+    # then the common names
+    assert action_name(journey, "Product Viewed", "it") == "Ha visto un prodotto"
+    assert action_name(None, "order-completed", "en") == "Placed an order"
+    assert action_name(None, "OrderCompleted", "it") == "Ha fatto un ordine"
+    assert action_name(None, "Email Link Clicked", "en") == "Clicked a link in an e-mail"
+    # and nothing for what neither names: the page keeps the event as it was sent
+    assert action_name(journey, "Referral Sent", "en") is None
+    assert action_name(None, "page: Home", "en") is None
+    [problem] = problems_of(GOOD + "events:\n  Order Completed: {en: Bought, fr: Acheté}\n")
+    assert problem.field.startswith("events") and "fr" in problem.message
+    [problem] = problems_of(GOOD + "events:\n  '': Nothing\n")
+    assert problem.field.startswith("events")

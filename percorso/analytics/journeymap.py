@@ -19,6 +19,7 @@ from percorso.analytics.significance import Settings as PainSettings
 from percorso.analytics.sql import MEMBERSHIPS, Sql, Subject, condition_sql, subject
 from percorso.analytics.stages import stage_overview, update
 from percorso.journey.definition import Journey, display
+from percorso.journey.names import action_name
 from percorso.store import Store
 
 TOP_ACTIONS = 5
@@ -112,7 +113,10 @@ def journey_map(
                     "median_seconds": numbers["median_seconds_in_stage"],
                     "p90_seconds": numbers["p90_seconds_in_stage"],
                 },
-                "top_actions": _top(act["actions"], TOP_ACTIONS),
+                "top_actions": [
+                    {**a, "name": action_name(journey, a["action"], lang)}
+                    for a in _top(act["actions"], TOP_ACTIONS)
+                ],
                 "channels": _shares(act["channels"]),
                 "touchpoints": _touchpoints(journey, act["touchpoints"], lang),
                 "emotion": {**_emotion(fb), "quotes": quotes.get(k, [])},

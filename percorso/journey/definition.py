@@ -174,6 +174,9 @@ class Journey(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     personas: list[Persona] = []
     funnels: list[Funnel] = []
     signals: Signals | None = None
+    #: events as people say them, by event name or map action label (``page: Home``):
+    #: ``{Order Completed: {en: Placed an order, it: Ha fatto un ordine}}`` (percorso.journey.names)
+    events: dict[Annotated[str, msgspec.Meta(min_length=1, max_length=200)], Name | str] = {}
 
     def stage_keys(self) -> list[str]:
         return [s.key for s in self.stages]

@@ -88,7 +88,7 @@ def _lane_lines(
     """The text lines of one cell as (css class, text)."""
     if lane == "actions":
         return [
-            ("", f"{_cut(t.action(a['action']), 28)}  {t.pct(a['share'], 0)}")
+            ("", f"{_cut(a.get('name') or t.action(a['action']), 28)}  {t.pct(a['share'], 0)}")
             for a in stage["top_actions"][:5]
         ] or [("muted", t("map.no_actions"))]
     if lane == "touchpoints":
