@@ -701,6 +701,8 @@ def test_from_a_pain_point_to_its_contacts_and_an_automation_in_italian(server) 
         assert "4034,63\xa0€" in pain.replace(".", "") or "4.034,63\xa0€" in pain  # Babel, it_IT
         link = re.search(r'<a href="([^"]+)" data-contacts-link>', pain)
         assert link is not None
+        overview = html.unescape(client.get(f"/?{period}").text)
+        assert f'<a href="{link.group(1)}" data-contacts-link>' in overview  # the same list from the overview
         query = link.group(1).split("?", 1)[1]
         assert "breakdown=platform" in query and "value=ios" in query and "from=2026-10-01" in query
 

@@ -158,6 +158,9 @@ def overview(request: Request, session: Viewer) -> Response:
         ],
         "stage_trend": _trend(request, filters, lang),
         "top_pain_points": pains[:5],
+        "pain_links": {
+            k: v for k, v in pain_links(jmap, filters).items() if k in {p["key"] for p in pains[:5]}
+        },
         "recent_activity": _recent(request),
         "computed_at": jmap["computed_at"],
     }
