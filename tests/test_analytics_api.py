@@ -56,6 +56,7 @@ def test_journey_lifecycle_stages_map_and_painpoints(server):
         "nps_responses": 0,
         "csat": None,
         "csat_responses": 0,
+        "quotes": [],
     }
     buyers = http.get(
         "/v1/journeys/api-shop/map", params={**PERIOD, "persona": "buyers", "pain_points": "false"}
