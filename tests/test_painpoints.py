@@ -792,3 +792,76 @@ def test_a_step_taken_in_a_later_visit_is_reported_as_such_not_as_slow(store: St
         "iOS: 60 su 100 passano da «Payment Started» a «Order Completed» solo in una visita successiva, "
         "contro 0 su 100 degli altri"
     )
+
+
+BROWSING_JOURNEY = """\
+version: 1
+key: shop
+name: Shop
+stages:
+  - {key: browse, name: Browse, enter: {any: [{event: Product Viewed}]}}
+  - {key: buy, name: Buy, enter: {any: [{event: Order Completed}]}}
+funnels:
+  - key: buying
+    name: Buying
+    window: 1d
+    steps: [{event: Product Viewed}, {event: Product Added}, {event: Order Completed}]
+"""
+
+
+def _browsing_shop(store: Store, ios_back: int, web_back: int) -> None:
+    """200 iOS and 400 web contacts view, add and order; ``ios_back`` of the iOS ones and
+    ``web_back`` of the web ones go back to viewing products ten minutes after adding."""
+    from tests.test_stages import Feed
+
+    feed = Feed(store)
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    messages = []
+    for platform, library, people, back in (
+        ("ios", "analytics-ios", 200, ios_back),
+        ("web", "analytics.js", 400, web_back),
+    ):
+        context = {"library": {"name": library, "version": "1"}}
+        for n in range(people):
+            who = {"userId": f"{platform}-{n}"}
+            at = start + timedelta(minutes=17 * n)
+            messages.append(feed.msg(who, at, "Product Viewed", context=context))
+            messages.append(feed.msg(who, at + timedelta(minutes=1), "Product Added", context=context))
+            if n < back:
+                messages.append(feed.msg(who, at + timedelta(minutes=11), "Product Viewed", context=context))
+            messages.append(feed.msg(who, at + timedelta(minutes=20), "Order Completed", context=context))
+    feed.send(*messages)
+
+
+@pytest.mark.parametrize(("ios_back", "web_back", "found_loop"), [(100, 40, True), (60, 120, False)])
+def test_going_back_to_browsing_is_judged_against_its_own_baseline(
+    store: Store, ios_back: int, web_back: int, found_loop: bool
+) -> None:
+    """Going back from the cart to viewing products is ordinary shopping (30% of everyone: no
+    finding), unless a segment does it far more than the rest (iOS 50% against web 10%)."""
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+
+    _browsing_shop(store, ios_back, web_back)
+    journey = load(BROWSING_JOURNEY)
+    save(store, journey, "test")
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    end = start + timedelta(days=10)
+    result = find_pain_points(store, journey, start=start, end=end, as_of=end + timedelta(days=2), lang="it")
+    loops = found(result, "loop")
+    if not found_loop:
+        assert loops == []
+        return
+    [loop] = loops
+    assert (loop["segment"], loop["step_index"]) == ({"platform": "ios"}, 1)
+    assert loop["evidence"] == {
+        "share_going_back": 0.5,
+        "baseline_share_going_back": 0.1,
+        "segment_contacts": 200,
+        "baseline_contacts": 400,
+    }
+    assert loop["contacts_affected"] == 80  # 200 x (50% - 10%)
+    assert (
+        loop["summary"]
+        == "iOS: il 50% torna da «Product Added» a «Product Viewed» entro un'ora, contro il 10% degli altri"
+    )

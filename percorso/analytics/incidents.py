@@ -211,6 +211,7 @@ def daily_series(
         + f" FROM per_visit WHERE t{k} IS NOT NULL"
         for k in range(1, n)
     )
+    any_step = " OR ".join(f"s{k} = 1" for k in range(1, n + 1))
     only = f" AND i.contact_id IN ({contacts.text})" if contacts is not None else ""
     name = f"percorso_attempts_{uuid.uuid4().hex[:12]}"
     s.execute(
@@ -222,8 +223,11 @@ def daily_series(
         # One order for every window (events of one second fall in one visit whatever their order).
         "marked AS (SELECT ev.*, CASE WHEN ts - lag(ts) OVER (PARTITION BY cid ORDER BY ts) "
         f"<= {VISIT_GAP} THEN 0 ELSE 1 END AS new_visit FROM ev), "
-        "visits AS (SELECT marked.*, sum(new_visit) OVER (PARTITION BY cid ORDER BY ts "
-        f"ROWS UNBOUNDED PRECEDING) AS vid, {nexts} FROM marked), "
+        "numbered AS (SELECT marked.*, sum(new_visit) OVER (PARTITION BY cid ORDER BY ts "
+        "ROWS UNBOUNDED PRECEDING) AS vid FROM marked), "
+        # Only the steps' own events matter from here: the next step is looked for among them
+        # (every other event only served to cut the visits).
+        f"visits AS (SELECT numbered.*, {nexts} FROM numbered WHERE {any_step}), "
         f"per_visit AS (SELECT {per_visit} FROM visits GROUP BY cid, vid) "
         f"SELECT k, CAST(floor(ts / {DAY}) AS INTEGER) - ? AS day, conv, after{dim_names} "
         f"FROM ({picks}) a WHERE ts >= ? AND ts < ?",

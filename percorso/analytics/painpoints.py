@@ -318,14 +318,20 @@ def _detect(
     completion: list[float | None] = []
     dims = funnel_dimensions(s, f, spec, cfg)
     # The funnel's events are read once for every dimension, and its reach computed per dimension.
+    backs = f"percorso_backs_{uuid.uuid4().hex[:12]}"
     with shared_reach(s, spec, dims or (None,)) as reach:
-        for i, dim in enumerate(dims or (None,)):
-            with reach.base(i) as base:
-                if dim is not None:
-                    findings += _dropoff_and_slow(s, base, f, spec, dim, cfg)
-                if i == 0:  # these do not depend on the segments
-                    findings += _trouble_and_loops(s, base, trouble, f, spec, cfg)
-                    completion = _completion(s, base, spec)
+        try:
+            for i, dim in enumerate(dims or (None,)):
+                with reach.base(i) as base:
+                    if i == 0:  # these do not depend on the segments
+                        _back_table(s, base, f, backs)
+                        findings += _trouble_and_loops(s, base, trouble, f, spec, cfg, backs)
+                        completion = _completion(s, base, spec)
+                    if dim is not None:
+                        findings += _dropoff_and_slow(s, base, f, spec, dim, cfg)
+                        findings += _browsing_loops(s, base, backs, f, dim, cfg, spec.journey)
+        finally:
+            s.execute(f"DROP TABLE IF EXISTS {backs}")
     dips = _dips(s, f, spec, [d for d in dims if d not in ("persona", "first_campaign")], cfg, notes)
     # A segment's drop at a step that a dated incident of the same segment explains is that
     # incident, seen again over the whole period: reported once, with its dates.
@@ -565,6 +571,8 @@ def _effect(p: dict[str, Any]) -> float:
         return float(ev["segment_dropoff"] - ev["baseline_dropoff"])
     if p["kind"] == "later":
         return float(ev["segment_share_later"] - ev["baseline_share_later"])
+    if p["kind"] == "loop":
+        return float(ev["share_going_back"] - ev["baseline_share_going_back"])
     return float(ev["segment_median_seconds"] / ev["overall_median_seconds"])
 
 
@@ -574,7 +582,7 @@ def _one_dimension_each(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     most from the rest is reported, so one problem is not listed once per way of naming it."""
     best: dict[tuple[str, int], tuple[float, str]] = {}
     for p in findings:
-        if p["kind"] in SEGMENTED:
+        if p["kind"] in SEGMENTED and p["segment"]:
             dim = next(iter(p["segment"]))
             where = (p["kind"], p["step_index"])
             if where not in best or _effect(p) > best[where][0]:
@@ -582,7 +590,9 @@ def _one_dimension_each(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         p
         for p in findings
-        if p["kind"] not in SEGMENTED or next(iter(p["segment"])) == best[(p["kind"], p["step_index"])][1]
+        if p["kind"] not in SEGMENTED
+        or not p["segment"]
+        or next(iter(p["segment"])) == best[(p["kind"], p["step_index"])][1]
     ]
 
 
@@ -687,8 +697,80 @@ def _z_of(p: float) -> float:
     return float(norm.isf(max(p, 1e-300)))
 
 
+def _back_table(s: Session, base: Sql, f: FunnelDef, name: str) -> None:
+    """Per contact who reached step k+1, whether they went back to step k within an hour
+    (``back{k}``), into the temporary table ``name``: read once, counted overall and per segment."""
+    backs = ", ".join(
+        f"max(CASE WHEN ev.s{k} = 1 AND ev.ts > r.t{k + 1} AND ev.ts <= r.t{k + 1} + {LOOP_HORIZON} "
+        f"THEN 1 ELSE 0 END) AS back{k}"
+        for k in range(1, len(f.steps))
+    )
+    s.execute(
+        f"CREATE TEMPORARY TABLE {name} AS {base.text} "
+        f"SELECT r.cid, {backs} FROM reached r JOIN ev ON ev.cid = r.cid GROUP BY r.cid",
+        base.params,
+    )
+
+
+def _browsing_loops(
+    s: Session, base: Sql, backs: str, f: FunnelDef, dim: str, cfg: Settings, journey: Journey | None
+) -> list[dict[str, Any]]:
+    """Going back to a browsing step is how people shop, so it is judged against its own
+    baseline: a segment that goes back far more often than everyone else at the same step."""
+    steps = [k for k in range(1, len(f.steps)) if is_browsing(f.steps[k - 1].condition, journey)]
+    if not steps:
+        return []
+    counts = ", ".join(
+        f"count(r.t{k + 1}) AS moved{k}, sum(coalesce(b.back{k}, 0)) AS back{k}" for k in steps
+    )
+    rows = s.dicts(
+        base.text
+        + f" SELECT r.bd AS grp, {counts} FROM reached r LEFT JOIN {backs} b ON b.cid = r.cid GROUP BY r.bd",
+        base.params,
+    )
+    findings = []
+    for k in steps:
+        total_n = sum(int(r[f"moved{k}"] or 0) for r in rows)
+        total_x = sum(int(r[f"back{k}"] or 0) for r in rows)
+        for r in rows:
+            if r["grp"] in ("(none)", "(other)"):
+                continue
+            g_n, g_x = int(r[f"moved{k}"] or 0), int(r[f"back{k}"] or 0)
+            rest_n, rest_x = total_n - g_n, total_x - g_x
+            if g_n < cfg.min_contacts or rest_n < cfg.min_contacts:
+                continue
+            share, baseline = g_x / g_n, rest_x / rest_n
+            z = _tested_z(g_x, g_n, rest_x, rest_n)
+            if z >= cfg.min_z and share - baseline >= cfg.min_effect:
+                segment = {dim: r["grp"]}
+                findings.append(
+                    _finding(
+                        "loop",
+                        f,
+                        k,
+                        z=z,
+                        segment=segment,
+                        affected=g_n * (share - baseline),
+                        evidence={
+                            "share_going_back": round(share, 4),
+                            "baseline_share_going_back": round(baseline, 4),
+                            "segment_contacts": g_n,
+                            "baseline_contacts": rest_n,
+                        },
+                        facts={
+                            "segment": segment_label(segment),
+                            "share": share,
+                            "baseline": baseline,
+                            "step": f.steps[k - 1].label,
+                            "next": f.steps[k].label,
+                        },
+                    )
+                )
+    return findings
+
+
 def _trouble_and_loops(
-    s: Session, base: Sql, trouble: str, f: FunnelDef, spec: FunnelSpec, cfg: Settings
+    s: Session, base: Sql, trouble: str, f: FunnelDef, spec: FunnelSpec, cfg: Settings, backs: str
 ) -> list[dict[str, Any]]:
     n = len(f.steps)
     flags = []
@@ -698,17 +780,10 @@ def _trouble_and_loops(
             flags.append(
                 f"max(CASE WHEN tr.{kind} = 1 AND tr.ts > r.t{k} AND tr.ts <= {until} THEN 1 ELSE 0 END) AS {kind}{k}"
             )
-    backs = [
-        # back to step k within an hour of reaching step k+1
-        f"max(CASE WHEN ev.s{k} = 1 AND ev.ts > r.t{k + 1} AND ev.ts <= r.t{k + 1} + {LOOP_HORIZON} "
-        f"THEN 1 ELSE 0 END) AS back{k}"
-        for k in range(1, n)
-    ]
     horizon_end = datetime.fromtimestamp(spec.end.timestamp() + spec.window_seconds + TROUBLE_HORIZON, UTC)
     text = (
         base.text + f", tr AS (SELECT * FROM {trouble} WHERE ts < ?)"
         f", troubled AS (SELECT r.cid, {', '.join(flags)} FROM reached r JOIN tr ON tr.cid = r.cid GROUP BY r.cid)"
-        f", returned AS (SELECT r.cid, {', '.join(backs)} FROM reached r JOIN ev ON ev.cid = r.cid GROUP BY r.cid)"
     )
     params: list[Any] = [*base.params, horizon_end.timestamp()]
     sums = [f"count(r.t{k}) AS reached{k}" for k in range(1, n + 1)]
@@ -717,7 +792,7 @@ def _trouble_and_loops(
         for k in range(1, n + 1)
         for kind in TROUBLE
     ]
-    sums += [f"(SELECT coalesce(sum(back{k}), 0) FROM returned) AS back{k}" for k in range(1, n)]
+    sums += [f"(SELECT coalesce(sum(back{k}), 0) FROM {backs}) AS back{k}" for k in range(1, n)]
     row = s.dicts(text + f" SELECT {', '.join(sums)} FROM reached r", params)[0]
 
     seen: list[Any] = []
@@ -866,7 +941,7 @@ def _false_discoveries_out(findings: list[dict[str, Any]], tested: int, fdr: flo
 
 Z_TESTED = ("dropoff", "slow", "later", "support", "errors", "loop")
 #: The findings of one segment against the rest, reported over one dimension per step.
-SEGMENTED = ("dropoff", "slow", "later")
+SEGMENTED = ("dropoff", "slow", "later", "loop")
 
 
 def _z_vs(share: float, n: int, expected: float) -> float:

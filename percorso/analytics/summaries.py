@@ -109,7 +109,10 @@ _ENGLISH = {
         f"{_pct(f['share'])} of contacts hit an error after {f['step']} (other steps: {_pct(f['baseline'])})"
     ),
     "loop": lambda f: (
-        f"{_pct(f['share'])} of contacts go back from {f['next']} to {f['step']} within an hour"
+        f"{f['segment']}: {_pct(f['share'])} go back from {f['next']} to {f['step']} within an hour, "
+        f"against {_pct(f['baseline'])} elsewhere"
+        if f.get("segment")
+        else f"{_pct(f['share'])} of contacts go back from {f['next']} to {f['step']} within an hour"
     ),
     "score_drop": lambda f: (
         f"{f['metric']} in {f['stage']} fell to {_score(f, 'en')} from {_score(f, 'en', 'before')} "
@@ -147,7 +150,10 @@ _ITALIAN = {
         f"(negli altri passi: {_il(f['baseline'])})"
     ),
     "loop": lambda f: (
-        f"{_il(f['share'], capital=True)} dei contatti torna da «{f['next']}» a «{f['step']}» entro un'ora"
+        f"{f['segment']}: {_il(f['share'])} torna da «{f['next']}» a «{f['step']}» entro un'ora, "
+        f"contro {_il(f['baseline'])} degli altri"
+        if f.get("segment")
+        else f"{_il(f['share'], capital=True)} dei contatti torna da «{f['next']}» a «{f['step']}» entro un'ora"
     ),
     "score_drop": lambda f: (
         f"{_article(f['metric'])}{f['metric']} in «{f['stage']}» è sceso a {_score(f, 'it')} da {_score(f, 'it', 'before')} "
