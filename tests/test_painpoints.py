@@ -91,6 +91,10 @@ def test_planted_app_payment_failures(planted):
     # dimension that sets them apart the most, not one per way of naming them.
     [drop] = found(planted, "dropoff")
     assert drop["segment"] == {"channel": "app"}
+    # the segment named in each summary's own language
+    assert drop["summaries"]["en"].startswith("channel app: ") and drop["summaries"]["it"].startswith(
+        "canale app: "
+    )
     assert drop["step"] == "Checkout Started → Payment Info Entered"
     [errors] = found(planted, "errors")
     assert (errors["funnel"], errors["step"]) == ("checkout", "Checkout Started")

@@ -49,7 +49,7 @@ from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, sh
 from percorso.analytics.incidents import VISIT_GAP, candidate_dimensions, daily_series, day_of, find_incidents
 from percorso.analytics.significance import Settings, p_value, z_test
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
-from percorso.analytics.summaries import segment_label, summaries
+from percorso.analytics.summaries import segment_label, segment_labels, summaries
 from percorso.journey.definition import Condition, Journey, display, duration_seconds
 from percorso.store import Store
 from percorso.store.base import Session
@@ -135,6 +135,8 @@ def in_language(found: dict[str, Any], journey: Journey, lang: str) -> dict[str,
     pains = []
     for finding in found["pain_points"]:
         named = {**finding, "summary": finding["summaries"].get(lang, finding["summaries"]["en"])}
+        if finding.get("segment"):
+            named["segment_label"] = segment_label(finding["segment"], lang)
         if finding.get("funnel") in funnels:
             named["funnel_name"] = funnels[finding["funnel"]]
         elif finding["kind"] == "score_drop" and finding.get("stage") in stages:
@@ -443,7 +445,7 @@ def _dropoff_and_slow(
                             "baseline_contacts": rest_reached,
                         },
                         facts={
-                            "segment": segment_label({dim: g["group"]}),
+                            "segment": segment_labels({dim: g["group"]}),
                             "step": f.steps[k - 1].label,
                             "rate": drop_g,
                             "baseline": drop_rest,
@@ -524,7 +526,7 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
                                 "baseline_contacts": rest_all,
                             },
                             facts={
-                                "segment": segment_label(segment),
+                                "segment": segment_labels(segment),
                                 "step": f.steps[k - 1].label,
                                 "next": f.steps[k].label,
                                 "rate": share,
@@ -555,7 +557,7 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
                             "segment_contacts": g_n,
                         },
                         facts={
-                            "segment": segment_label(segment),
+                            "segment": segment_labels(segment),
                             "step": f.steps[k - 1].label,
                             "next": f.steps[k].label,
                             "ratio": ratio,
@@ -679,7 +681,7 @@ def _dips(
                     "overdispersion": round(sc.dispersion, 2),
                 },
                 facts={
-                    "segment": segment_label(segment),
+                    "segment": segment_labels(segment),
                     "step": f.steps[k - 1].label,
                     "next": f.steps[k].label,
                     "rate": x_in / n_in,
@@ -758,7 +760,7 @@ def _browsing_loops(
                             "baseline_contacts": rest_n,
                         },
                         facts={
-                            "segment": segment_label(segment),
+                            "segment": segment_labels(segment),
                             "share": share,
                             "baseline": baseline,
                             "step": f.steps[k - 1].label,

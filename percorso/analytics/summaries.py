@@ -22,7 +22,12 @@ def summaries(kind: str, facts: dict[str, Any]) -> dict[str, str]:
     >>> summaries("loop", {"share": 0.31, "step": "Product Added", "next": "Checkout Started"})["it"]
     "Il 31% dei contatti torna da «Checkout Started» a «Product Added» entro un'ora"
     """
-    return {"en": _ENGLISH[kind](facts), "it": _ITALIAN[kind](facts)}
+    return {"en": _ENGLISH[kind](_in_language(facts, "en")), "it": _ITALIAN[kind](_in_language(facts, "it"))}
+
+
+def _in_language(facts: dict[str, Any], lang: str) -> dict[str, Any]:
+    """The facts with each one given per language (``{"en": …, "it": …}``) in ``lang``."""
+    return {k: v[lang] if isinstance(v, dict) and set(v) == set(LANGS) else v for k, v in facts.items()}
 
 
 def _pct(value: float) -> str:
@@ -32,9 +37,19 @@ def _pct(value: float) -> str:
 PLATFORMS = {"ios": "iOS", "android": "Android", "web": "Web", "other": "other platforms"}
 
 
-def segment_label(segment: dict[str, Any] | None) -> str | None:
+#: The dimensions percorso names itself, in each language (properties and traits keep their keys).
+DIMENSIONS = {
+    "channel": {"en": "channel", "it": "canale"},
+    "campaign": {"en": "campaign", "it": "campagna"},
+    "first_campaign": {"en": "first campaign", "it": "prima campagna"},
+    "persona": {"en": "persona", "it": "persona"},
+}
+
+
+def segment_label(segment: dict[str, Any] | None, lang: str = "en") -> str | None:
     """A segment as a person reads it: ``{"platform": "android"}`` is "Android",
-    ``{"property:device": "mobile"}`` "device mobile", ``{"trait:plan": "gold"}`` "plan gold"."""
+    ``{"channel": "app"}`` "channel app" ("canale app"), ``{"property:device": "mobile"}``
+    "device mobile", ``{"trait:plan": "gold"}`` "plan gold"."""
     if not segment:
         return None
     parts = []
@@ -42,8 +57,16 @@ def segment_label(segment: dict[str, Any] | None) -> str | None:
         if dim == "platform":
             parts.append(PLATFORMS.get(str(value), str(value)))
         else:
-            parts.append(f"{dim.split(':', 1)[-1]} {value}")
+            name = DIMENSIONS.get(dim, {}).get(lang) or dim.split(":", 1)[-1]
+            parts.append(f"{name} {value}")
     return ", ".join(parts)
+
+
+def segment_labels(segment: dict[str, Any] | None) -> dict[str, str] | None:
+    """:func:`segment_label` in every language, as a fact of :func:`summaries`."""
+    if not segment:
+        return None
+    return {lang: str(segment_label(segment, lang)) for lang in LANGS}
 
 
 def _in(rate: float, baseline: float) -> tuple[str, str, str]:

@@ -212,7 +212,7 @@ def funnels_page(request: Request, session: Viewer) -> Response:
                     "label": form["steps"][form["dropped"] - 1],
                     "value": form["value"],
                     # the group as the map names it ("Android", "device mobile")
-                    "group": segment_label({form["breakdown"]: form["value"]})
+                    "group": segment_label({form["breakdown"]: form["value"]}, lang)
                     if form["value"] is not None
                     else None,
                     "total": total,
