@@ -745,6 +745,7 @@ def test_from_a_pain_point_to_its_contacts_and_an_automation_in_italian(server) 
         links = re.findall(r'<a href="([^"]+)" data-contacts-link>', filtered)
         [link] = [x for x in links if "dropped=1&" in x]
         assert "segment=first" in link and "value=ios" in link
+        assert len(links) == len(re.findall(r'data-pain="(?:dropoff|dip|errors|support)"', filtered))
         unsplit = link.replace("/funnels?", "/funnels.json?").replace("&value=ios", "")
         assert client.get(unsplit).json()["dropped"]["total"] == 100  # not 140: no web contact of theirs
         bad = client.get(f"/funnels?{query.replace('&value=ios', '&value=ios&breakdown=')}")

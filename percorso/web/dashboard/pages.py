@@ -267,6 +267,11 @@ def _deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str
     return out
 
 
+#: The pain points whose people are those who stopped after the step: a slow step, a loop or a
+#: return in a later visit are people who went on, so they get no "lost here" list.
+LOST_HERE = ("dropoff", "dip", "errors", "support")
+
+
 def pain_links(jmap: dict[str, Any], filters: Filters) -> dict[str, str]:
     """For each pain point found in a funnel, the funnel page listing exactly its contacts: those
     who stopped after its step, in its segment (a breakdown value) and in its days (a dated
@@ -279,7 +284,7 @@ def pain_links(jmap: dict[str, Any], filters: Filters) -> dict[str, str]:
         *jmap.get("unplaced_pain_points", []),
     ]:
         k, funnel = pain.get("step_index"), pain.get("funnel")
-        if not funnel or not k or not 1 <= int(k) < steps.get(funnel, 0):
+        if pain["kind"] not in LOST_HERE or not funnel or not k or not 1 <= int(k) < steps.get(funnel, 0):
             continue
         when = pain.get("when") if isinstance(pain.get("when"), dict) else None
         query: list[tuple[str, str]] = [
