@@ -424,36 +424,59 @@ def _dropoff_and_slow(
         totals = _closed(all_groups, k)
         for g in groups:
             reached, moved = _closed([g], k)
-            rest_reached, rest_moved = totals[0] - reached, totals[1] - moved
-            if reached < cfg.min_contacts or rest_reached < cfg.min_contacts:
-                continue
-            drop_g, drop_rest = 1 - moved / reached, 1 - rest_moved / rest_reached
-            z = _tested_z(reached - moved, reached, rest_reached - rest_moved, rest_reached)
-            if z >= cfg.min_z and drop_g - drop_rest >= cfg.min_effect:
-                findings.append(
-                    _finding(
-                        "dropoff",
-                        f,
-                        k,
-                        z=z,
-                        segment={dim: g["group"]},
-                        affected=reached * (drop_g - drop_rest),
-                        evidence={
-                            "segment_dropoff": round(drop_g, 4),
-                            "baseline_dropoff": round(drop_rest, 4),
-                            "segment_contacts": reached,
-                            "baseline_contacts": rest_reached,
-                        },
-                        facts={
-                            "segment": segment_labels({dim: g["group"]}),
-                            "step": f.steps[k - 1].label,
-                            "rate": drop_g,
-                            "baseline": drop_rest,
-                        },
-                    )
-                )
+            found = _against_rest(
+                "dropoff", f, k, {dim: g["group"]}, (reached - moved, reached),
+                (totals[0] - totals[1], totals[0]), cfg, ("segment_dropoff", "baseline_dropoff"),
+            )  # fmt: skip
+            findings += [found] if found else []
     findings += _slow(s, base, f, dim, cfg)
     return findings
+
+
+def _against_rest(
+    kind: str,
+    f: FunnelDef,
+    k: int,
+    segment: dict[str, Any],
+    counted: tuple[int, int],
+    total: tuple[int, int],
+    cfg: Settings,
+    names: tuple[str, str],
+) -> dict[str, Any] | None:
+    """A segment's share at step ``k`` (``counted``: how many of how many: dropped, came back
+    later, went back) against the rest of the contacts (``total`` less the segment's), as a
+    finding of ``kind`` when the z-test and the effect pass; ``names`` are the evidence's names
+    for the two shares."""
+    x, n = counted
+    rest_x, rest_n = total[0] - x, total[1] - n
+    if n < cfg.min_contacts or rest_n < cfg.min_contacts:
+        return None
+    share, baseline = x / n, rest_x / rest_n
+    z = _tested_z(x, n, rest_x, rest_n)
+    if z < cfg.min_z or share - baseline < cfg.min_effect:
+        return None
+    return _finding(
+        kind,
+        f,
+        k,
+        z=z,
+        segment=segment,
+        affected=n * (share - baseline),
+        evidence={
+            names[0]: round(share, 4),
+            names[1]: round(baseline, 4),
+            "segment_contacts": n,
+            "baseline_contacts": rest_n,
+        },
+        facts={
+            "segment": segment_labels(segment),
+            "step": f.steps[k - 1].label,
+            "next": f.steps[k].label,
+            "rate": share,
+            "share": share,
+            "baseline": baseline,
+        },
+    )
 
 
 def _closed(groups: list[dict[str, Any]], k: int) -> tuple[int, int]:
@@ -505,35 +528,12 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
             if r["grp"] in ("(none)", "(other)"):
                 continue
             segment = {dim: r["grp"]}
-            g_all, g_later = int(r[f"all{k}"] or 0), int(r[f"later{k}"] or 0)
-            rest_all, rest_later = total_all - g_all, total_later - g_later
-            if g_all >= cfg.min_contacts and rest_all >= cfg.min_contacts:
-                share, baseline = g_later / g_all, rest_later / rest_all
-                z = _tested_z(g_later, g_all, rest_later, rest_all)
-                if z >= cfg.min_z and share - baseline >= cfg.min_effect:
-                    findings.append(
-                        _finding(
-                            "later",
-                            f,
-                            k,
-                            z=z,
-                            segment=segment,
-                            affected=g_later - g_all * baseline,
-                            evidence={
-                                "segment_share_later": round(share, 4),
-                                "baseline_share_later": round(baseline, 4),
-                                "segment_contacts": g_all,
-                                "baseline_contacts": rest_all,
-                            },
-                            facts={
-                                "segment": segment_labels(segment),
-                                "step": f.steps[k - 1].label,
-                                "next": f.steps[k].label,
-                                "rate": share,
-                                "baseline": baseline,
-                            },
-                        )
-                    )
+            counted = (int(r[f"later{k}"] or 0), int(r[f"all{k}"] or 0))
+            later = _against_rest(
+                "later", f, k, segment, counted, (total_later, total_all), cfg,
+                ("segment_share_later", "baseline_share_later"),
+            )  # fmt: skip
+            findings += [later] if later else []
             g_n, g_slow = int(r[f"n{k}"] or 0), int(r[f"slow{k}"] or 0)
             rest_n, rest_slow = total_n - g_n, total_slow - g_slow
             if g_n < cfg.min_contacts or rest_n < cfg.min_contacts or not median_all:
@@ -737,37 +737,12 @@ def _browsing_loops(
         for r in rows:
             if r["grp"] in ("(none)", "(other)"):
                 continue
-            g_n, g_x = int(r[f"moved{k}"] or 0), int(r[f"back{k}"] or 0)
-            rest_n, rest_x = total_n - g_n, total_x - g_x
-            if g_n < cfg.min_contacts or rest_n < cfg.min_contacts:
-                continue
-            share, baseline = g_x / g_n, rest_x / rest_n
-            z = _tested_z(g_x, g_n, rest_x, rest_n)
-            if z >= cfg.min_z and share - baseline >= cfg.min_effect:
-                segment = {dim: r["grp"]}
-                findings.append(
-                    _finding(
-                        "loop",
-                        f,
-                        k,
-                        z=z,
-                        segment=segment,
-                        affected=g_n * (share - baseline),
-                        evidence={
-                            "share_going_back": round(share, 4),
-                            "baseline_share_going_back": round(baseline, 4),
-                            "segment_contacts": g_n,
-                            "baseline_contacts": rest_n,
-                        },
-                        facts={
-                            "segment": segment_labels(segment),
-                            "share": share,
-                            "baseline": baseline,
-                            "step": f.steps[k - 1].label,
-                            "next": f.steps[k].label,
-                        },
-                    )
-                )
+            counted = (int(r[f"back{k}"] or 0), int(r[f"moved{k}"] or 0))
+            loop = _against_rest(
+                "loop", f, k, {dim: r["grp"]}, counted, (total_x, total_n), cfg,
+                ("share_going_back", "baseline_share_going_back"),
+            )  # fmt: skip
+            findings += [loop] if loop else []
     return findings
 
 

@@ -158,9 +158,7 @@ def overview(request: Request, session: Viewer) -> Response:
         ],
         "stage_trend": _trend(request, filters, lang),
         "top_pain_points": pains[:5],
-        "pain_links": {
-            k: v for k, v in pain_links(jmap, filters).items() if k in {p["key"] for p in pains[:5]}
-        },
+        "pain_links": pain_links(jmap, filters),
         "recent_activity": _recent(request),
         "computed_at": jmap["computed_at"],
     }
