@@ -593,6 +593,12 @@ def test_two_workers_on_postgres_share_due_work_without_duplicates(
         deadline = time.monotonic() + 60
         while waiting_on_locks(holder) < 2:
             assert time.monotonic() < deadline, "the two workers never claimed at the same time"
+            # A worker that looked before the other's messages were written found nothing and
+            # went idle: it looks again, as a running worker would at its next tick.
+            for i, t in enumerate(threads):
+                if not t.is_alive():
+                    threads[i] = threading.Thread(target=workers[i].run_until_idle)
+                    threads[i].start()
             time.sleep(0.01)
         holder.execute(f"SELECT pg_advisory_unlock({BARRIER})")
         for t in threads:
