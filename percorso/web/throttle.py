@@ -212,12 +212,17 @@ class Gate:
     async def slot(self) -> AsyncIterator[None]:
         """``async with gate.slot():`` holds a slot for the block, or raises :class:`Busy`."""
         limiter = self._current()
-        if limiter.available_tokens == 0 and limiter.statistics().tasks_waiting >= self.queue:
-            raise Busy()
-        with anyio.move_on_after(self.patience) as waited:
-            await limiter.acquire()
-        if waited.cancelled_caught:
-            raise Busy()
+        try:
+            limiter.acquire_nowait()  # a free slot is taken at once, whatever the clock says
+        except anyio.WouldBlock:
+            if limiter.statistics().tasks_waiting >= self.queue:
+                raise Busy() from None
+            held = False
+            with anyio.move_on_after(self.patience):
+                await limiter.acquire()
+                held = True
+            if not held:
+                raise Busy() from None
         try:
             yield
         finally:
