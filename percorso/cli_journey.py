@@ -157,13 +157,26 @@ def funnel_command(
         str | None,
         typer.Option(help="Journey whose personas --breakdown persona uses (default: the only one)"),
     ] = None,
+    unit: Annotated[
+        str,
+        typer.Option(
+            help="What one entry is: contacts (each once), sessions (each visit) or attempts "
+            "(every step-1 event, until the contact's next)"
+        ),
+    ] = "contacts",
+    session_gap: Annotated[
+        str,
+        typer.Option(
+            "--session-gap", help="With --unit sessions: a visit ends after this long without an event"
+        ),
+    ] = "30m",
     dropped_at: Annotated[
         int | None, typer.Option("--dropped-at", help="List the contacts who dropped after step K instead")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
 ) -> None:
-    """Funnel conversion between steps (ordered, strict or any order), counted in unique contacts."""
+    """Funnel conversion between steps (ordered, strict or any order), in contacts, visits or attempts."""
     import re
 
     from percorso.analytics.funnel import (
@@ -181,6 +194,8 @@ def funnel_command(
         raise typer.BadParameter("table, csv or json", param_hint="--format")
     if not re.match(DURATION_PATTERN, window):
         raise typer.BadParameter(f"{window!r}: use 30m, 12h, 14d or 2w", param_hint="--window")
+    if not re.match(DURATION_PATTERN, session_gap):
+        raise typer.BadParameter(f"{session_gap!r}: use 30m, 12h, 14d or 2w", param_hint="--session-gap")
     start, end = _period(since, until)
     try:
         spec = FunnelSpec(
@@ -192,6 +207,8 @@ def funnel_command(
             top=top,
             order=order,
             exclusions=tuple(parse_exclusion(x) for x in exclude or []),
+            unit=unit,
+            session_gap=duration_seconds(session_gap),
         )
         if breakdown != "persona":
             spec.check()
@@ -219,7 +236,7 @@ def funnel_command(
             row.update(
                 step=s["step"],
                 label=s["label"],
-                contacts=s["contacts"],
+                **{result["unit"]: s["contacts"]},
                 conv=_pct(s["conversion_from_previous"]),
                 overall=_pct(s["conversion_from_first"]),
                 open=s.get("in_progress", ""),

@@ -12,7 +12,8 @@ import msgspec
 import pytest
 from typer.testing import CliRunner
 
-from percorso.analytics.painpoints import find_pain_points, z_test
+from percorso.analytics.painpoints import find_pain_points
+from percorso.analytics.significance import z_test
 from percorso.analytics.stages import save_journey
 from percorso.analytics.summaries import summaries
 from percorso.cli import app
@@ -755,13 +756,9 @@ def test_from_a_pain_point_to_its_contacts_and_an_automation_in_italian(server) 
         client.close()
 
 
-def test_a_step_taken_in_a_later_visit_is_reported_as_such_not_as_slow(store: Store) -> None:
+def _later_shop(store: Store) -> datetime:
     """200 iOS contacts pay; 120 of them order the next day (a later visit), the rest two minutes
-    later, like every web contact. Nobody drops, and within the visit every step takes the same
-    time: the one finding is that iOS contacts come back later to order (60 in 100 against 0),
-    not a slow step (the day's wait is not time spent in the step)."""
-    from percorso.analytics.stages import save_journey as save
-    from percorso.journey.definition import load_journey as load
+    later, like every web contact. Returns the day it starts."""
     from tests.test_stages import Feed
 
     feed = Feed(store)
@@ -780,6 +777,17 @@ def test_a_step_taken_in_a_later_visit_is_reported_as_such_not_as_slow(store: St
             ordered = at + (timedelta(hours=20) if n < later else timedelta(minutes=3))
             messages.append(feed.msg(who, ordered, "Order Completed", context=context))
     feed.send(*messages)
+    return start
+
+
+def test_a_step_taken_in_a_later_visit_is_reported_as_such_not_as_slow(store: Store) -> None:
+    """Nobody drops, and within the visit every step takes the same time: the one finding is
+    that iOS contacts come back later to order (60 in 100 against 0), not a slow step (the
+    day's wait is not time spent in the step)."""
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+
+    start = _later_shop(store)
     journey = load(SIGNAL_JOURNEY)
     save(store, journey, "test")
     end = start + timedelta(days=10)
@@ -792,11 +800,36 @@ def test_a_step_taken_in_a_later_visit_is_reported_as_such_not_as_slow(store: St
         "segment_contacts": 200,
         "baseline_contacts": 400,
     }
-    assert later["contacts_affected"] == 120
+    assert later["contacts_affected"] == 120 and later["counted_in"] == "contacts"
     assert later["summary"] == (
         "iOS: 60 su 100 passano da «Payment Started» a «Order Completed» solo in una visita successiva, "
         "contro 0 su 100 degli altri"
     )
+
+
+def test_a_funnel_counted_in_visits_finds_the_visits_that_end_without_the_order(store: Store) -> None:
+    """The same shop with the checkout counted in visits: the iOS visits that end after the
+    payment without the order are drop-offs of those visits (60 in 100 against 0), counted in
+    visits on the finding, the same on both engines."""
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+
+    start = _later_shop(store)
+    journey = load(SIGNAL_JOURNEY.replace("    window: 1d\n", "    window: 1d\n    unit: sessions\n"))
+    assert journey.funnels[0].unit == "sessions"
+    save(store, journey, "test")
+    end = start + timedelta(days=10)
+    result = find_pain_points(store, journey, start=start, end=end, as_of=end + timedelta(days=2))
+    [drop] = result["pain_points"]
+    assert (drop["kind"], drop["segment"], drop["step_index"]) == ("dropoff", {"platform": "ios"}, 2)
+    assert drop["evidence"] == {
+        "segment_dropoff": 0.6,
+        "baseline_dropoff": 0.0,
+        "segment_visits": 200,
+        "baseline_visits": 400,
+    }
+    assert drop["contacts_affected"] == 120 and drop["counted_in"] == "visits"
+    assert drop["summary"] == "iOS: 60 in 100 give up after Payment Started, against 0 in 100 elsewhere"
 
 
 BROWSING_JOURNEY = """\
@@ -816,7 +849,8 @@ funnels:
 
 def _browsing_shop(store: Store, ios_back: int, web_back: int) -> None:
     """200 iOS and 400 web contacts view, add and order; ``ios_back`` of the iOS ones and
-    ``web_back`` of the web ones go back to viewing products ten minutes after adding."""
+    ``web_back`` of the web ones, spread over the days, go back to viewing products ten minutes
+    after adding."""
     from tests.test_stages import Feed
 
     feed = Feed(store)
@@ -829,10 +863,10 @@ def _browsing_shop(store: Store, ios_back: int, web_back: int) -> None:
         context = {"library": {"name": library, "version": "1"}}
         for n in range(people):
             who = {"userId": f"{platform}-{n}"}
-            at = start + timedelta(minutes=17 * n)
+            at = start + timedelta(minutes=17 * n * 400 // people)  # both over the same days
             messages.append(feed.msg(who, at, "Product Viewed", context=context))
             messages.append(feed.msg(who, at + timedelta(minutes=1), "Product Added", context=context))
-            if n < back:
+            if n * back // people != (n + 1) * back // people:  # ``back`` of them, spread evenly
                 messages.append(feed.msg(who, at + timedelta(minutes=11), "Product Viewed", context=context))
             messages.append(feed.msg(who, at + timedelta(minutes=20), "Order Completed", context=context))
     feed.send(*messages)
@@ -870,3 +904,77 @@ def test_going_back_to_browsing_is_judged_against_its_own_baseline(
         loop["summary"]
         == "iOS: il 50% torna da «Product Added» a «Product Viewed» entro un'ora, contro il 10% degli altri"
     )
+
+
+def test_going_back_to_browsing_that_rises_for_some_days_is_dated(store: Store) -> None:
+    """800 contacts over ten days, half on iOS: 3 in 10 go back from the cart to viewing
+    products, except on 5-7 October when 7 in 10 do, on both platforms. Going back is ordinary,
+    its rise is not: one loop for everyone, dated, with its interval, in both languages; no
+    undated loop of a segment."""
+    from percorso.analytics.stages import save_journey as save
+    from percorso.journey.definition import load_journey as load
+    from tests.test_stages import Feed
+
+    feed = Feed(store)
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    messages = []
+    for n in range(800):
+        library = "analytics-ios" if n // 10 % 2 else "analytics.js"
+        context = {"library": {"name": library, "version": "1"}}
+        who = {"userId": f"c-{n}"}
+        at = start + timedelta(minutes=18 * n)  # 80 a day
+        messages.append(feed.msg(who, at, "Product Viewed", context=context))
+        messages.append(feed.msg(who, at + timedelta(minutes=1), "Product Added", context=context))
+        if n % 10 < (7 if 4 <= n // 80 <= 6 else 3):
+            messages.append(feed.msg(who, at + timedelta(minutes=11), "Product Viewed", context=context))
+        messages.append(feed.msg(who, at + timedelta(minutes=20), "Order Completed", context=context))
+    feed.send(*messages)
+    journey = load(BROWSING_JOURNEY)
+    save(store, journey, "test")
+    end = start + timedelta(days=10)
+    result = find_pain_points(store, journey, start=start, end=end, as_of=end + timedelta(days=2), lang="it")
+    [loop] = found(result, "loop")
+    assert (loop["segment"], loop["step_index"]) == (None, 1)
+    assert loop["when"] == {
+        "start": "2026-10-05",
+        "end": "2026-10-07",
+        "from_period_start": False,
+        "to_period_end": False,
+    }
+    evidence = loop["evidence"]
+    assert (evidence["share_going_back"], evidence["baseline_share_going_back"]) == (0.7, 0.3)
+    assert (evidence["segment_contacts"], evidence["baseline_contacts"], evidence["days"]) == (240, 560, 3)
+    low, high = evidence["difference_interval"]
+    assert low < 0.4 < high and low > 0.25
+    assert loop["contacts_affected"] == 96  # 240 x (70% - 30%)
+    assert loop["summary"] == (
+        "Dal 5 ott 2026 al 7 ott 2026, il 70% torna da «Product Added» a «Product Viewed» entro un'ora, "
+        "contro il 30% nel resto del periodo"
+    )
+    assert loop["summaries"]["en"].startswith("From 5 Oct 2026 to 7 Oct 2026, 70% go back")
+
+
+def test_a_rise_that_is_only_a_change_of_who_came_is_not_a_loop() -> None:
+    """iOS goes back 5 in 10 every day, web 1 in 10; on days 4-6 three times as many iOS
+    contacts come. Everyone's share rises on those days, each platform's does not: the rise is
+    the mix (direct standardisation), not a loop. When iOS's own share rises, it is one."""
+    import numpy as np
+
+    from percorso.analytics.incidents import Scan, Series
+    from percorso.analytics.painpoints import _mix_explains
+
+    days = np.arange(10)
+    rush = (days >= 4) & (days <= 6)
+    ios_n = np.where(rush, 150, 50)
+    web_n = np.full(10, 100)
+
+    def build(ios_back: np.ndarray) -> tuple[Scan, list[Series]]:
+        ios = Series(1, "platform", "ios", ios_n, ios_n - ios_back)
+        web = Series(1, "platform", "web", web_n, web_n - web_n // 10)
+        whole = Series(1, None, None, ios_n + web_n, ios.converted + web.converted)
+        return Scan(whole, 10.0, 4, 6, 1e-6, 1.0), [whole, ios, web]
+
+    scan, series = build(ios_n // 2)
+    assert _mix_explains(scan, series, 0.05)
+    scan, series = build(np.where(rush, ios_n * 9 // 10, ios_n // 2))
+    assert not _mix_explains(scan, series, 0.05)

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from percorso.analytics.feedback import answer_columns, score_columns
-from percorso.analytics.significance import Settings, p_value, z_test
+from percorso.analytics.significance import Settings, p_value, tested, tested_z
 from percorso.analytics.sql import RESOLVED_EVENTS, Sql
 from percorso.analytics.summaries import LANGS, summaries
 from percorso.journey.definition import Journey, display
@@ -114,7 +114,7 @@ def score_drops(
             var1 = p1 / n1 + d1 / n1 - nps1 * nps1
             var2 = p2 / n2 + d2 / n2 - nps2 * nps2
             se = math.sqrt(var1 / n1 + var2 / n2)
-            z = (nps1 - nps2) / se if se > 0 else 0.0
+            z = tested((nps1 - nps2) / se if se > 0 else 0.0)
             if z >= cfg.min_z and nps1 - nps2 >= cfg.min_effect:
                 findings.append(
                     _finding(
@@ -142,7 +142,7 @@ def score_drops(
         c1, s1, c2, s2 = then[3], then[4], now[3], now[4]
         if c1 >= cfg.min_contacts and c2 >= cfg.min_contacts:
             share1, share2 = s1 / c1, s2 / c2
-            z = z_test(s1, c1, s2, c2)
+            z = tested_z(s1, c1, s2, c2)
             if z >= cfg.min_z and share1 - share2 >= cfg.min_effect:
                 findings.append(
                     _finding(
@@ -200,7 +200,7 @@ def frustration_spots(
         if people < cfg.min_contacts or rest_n < cfg.min_contacts:
             continue
         share, baseline = bad / n, rest_bad / rest_n
-        z = z_test(bad, n, rest_bad, rest_n)
+        z = tested_z(bad, n, rest_bad, rest_n)
         if z >= cfg.min_z and share - baseline >= cfg.min_effect:
             spots.append((page, selector, n, people, int(rage or 0), int(dead or 0), share, baseline, z))
     findings = []

@@ -18,6 +18,17 @@ Semantics (the same on every engine, because it is one SQL text):
               any order; step k is reached when steps 2..k have all been done, at the time the
               last of them was.
 
+* ``unit`` says what is counted:
+
+  ``contacts`` (default) each contact once, entering with their first step-1 event in the period;
+  ``sessions`` each visit once (a contact's events without a gap longer than ``session_gap``,
+              30 minutes by default), entering with the visit's first step-1 event; later steps
+              count only inside the same visit;
+  ``attempts`` every step-1 event in the period starts an attempt, which lasts until the
+              contact's next step-1 event (or the window's end): later steps count only inside it.
+
+  Whatever the unit, the conversion window runs from the entry and identities are resolved first.
+
 * **Exclusion steps** (as in Mixpanel and Amplitude): a contact who does the excluded event
   after reaching step k and before reaching step k+1 (or before the window closes, when they
   never reach it), for a k inside the exclusion's range, counts up to step k and is then
@@ -45,6 +56,8 @@ from percorso.store.base import Session
 MAX_STEPS = 20
 MAX_EXCLUSIONS = 10
 ORDERS = ("ordered", "strict", "any")
+UNITS = ("contacts", "sessions", "attempts")
+SESSION_GAP = 30 * 60  # a visit ends after this long without an event
 # The platform an event came from, by the tracking library that sent it.
 PLATFORM = (
     "CASE WHEN e.library LIKE '%ios%' OR e.library LIKE '%swift%' THEN 'ios' "
@@ -100,6 +113,8 @@ class FunnelSpec:
     journey: Journey | None = field(default=None, compare=False)  # whose personas `persona` uses
     #: only the events of these contacts (a SELECT of contact ids: a persona, a saved segment)
     contacts: Sql | None = field(default=None, compare=False)
+    unit: str = "contacts"  # contacts | sessions | attempts: what one entry is
+    session_gap: int = SESSION_GAP  # seconds without an event that end a visit (unit sessions)
 
     def check(self) -> None:
         n = len(self.steps)
@@ -113,6 +128,10 @@ class FunnelSpec:
             raise FunnelError("window", "must be positive")
         if self.order not in ORDERS:
             raise FunnelError("order", f"{self.order!r} is not one of {', '.join(ORDERS)}")
+        if self.unit not in UNITS:
+            raise FunnelError("unit", f"{self.unit!r} is not one of {', '.join(UNITS)}")
+        if self.session_gap <= 0:
+            raise FunnelError("session_gap", "must be positive")
         if self.breakdown is not None and not _known_breakdown(self.breakdown):
             raise FunnelError("breakdown", f"{self.breakdown!r} is not one of {BREAKDOWNS}")
         if self.breakdown == "persona" and self.journey is not None and self.journey.subject == "account":
@@ -274,6 +293,7 @@ def event_columns(spec: FunnelSpec) -> list[str]:
         *(f"s{k}" for k in range(1, n + 1)),
         *(f"x{j}" for j in range(1, m + 1)),
         *strict,
+        *(["vid"] if spec.unit == "sessions" else []),
     ]
 
 
@@ -316,21 +336,74 @@ def events_sql(session: Session, spec: FunnelSpec, breakdowns: Sequence[str | No
         q.add(", CAST(NULL AS TEXT) AS bd")
     wanted = any_of(session, [s.condition for s in spec.steps] + [x.step.condition for x in spec.exclusions])
     track = f" OR (e.type = 'track' AND {CUSTOMER_EVENT})" if strict else ""
-    q.add(
-        f" FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? AND (({wanted.text}){track})",
-        [spec.start, datetime.fromtimestamp(spec.end.timestamp() + window, UTC), *wanted.params],
-    )
+    until = datetime.fromtimestamp(spec.end.timestamp() + window, UTC)
+    if spec.unit == "sessions":
+        # Every event of the customer cuts the visits, from a visit's length before the period;
+        # only the funnel's own events are kept once each carries its visit number.
+        q.add(f", CASE WHEN ({wanted.text}){track} THEN 1 ELSE 0 END AS keep", wanted.params)
+        q.add(
+            f" FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? "
+            f"AND ({CUSTOMER_EVENT} OR ({wanted.text}))",
+            [datetime.fromtimestamp(spec.start.timestamp() - spec.session_gap, UTC), until, *wanted.params],
+        )
+    else:
+        q.add(
+            f" FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? AND (({wanted.text}){track})",
+            [spec.start, until, *wanted.params],
+        )
     if spec.contacts is not None:
         q.add(f" AND i.contact_id IN ({spec.contacts.text})", spec.contacts.params)
-    return q.sql()
+    if spec.unit != "sessions":
+        return q.sql()
+    inner = q.sql()
+    values = [f"bd{j}" for j in range(len(breakdowns))] if breakdowns is not None else ["bd"]
+    columns = ", ".join([c for c in event_columns(spec) if c != "vid"] + values)
+    return Sql(
+        f"SELECT {columns}, vid FROM (SELECT z.*, sum(nv) OVER (PARTITION BY cid ORDER BY ts, mid "
+        "ROWS UNBOUNDED PRECEDING) AS vid FROM (SELECT y.*, CASE WHEN ts - lag(ts) OVER (PARTITION BY cid "
+        f"ORDER BY ts, mid) <= {int(spec.session_gap)} THEN 0 ELSE 1 END AS nv FROM ({inner.text}) y) z) v "
+        "WHERE keep = 1",
+        inner.params,
+    )
+
+
+def entry_keys(spec: FunnelSpec, alias: str) -> str:
+    """The columns that name one entry of ``alias`` (a ``reached`` row or a step's CTE)."""
+    return f"{alias}.cid" if spec.unit == "contacts" else f"{alias}.cid, {alias}.ent"
+
+
+def same_entry(spec: FunnelSpec, a: str, b: str) -> str:
+    """``a`` and ``b`` are the same entry (a join condition)."""
+    if spec.unit == "contacts":
+        return f"{a}.cid = {b}.cid"
+    return f"{a}.cid = {b}.cid AND {a}.ent = {b}.ent"
+
+
+def within_entry(spec: FunnelSpec, event: str, entry: str) -> str:
+    """An extra condition (or nothing) that keeps the event ``event`` of a contact inside the
+    entry ``entry``: the same visit (sessions), before the next step-1 event (attempts)."""
+    if spec.unit == "sessions":
+        return f" AND {event}.vid = {entry}.ent"
+    if spec.unit == "attempts":
+        return f" AND ({entry}.lim IS NULL OR {event}.ts < {entry}.lim)"
+    return ""
+
+
+def _carried(spec: FunnelSpec, alias: str) -> str:
+    """What every step's CTE carries of its entry: the keys, the attempt's end, the entry time."""
+    lim = f", {alias}.lim" if spec.unit == "attempts" else ""
+    return f"{entry_keys(spec, alias)}{lim}, {alias}.t1"
 
 
 def reached_sql(session: Session, spec: FunnelSpec, events: Sql | None = None) -> Sql:
-    """CTEs ending in ``reached``: one row per contact who entered — breakdown value ``bd``, the
-    time of each step reached ``t1..tn`` (epoch seconds; NULL when not reached), ``xat`` (the step
-    after which an exclusion step removed the contact) and ``brk`` (strict mode: the step after
-    which the contact's next considered event was another one). ``ev`` holds the events scanned
-    (:func:`events_sql`, or ``events`` when they were computed already)."""
+    """CTEs ending in ``reached``: one row per entry (a contact, a visit or an attempt, by
+    ``spec.unit``): the contact ``cid``, the entry's number ``ent`` (0 when the unit is contacts),
+    ``lim`` (an attempt's end: the contact's next step-1 event; NULL otherwise), ``m1`` (the entry
+    event's id), the breakdown value ``bd``, the time of each step reached ``t1..tn`` (epoch
+    seconds; NULL when not reached), ``xat`` (the step after which an exclusion step removed the
+    entry) and ``brk`` (strict mode: the step after which the next considered event was another
+    one). ``ev`` holds the events scanned (:func:`events_sql`, or ``events`` when they were
+    computed already)."""
     n = len(spec.steps)
     window = int(spec.window_seconds)
     strict = spec.order == "strict"
@@ -347,69 +420,104 @@ def reached_sql(session: Session, spec: FunnelSpec, events: Sql | None = None) -
         )
         source = "evs"
 
-    # f0: the entry (first step-1 event in the period); f1 adds the breakdown value
+    # f0: the entries (by unit) of step-1 events in the period; f1 adds the breakdown value
     seq = ", seq" if strict else ""
-    q.add(
-        f", f0 AS (SELECT cid, ts AS t1, mid AS m1{', seq AS q1' if strict else ''}, bd FROM "
-        f"(SELECT cid, ts, mid{seq}, bd, row_number() OVER (PARTITION BY cid ORDER BY ts, mid) AS rn "
-        f"FROM {source} WHERE s1 = 1 AND ts >= ? AND ts < ?) x WHERE x.rn = 1)",
-        [spec.start.timestamp(), spec.end.timestamp()],
-    )
+    q1 = ", seq AS q1" if strict else ""
+    period = [spec.start.timestamp(), spec.end.timestamp()]
+    if spec.unit == "contacts":
+        q.add(
+            f", f0 AS (SELECT cid, ts AS t1, mid AS m1{q1}, bd FROM "
+            f"(SELECT cid, ts, mid{seq}, bd, row_number() OVER (PARTITION BY cid ORDER BY ts, mid) AS rn "
+            f"FROM {source} WHERE s1 = 1 AND ts >= ? AND ts < ?) x WHERE x.rn = 1)",
+            period,
+        )
+    elif spec.unit == "sessions":
+        q.add(
+            f", f0 AS (SELECT cid, vid AS ent, ts AS t1, mid AS m1{q1}, bd FROM "
+            f"(SELECT cid, vid, ts, mid{seq}, bd, row_number() OVER (PARTITION BY cid, vid ORDER BY ts, mid) "
+            f"AS rn FROM {source} WHERE s1 = 1 AND ts >= ? AND ts < ?) x WHERE x.rn = 1)",
+            period,
+        )
+    else:  # attempts: each step-1 event, until the contact's next one (in the period or after)
+        q.add(
+            f", f0 AS (SELECT cid, ent, lim, ts AS t1, mid AS m1{q1}, bd FROM "
+            f"(SELECT cid, ts, mid{seq}, bd, row_number() OVER (PARTITION BY cid ORDER BY ts, mid) AS ent, "
+            f"lead(ts) OVER (PARTITION BY cid ORDER BY ts, mid) AS lim FROM {source} WHERE s1 = 1 AND ts < ?) x "
+            "WHERE x.ts >= ?)",
+            [period[1], period[0]],
+        )
     if bd.cte is not None:
         q.add(", " + bd.cte.text, bd.cte.params)
     contact_bd = bd.contact or Sql("f0.bd")
+    ent = ", f0.ent" if spec.unit != "contacts" else ""
+    lim = ", f0.lim" if spec.unit == "attempts" else ""
     q.add(
-        f", f1 AS (SELECT f0.cid, f0.t1, f0.m1{', f0.q1' if strict else ''}, {contact_bd.text} AS bd "
+        f", f1 AS (SELECT f0.cid{ent}{lim}, f0.t1, f0.m1{', f0.q1' if strict else ''}, {contact_bd.text} AS bd "
         f"FROM f0{bd.join})",
         contact_bd.params,
     )
 
     if spec.order == "any":
-        _any_steps(q, n, window)
+        _any_steps(q, spec, n, window)
     else:
         for k in range(2, n + 1):
             if strict:
-                _strict_step(q, k, window)
+                _strict_step(q, spec, k, window)
             else:
                 q.add(
-                    f", f{k} AS (SELECT p.cid, p.t1, min(ev.ts) AS t{k} FROM f{k - 1} p "
-                    f"JOIN ev ON ev.cid = p.cid AND ev.s{k} = 1 AND ev.ts > p.t{k - 1} AND ev.ts <= p.t1 + {window} "
-                    "GROUP BY p.cid, p.t1)"
+                    f", f{k} AS (SELECT {_carried(spec, 'p')}, min(ev.ts) AS t{k} FROM f{k - 1} p "
+                    f"JOIN ev ON ev.cid = p.cid AND ev.s{k} = 1 AND ev.ts > p.t{k - 1} AND ev.ts <= p.t1 + {window}"
+                    f"{within_entry(spec, 'ev', 'p')} GROUP BY {_carried(spec, 'p')})"
                 )
-        joins = " ".join(f"LEFT JOIN f{k} ON f{k}.cid = f1.cid" for k in range(2, n + 1))
+        joins = " ".join(f"LEFT JOIN f{k} ON {same_entry(spec, f'f{k}', 'f1')}" for k in range(2, n + 1))
         times = ", ".join(f"f{k}.t{k}" for k in range(2, n + 1))
         brk = "CAST(NULL AS INTEGER)"
         if strict:
-            joins += " " + " ".join(f"LEFT JOIN nx{k} ON nx{k}.cid = f1.cid" for k in range(2, n + 1))
+            joins += " " + " ".join(
+                f"LEFT JOIN nx{k} ON {same_entry(spec, f'nx{k}', 'f1')}" for k in range(2, n + 1)
+            )
             whens = " ".join(
                 f"WHEN f{k}.cid IS NULL AND nx{k}.cid IS NOT NULL THEN {k - 1}" for k in range(2, n + 1)
             )
             brk = f"CASE {whens} END"
-        q.add(f", raw AS (SELECT f1.cid, f1.bd, f1.t1, {times}, {brk} AS brk FROM f1 {joins})")
+        q.add(
+            f", raw AS (SELECT {_entry_columns(spec, 'f1')}, f1.bd, f1.t1, {times}, {brk} AS brk FROM f1 {joins})"
+        )
 
     _exclude(q, spec, n, window)
     return q.sql()
 
 
-def _strict_step(q: _Text, k: int, window: int) -> None:
+def _entry_columns(spec: FunnelSpec, alias: str) -> str:
+    """``cid, ent, lim, m1`` of an entry, whatever the unit (constants where it has none)."""
+    ent = f"{alias}.ent" if spec.unit != "contacts" else "CAST(0 AS BIGINT)"
+    lim = f"{alias}.lim" if spec.unit == "attempts" else "CAST(NULL AS DOUBLE PRECISION)"
+    return f"{alias}.cid, {ent} AS ent, {lim} AS lim, {alias}.m1"
+
+
+def _strict_step(q: _Text, spec: FunnelSpec, k: int, window: int) -> None:
     """Step k in strict mode: the next considered event after step k-1 (repeats of step k-1
     skipped) must match step k, strictly later and inside the window."""
+    keys = entry_keys(spec, "p")
     q.add(
-        f", nx{k} AS (SELECT p.cid, min(e.seq) AS nseq FROM f{k - 1} p JOIN evs e ON e.cid = p.cid "
-        f"AND e.seq > p.q{k - 1} AND (e.s{k - 1} = 0 OR e.s{k} = 1) GROUP BY p.cid)"
-        f", f{k} AS (SELECT p.cid, p.t1, e.ts AS t{k}, e.seq AS q{k} FROM f{k - 1} p "
-        f"JOIN nx{k} x ON x.cid = p.cid JOIN evs e ON e.cid = x.cid AND e.seq = x.nseq "
+        f", nx{k} AS (SELECT {keys}, min(e.seq) AS nseq FROM f{k - 1} p JOIN evs e ON e.cid = p.cid "
+        f"AND e.seq > p.q{k - 1} AND (e.s{k - 1} = 0 OR e.s{k} = 1){within_entry(spec, 'e', 'p')} "
+        f"GROUP BY {keys})"
+        f", f{k} AS (SELECT {_carried(spec, 'p')}, e.ts AS t{k}, e.seq AS q{k} FROM f{k - 1} p "
+        f"JOIN nx{k} x ON {same_entry(spec, 'x', 'p')} JOIN evs e ON e.cid = x.cid AND e.seq = x.nseq "
         f"WHERE e.s{k} = 1 AND e.ts > p.t{k - 1} AND e.ts <= p.t1 + {window})"
     )
 
 
-def _any_steps(q: _Text, n: int, window: int) -> None:
+def _any_steps(q: _Text, spec: FunnelSpec, n: int, window: int) -> None:
     """Any order: the first event of each later step within the window after entry (the entry
     event itself excluded); step k is reached once steps 2..k all are, at the latest of them."""
     firsts = ", ".join(f"min(CASE WHEN ev.s{k} = 1 THEN ev.ts END) AS u{k}" for k in range(2, n + 1))
+    keys = entry_keys(spec, "p")
     q.add(
-        f", u AS (SELECT p.cid, {firsts} FROM f1 p JOIN ev ON ev.cid = p.cid AND ev.ts <= p.t1 + {window} "
-        "AND (ev.ts > p.t1 OR (ev.ts = p.t1 AND ev.mid <> p.m1)) GROUP BY p.cid)"
+        f", u AS (SELECT {keys}, {firsts} FROM f1 p JOIN ev ON ev.cid = p.cid AND ev.ts <= p.t1 + {window} "
+        f"AND (ev.ts > p.t1 OR (ev.ts = p.t1 AND ev.mid <> p.m1)){within_entry(spec, 'ev', 'p')} "
+        f"GROUP BY {keys})"
     )
     times = []
     for k in range(2, n + 1):
@@ -417,18 +525,19 @@ def _any_steps(q: _Text, n: int, window: int) -> None:
         latest = us[0] if k == 2 else f"greatest({', '.join(us)})"
         times.append(f"CASE WHEN {' AND '.join(f'{u} IS NOT NULL' for u in us)} THEN {latest} END AS t{k}")
     q.add(
-        f", raw AS (SELECT f1.cid, f1.bd, f1.t1, {', '.join(times)}, CAST(NULL AS INTEGER) AS brk "
-        "FROM f1 LEFT JOIN u ON u.cid = f1.cid)"
+        f", raw AS (SELECT {_entry_columns(spec, 'f1')}, f1.bd, f1.t1, {', '.join(times)}, "
+        f"CAST(NULL AS INTEGER) AS brk FROM f1 LEFT JOIN u ON {same_entry(spec, 'u', 'f1')})"
     )
 
 
 def _exclude(q: _Text, spec: FunnelSpec, n: int, window: int) -> None:
     """``reached``: ``raw`` with the steps after an exclusion removed (``xat`` = the step the
-    contact had reached when they did the excluded event)."""
+    entry had reached when they did the excluded event)."""
     times = ", ".join(f"r.t{k}" for k in range(2, n + 1))
+    entry = "r.cid, r.ent, r.lim, r.m1"
     if not spec.exclusions:
         q.add(
-            f", reached AS (SELECT r.cid, coalesce(r.bd, '(none)') AS bd, r.t1, {times}, "
+            f", reached AS (SELECT {entry}, coalesce(r.bd, '(none)') AS bd, r.t1, {times}, "
             "CAST(NULL AS INTEGER) AS xat, r.brk FROM raw r)"
         )
         return
@@ -447,10 +556,10 @@ def _exclude(q: _Text, spec: FunnelSpec, n: int, window: int) -> None:
         f"CASE WHEN x.xat IS NULL OR x.xat >= {k} THEN r.t{k} END AS t{k}" for k in range(2, n + 1)
     )
     q.add(
-        f", cut AS (SELECT r.cid, min(CASE {' '.join(whens)} END) AS xat FROM raw r "
-        f"JOIN ev ON ev.cid = r.cid AND ({any_x}) GROUP BY r.cid)"
-        f", reached AS (SELECT r.cid, coalesce(r.bd, '(none)') AS bd, r.t1, {kept}, x.xat, "
-        "CASE WHEN x.xat IS NULL THEN r.brk END AS brk FROM raw r LEFT JOIN cut x ON x.cid = r.cid)"
+        f", cut AS (SELECT r.cid, r.ent, min(CASE {' '.join(whens)} END) AS xat FROM raw r "
+        f"JOIN ev ON ev.cid = r.cid AND ({any_x}){within_entry(spec, 'ev', 'r')} GROUP BY r.cid, r.ent)"
+        f", reached AS (SELECT {entry}, coalesce(r.bd, '(none)') AS bd, r.t1, {kept}, x.xat, "
+        "CASE WHEN x.xat IS NULL THEN r.brk END AS brk FROM raw r LEFT JOIN cut x ON x.cid = r.cid AND x.ent = r.ent)"
     )
 
 
@@ -504,12 +613,16 @@ class SharedReach:
         session.execute(
             f"CREATE TEMPORARY TABLE {self.name} AS {base.text} SELECT * FROM reached", base.params
         )
-        # Each contact's entry (the first step-1 event in the period, as f0 picks it) and its values.
+        # The values of each entry event (counting contacts: the first step-1 event in the period,
+        # as f0 picks it; visits or attempts: every step-1 event in it, found by its id).
         values = ", ".join(f"bd{j}" for j in range(len(breakdowns)))
+        first = (
+            ", row_number() OVER (PARTITION BY cid ORDER BY ts, mid) AS rn" if spec.unit == "contacts" else ""
+        )
         session.execute(
-            f"CREATE TEMPORARY TABLE {self.name}_entry AS SELECT cid, {values} FROM (SELECT cid, {values}, "
-            f"row_number() OVER (PARTITION BY cid ORDER BY ts, mid) AS rn FROM {events} "
-            "WHERE s1 = 1 AND ts >= ? AND ts < ?) x WHERE x.rn = 1",
+            f"CREATE TEMPORARY TABLE {self.name}_entry AS SELECT cid, mid, {values} FROM (SELECT cid, mid, "
+            f"{values}{first} FROM {events} WHERE s1 = 1 AND ts >= ? AND ts < ?) x"
+            + (" WHERE x.rn = 1" if first else ""),
             [spec.start.timestamp(), spec.end.timestamp()],
         )
 
@@ -530,8 +643,8 @@ class SharedReach:
         label = f"coalesce(x.bd{j}, '(none)')" if self.breakdowns[j] is not None else "r.bd"
         table = f"{self.name}_{j}"
         self.session.execute(
-            f"CREATE TEMPORARY TABLE {table} AS SELECT r.cid, {label} AS bd, {times}, r.xat, r.brk "
-            f"FROM {self.name} r LEFT JOIN {self.name}_entry x ON x.cid = r.cid"
+            f"CREATE TEMPORARY TABLE {table} AS SELECT r.cid, r.ent, r.lim, r.m1, {label} AS bd, {times}, "
+            f"r.xat, r.brk FROM {self.name} r LEFT JOIN {self.name}_entry x ON x.cid = r.cid AND x.mid = r.m1"
         )
         yield Sql(
             f"WITH ev AS (SELECT {self.columns}, bd{j} AS bd FROM {self.events}), "
@@ -613,6 +726,11 @@ def funnel_in(
             f"labelled AS (SELECT r.*, {label} AS grp FROM reached r)"
         )
         aggregates = ["count(*) AS n1"]
+        if spec.unit != "contacts":  # how many people made the entries (a contact may be in two groups)
+            aggregates += [
+                "count(DISTINCT cid) AS people",
+                "(SELECT count(DISTINCT cid) FROM reached) AS everyone",
+            ]
         params: list[Any] = [*base.params, spec.top]
         for k in range(2, n + 1):
             aggregates.append(f"count(t{k}) AS n{k}")
@@ -622,7 +740,7 @@ def funnel_in(
             )
             aggregates.append(
                 f"sum(CASE WHEN t{k - 1} IS NOT NULL AND t{k} IS NULL AND t1 + ? > ? AND xat IS NULL "
-                f"AND brk IS NULL THEN 1 ELSE 0 END) AS open{k - 1}, "
+                f"AND brk IS NULL AND lim IS NULL THEN 1 ELSE 0 END) AS open{k - 1}, "
                 f"sum(CASE WHEN xat = {k - 1} THEN 1 ELSE 0 END) AS excluded{k - 1}"
             )
             params += [spec.window_seconds, as_of]
@@ -639,8 +757,10 @@ def funnel_in(
     if trend:
         trend_rows = s.rows(
             base.text + f" SELECT CAST(floor((t1 - ?) / ?) AS BIGINT) AS bucket, count(*), count(t{n}), "
-            f"sum(CASE WHEN t{n} IS NULL AND t1 + ? > ? AND xat IS NULL AND brk IS NULL THEN 1 ELSE 0 END), "
-            f"sum(CASE WHEN t1 + ? <= ? THEN 1 ELSE 0 END){step_counts} FROM reached GROUP BY 1 ORDER BY 1",
+            f"sum(CASE WHEN t{n} IS NULL AND t1 + ? > ? AND xat IS NULL AND brk IS NULL AND lim IS NULL "
+            "THEN 1 ELSE 0 END), "
+            f"sum(CASE WHEN t1 + ? <= ? OR lim IS NOT NULL THEN 1 ELSE 0 END){step_counts} "
+            "FROM reached GROUP BY 1 ORDER BY 1",
             [*base.params, offset, period, spec.window_seconds, as_of, spec.window_seconds, as_of],
         )
     if distribution:
@@ -651,8 +771,11 @@ def funnel_in(
             base.params,
         )
     by_group = [_group(row, spec, n) for row in rows]
+    everyone = int(rows[0]["everyone"] or 0) if rows and "everyone" in rows[0] else None
     total = (
-        _total(by_group, n) if spec.breakdown else (by_group[0] if by_group else _group({"grp": ""}, spec, n))
+        _total(by_group, n, everyone)
+        if spec.breakdown
+        else (by_group[0] if by_group else _group({"grp": ""}, spec, n))
     )
     window_label = _duration_label(spec.window_seconds)
     return {
@@ -664,8 +787,9 @@ def funnel_in(
         "exclusions": [
             {"step": x.step.label, "after": x.after, "before": x.last(n)} for x in spec.exclusions
         ],
-        "counting": "unique contacts after identity resolution; first entry in the period; "
-        + ORDER_NOTES[spec.order],
+        "unit": spec.unit,
+        "session_gap": _duration_label(spec.session_gap) if spec.unit == "sessions" else None,
+        "counting": UNIT_NOTES[spec.unit] + "; " + ORDER_NOTES[spec.order],
         "total": total,
         "breakdown": _breakdown_result(spec, by_group) if spec.breakdown else None,
         "trend": [
@@ -687,6 +811,14 @@ def funnel_in(
         else None,
     }
 
+
+UNIT_NOTES = {
+    "contacts": "unique contacts after identity resolution; first entry in the period",
+    "sessions": "visits (a contact's events, after identity resolution, without a gap longer than the "
+    "session gap); each visit's first entry, later steps in the same visit",
+    "attempts": "every step-1 event starts an attempt, which ends at the contact's next step-1 event; "
+    "later steps inside the attempt",
+}
 
 ORDER_NOTES = {
     "ordered": "steps in order, other events allowed between them",
@@ -723,13 +855,20 @@ def _group(row: dict[str, Any], spec: FunnelSpec, n: int) -> dict[str, Any]:
             step["median_seconds_from_previous"] = None if median is None else round(float(median), 1)
             step["p90_seconds_from_previous"] = None if p90 is None else round(float(p90), 1)
         steps.append(step)
-    return {"group": row.get("grp") or None, "entered": counts[0], "converted": counts[-1], "steps": steps}
+    return {
+        "group": row.get("grp") or None,
+        "entered": counts[0],
+        "converted": counts[-1],
+        # the distinct contacts who made the entries
+        "people": int(row["people"] or 0) if "people" in row else counts[0],
+        "steps": steps,
+    }
 
 
-def _total(groups: list[dict[str, Any]], n: int) -> dict[str, Any]:
+def _total(groups: list[dict[str, Any]], n: int, everyone: int | None = None) -> dict[str, Any]:
     """Sums of the groups (medians cannot be summed: those come from the unbroken query)."""
     if not groups:
-        return {"group": None, "entered": 0, "converted": 0, "steps": []}
+        return {"group": None, "entered": 0, "converted": 0, "people": 0, "steps": []}
     steps = []
     for k in range(n):
         contacts = sum(g["steps"][k]["contacts"] for g in groups)
@@ -747,6 +886,7 @@ def _total(groups: list[dict[str, Any]], n: int) -> dict[str, Any]:
         "group": None,
         "entered": steps[0]["contacts"],
         "converted": steps[-1]["contacts"],
+        "people": everyone if everyone is not None else sum(g["people"] for g in groups),
         "steps": steps,
     }
 
@@ -786,23 +926,26 @@ def dropped_contacts(
         s.tune_for_analytics()
         base, where, params = _dropped(s, spec, step, value)
         step_time = "t1" if step == 1 else f"t{step}"
+        # A contact who dropped in several visits or attempts is listed once, at the first.
         return s.dicts(
-            base.text + f" SELECT r.cid AS contact_id, {step_time} AS reached_at_epoch, "
-            "(SELECT min(value) FROM identities WHERE contact_id = r.cid AND kind = 'email') AS email "
-            f"FROM reached r WHERE {where} ORDER BY r.cid LIMIT ? OFFSET ?",
+            base.text + ", lost AS (SELECT r.cid, min(r." + step_time + ") AS at FROM reached r "
+            f"WHERE {where} GROUP BY r.cid) SELECT d.cid AS contact_id, d.at AS reached_at_epoch, "
+            "(SELECT min(value) FROM identities WHERE contact_id = d.cid AND kind = 'email') AS email "
+            "FROM lost d ORDER BY d.cid LIMIT ? OFFSET ?",
             [*base.params, *params, limit, offset],
         )
 
 
 def dropped_count(store: Store, spec: FunnelSpec, step: int, *, value: str | None = None) -> int:
-    """How many contacts :func:`dropped_contacts` lists (all pages)."""
+    """How many contacts :func:`dropped_contacts` lists (all pages): contacts, whatever the unit."""
     with store.session() as s:
         s.tune_for_analytics()
         base, where, params = _dropped(s, spec, step, value)
         return int(
-            s.rows(base.text + f" SELECT count(*) FROM reached r WHERE {where}", [*base.params, *params])[0][
-                0
-            ]
+            s.rows(
+                base.text + f" SELECT count(DISTINCT r.cid) FROM reached r WHERE {where}",
+                [*base.params, *params],
+            )[0][0]
         )
 
 
@@ -815,7 +958,8 @@ def _dropped(s: Session, spec: FunnelSpec, step: int, value: str | None) -> tupl
         raise FunnelError("value", "a breakdown value needs a breakdown")
     step_time = "t1" if step == 1 else f"t{step}"
     where = (
-        f"{step_time} IS NOT NULL AND t{step + 1} IS NULL AND (t1 + ? <= ? OR brk = {step}) AND xat IS NULL"
+        f"{step_time} IS NOT NULL AND t{step + 1} IS NULL AND (t1 + ? <= ? OR brk = {step} OR lim IS NOT NULL) "
+        "AND xat IS NULL"
     )
     params: list[Any] = [spec.window_seconds, _as_of(spec)]
     if value is not None:

@@ -385,7 +385,7 @@ def _funnel_conversions(
         if f.key in wanted:
             spec = FunnelSpec(
                 steps=f.steps, start=start, end=end, window_seconds=f.window_seconds,
-                order=f.order, exclusions=f.exclusions,
+                order=f.order, exclusions=f.exclusions, unit=f.unit, session_gap=f.session_gap,
             )  # fmt: skip
             total = funnel(store, spec, trend=False, distribution=False)["total"]
             out[f.key] = round(total["converted"] / total["entered"], 4) if total["entered"] else None

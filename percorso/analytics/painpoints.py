@@ -35,19 +35,27 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from scipy.stats import norm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from percorso.analytics.experience import frustration_spots, score_drops
-from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, shared_reach
-from percorso.analytics.incidents import VISIT_GAP, candidate_dimensions, daily_series, day_of, find_incidents
-from percorso.analytics.significance import Settings, p_value, z_test
+from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, shared_reach, within_entry
+from percorso.analytics.incidents import (
+    DAY,
+    VISIT_GAP,
+    Series,
+    candidate_dimensions,
+    daily_series,
+    day_of,
+    find_incidents,
+)
+from percorso.analytics.significance import TESTS, Settings, p_value, tested_z
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
 from percorso.analytics.summaries import segment_label, segment_labels, summaries
 from percorso.journey.definition import Condition, Journey, display, duration_seconds
@@ -65,6 +73,8 @@ SUPPORT = (
 ERRORS = "(lower(e.event) LIKE '%fail%' OR lower(e.event) LIKE '%error%' OR lower(e.event) LIKE '%fallit%')"
 TROUBLE = {"support": SUPPORT, "errors": ERRORS}
 TROUBLE_HORIZON = 48 * 3600  # trouble counts up to 48 h after a step (or until the next step)
+#: what a funnel's unit counts, as the findings' evidence names it
+NOUNS = {"contacts": "contacts", "sessions": "visits", "attempts": "attempts"}
 LOOP_HORIZON = 3600  # going back to the previous step within an hour of reaching the next
 
 
@@ -76,6 +86,8 @@ class FunnelDef:
     window_seconds: int
     order: str = "ordered"
     exclusions: tuple[Exclusion, ...] = ()
+    unit: str = "contacts"  # contacts | sessions | attempts (percorso.analytics.funnel)
+    session_gap: int = 30 * 60
 
 
 def journey_funnels(journey: Journey, lang: str = "en") -> list[FunnelDef]:
@@ -90,6 +102,8 @@ def journey_funnels(journey: Journey, lang: str = "en") -> list[FunnelDef]:
                 duration_seconds(f.window),
                 f.order,
                 tuple(Exclusion(Step(_label(x), x), x.after, x.before) for x in f.exclude),
+                f.unit,
+                duration_seconds(f.session_gap),
             )
         )
     return out
@@ -119,11 +133,11 @@ def find_pain_points(
     events, answers and clicks only."""
     as_of = as_of or datetime.now(UTC)
     tested = [0]
-    token = _TESTS.set(tested)
+    token = TESTS.set(tested)
     try:
         found = _find(store, journey, start, end, as_of, settings, contacts, tested)
     finally:
-        _TESTS.reset(token)
+        TESTS.reset(token)
     return in_language(found, journey, lang)
 
 
@@ -182,6 +196,8 @@ def _find(
                         as_of=as_of,
                         journey=journey,  # for the `persona` dimension
                         contacts=contacts,
+                        unit=f.unit,
+                        session_gap=f.session_gap,
                     )
                     found, dimensions[f.key] = _detect(s, trouble, f, spec, settings, orders, notes)
                     findings += found
@@ -252,6 +268,7 @@ def _finding(kind: str, f: FunnelDef, k: int, **fields: Any) -> dict[str, Any]:
         "segment_label": segment_label(fields.pop("segment", None)),
         "when": fields.pop("when", None),
         "contacts_affected": round(fields.pop("affected")),
+        "counted_in": fields.pop("counted_in", NOUNS[f.unit]),  # what contacts_affected counts
         "z": z,
         "p_value": float(f"{p if p is not None else p_value(z):.3g}"),
         **fields,
@@ -321,19 +338,31 @@ def _detect(
     dims = funnel_dimensions(s, f, spec, cfg)
     # The funnel's events are read once for every dimension, and its reach computed per dimension.
     backs = f"percorso_backs_{uuid.uuid4().hex[:12]}"
+    going_back: list[Series] = []  # per day, how many went back to a browsing step
     with shared_reach(s, spec, dims or (None,)) as reach:
         try:
             for i, dim in enumerate(dims or (None,)):
                 with reach.base(i) as base:
                     if i == 0:  # these do not depend on the segments
-                        _back_table(s, base, f, backs)
+                        _back_table(s, base, f, spec, backs)
                         findings += _trouble_and_loops(s, base, trouble, f, spec, cfg, backs)
                         completion = _completion(s, base, spec)
+                        going_back += _back_series(s, base, backs, f, spec, None, cfg)
                     if dim is not None:
                         findings += _dropoff_and_slow(s, base, f, spec, dim, cfg)
                         findings += _browsing_loops(s, base, backs, f, dim, cfg, spec.journey)
+                        going_back += _back_series(s, base, backs, f, spec, dim, cfg)
         finally:
             s.execute(f"DROP TABLE IF EXISTS {backs}")
+    dated_loops = _dated_loops(f, spec, going_back, cfg)
+    # A segment's loop that a dated rise of the same segment explains is that rise, seen again
+    # over the whole period: reported once, with its dates.
+    rises = {(p["step_index"], json.dumps(p["segment"], sort_keys=True)) for p in dated_loops}
+    findings = [
+        p
+        for p in findings
+        if not (p["kind"] == "loop" and (p["step_index"], json.dumps(p["segment"], sort_keys=True)) in rises)
+    ]
     dips = _dips(s, f, spec, [d for d in dims if d not in ("persona", "first_campaign")], cfg, notes)
     # A segment's drop at a step that a dated incident of the same segment explains is that
     # incident, seen again over the whole period: reported once, with its dates.
@@ -345,7 +374,7 @@ def _detect(
             p["kind"] == "dropoff" and (p["step_index"], json.dumps(p["segment"], sort_keys=True)) in dated
         )
     ]
-    findings = _one_dimension_each(findings) + dips
+    findings = _one_dimension_each(findings) + dips + dated_loops
     # A segment that comes back later at a step where it also drops, had an incident or is slow
     # within the visit is one problem: reported once, as that, with the share who came back later.
     lost = {
@@ -452,7 +481,7 @@ def _against_rest(
     if n < cfg.min_contacts or rest_n < cfg.min_contacts:
         return None
     share, baseline = x / n, rest_x / rest_n
-    z = _tested_z(x, n, rest_x, rest_n)
+    z = tested_z(x, n, rest_x, rest_n)
     if z < cfg.min_z or share - baseline < cfg.min_effect:
         return None
     return _finding(
@@ -465,8 +494,8 @@ def _against_rest(
         evidence={
             names[0]: round(share, 4),
             names[1]: round(baseline, 4),
-            "segment_contacts": n,
-            "baseline_contacts": rest_n,
+            f"segment_{NOUNS[f.unit]}": n,
+            f"baseline_{NOUNS[f.unit]}": rest_n,
         },
         facts={
             "segment": segment_labels(segment),
@@ -539,7 +568,7 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
             if g_n < cfg.min_contacts or rest_n < cfg.min_contacts or not median_all:
                 continue
             ratio = float(r[f"med{k}"] or 0) / float(median_all)
-            z = _tested_z(g_slow, g_n, rest_slow, rest_n)
+            z = tested_z(g_slow, g_n, rest_slow, rest_n)
             if z >= cfg.min_z and ratio >= cfg.min_slow_ratio:
                 findings.append(
                     _finding(
@@ -554,7 +583,7 @@ def _slow(s: Session, base: Sql, f: FunnelDef, dim: str, cfg: Settings) -> list[
                             "overall_median_seconds": round(float(median_all), 1),
                             "segment_share_slower_than_median": round(g_slow / g_n, 4),
                             "baseline_share_slower_than_median": round(rest_slow / rest_n, 4),
-                            "segment_contacts": g_n,
+                            f"segment_{NOUNS[f.unit]}": g_n,
                         },
                         facts={
                             "segment": segment_labels(segment),
@@ -669,6 +698,7 @@ def _dips(
                     "to_period_end": sc.last == days - 1,
                 },
                 affected=n_in * (x_out / n_out - x_in / n_in),
+                counted_in="visits",
                 evidence={
                     "unit": "visits",
                     "conversion_during": round(x_in / n_in, 4),
@@ -699,8 +729,8 @@ def _z_of(p: float) -> float:
     return float(norm.isf(max(p, 1e-300)))
 
 
-def _back_table(s: Session, base: Sql, f: FunnelDef, name: str) -> None:
-    """Per contact who reached step k+1, whether they went back to step k within an hour
+def _back_table(s: Session, base: Sql, f: FunnelDef, spec: FunnelSpec, name: str) -> None:
+    """Per entry that reached step k+1, whether it went back to step k within an hour
     (``back{k}``), into the temporary table ``name``: read once, counted overall and per segment."""
     backs = ", ".join(
         f"max(CASE WHEN ev.s{k} = 1 AND ev.ts > r.t{k + 1} AND ev.ts <= r.t{k + 1} + {LOOP_HORIZON} "
@@ -709,9 +739,141 @@ def _back_table(s: Session, base: Sql, f: FunnelDef, name: str) -> None:
     )
     s.execute(
         f"CREATE TEMPORARY TABLE {name} AS {base.text} "
-        f"SELECT r.cid, {backs} FROM reached r JOIN ev ON ev.cid = r.cid GROUP BY r.cid",
+        f"SELECT r.cid, r.ent, {backs} FROM reached r JOIN ev ON ev.cid = r.cid"
+        f"{within_entry(spec, 'ev', 'r')} GROUP BY r.cid, r.ent",
         base.params,
     )
+
+
+def _browsing_steps(f: FunnelDef, journey: Journey | None) -> list[int]:
+    return [k for k in range(1, len(f.steps)) if is_browsing(f.steps[k - 1].condition, journey)]
+
+
+def _back_series(
+    s: Session, base: Sql, backs: str, f: FunnelDef, spec: FunnelSpec, dim: str | None, cfg: Settings
+) -> list[Series]:
+    """Per browsing step k, day by day (the day step k+1 was reached): how many reached k+1 and
+    how many of them did *not* go back to k within the hour, for everyone (``dim`` None) or per
+    segment of ``dim``: a run of days where fewer stayed is a rise of the loop, found by the
+    same scan as an incident (:func:`percorso.analytics.incidents.find_incidents`)."""
+    steps = _browsing_steps(f, spec.journey)
+    if not steps:
+        return []
+    as_of = spec.as_of or datetime.now(UTC)
+    last = min(spec.end, as_of - timedelta(seconds=LOOP_HORIZON))
+    day0 = int(spec.start.timestamp() // DAY)
+    days = max(0, math.ceil(last.timestamp() / DAY) - day0)
+    if days <= 0:
+        return []
+    out = []
+    for k in steps:
+        rows = s.rows(
+            base.text + f" SELECT CAST(floor(r.t{k + 1} / {DAY}) AS INTEGER) - ? AS day, r.bd, count(*), "
+            f"sum(coalesce(b.back{k}, 0)) FROM reached r LEFT JOIN {backs} b ON b.cid = r.cid AND b.ent = r.ent "
+            f"WHERE r.t{k + 1} >= ? AND r.t{k + 1} < ? GROUP BY 1, 2",
+            [*base.params, day0, spec.start.timestamp(), last.timestamp()],
+        )
+        groups: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}
+        for day, value, moved, back in rows:
+            key = None if dim is None else value
+            if key in ("(none)", "(other)"):
+                continue
+            if key not in groups:
+                groups[key] = (np.zeros(days, dtype=np.int64), np.zeros(days, dtype=np.int64))
+            groups[key][0][int(day)] += int(moved)
+            groups[key][1][int(day)] += int(moved) - int(back or 0)
+        for key, (moved_by_day, stayed) in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            if moved_by_day.sum() >= cfg.min_contacts:
+                out.append(Series(k, dim, key, moved_by_day, stayed))
+    return out
+
+
+def _dated_loops(f: FunnelDef, spec: FunnelSpec, series: list[Series], cfg: Settings) -> list[dict[str, Any]]:
+    """Runs of days in which going back to a browsing step rose against the rest of the period,
+    for everyone or in one segment."""
+    if not series:
+        return []
+    found, _ = find_incidents(series, fdr=cfg.fdr, min_effect=cfg.min_effect, min_attempts=cfg.min_contacts)
+    day0 = int(spec.start.timestamp() // DAY)
+    findings = []
+    for sc in found:
+        if _mix_explains(sc, series, cfg.min_effect):
+            continue
+        sr, k = sc.series, sc.series.k
+        n_in = int(sr.attempts[sc.first : sc.last + 1].sum())
+        back_in = n_in - int(sr.converted[sc.first : sc.last + 1].sum())
+        n_out = int(sr.attempts.sum()) - n_in
+        back_out = n_out - (int(sr.converted.sum()) - (n_in - back_in))
+        low, high = confint_proportions_2indep(
+            back_in, n_in, back_out, n_out, method="newcomb", compare="diff"
+        )
+        first, last = day_of(day0, sc.first), day_of(day0, sc.last)
+        segment = {sr.dim: sr.value} if sr.dim else None
+        share, baseline = back_in / n_in, back_out / n_out
+        findings.append(
+            _finding(
+                "loop",
+                f,
+                k,
+                z=_z_of(sc.p),
+                p=sc.p,
+                segment=segment,
+                when={
+                    "start": first.isoformat(),
+                    "end": last.isoformat(),
+                    "from_period_start": sc.first == 0,
+                    "to_period_end": sc.last == len(sr.attempts) - 1,
+                },
+                affected=n_in * (share - baseline),
+                evidence={
+                    "share_going_back": round(share, 4),
+                    "baseline_share_going_back": round(baseline, 4),
+                    "difference": round(share - baseline, 4),
+                    "difference_interval": [round(float(low), 4), round(float(high), 4)],
+                    f"segment_{NOUNS[f.unit]}": n_in,
+                    f"baseline_{NOUNS[f.unit]}": n_out,
+                    "days": sc.last - sc.first + 1,
+                },
+                facts={
+                    "segment": segment_labels(segment),
+                    "step": f.steps[k - 1].label,
+                    "next": f.steps[k].label,
+                    "share": share,
+                    "baseline": baseline,
+                    "start": first,
+                    "end": last,
+                },
+            )
+        )
+    return findings
+
+
+def _mix_explains(sc: Any, series: list[Series], min_effect: float) -> bool:
+    """Whether everyone's rise in days ``sc.first..sc.last`` is only a change of who came: for
+    some dimension whose segments cover the run, the share expected from each segment's own
+    rate outside the run (direct standardisation) is within ``min_effect`` of the share seen."""
+    whole, a, b = sc.series, sc.first, sc.last
+    if whole.dim is not None:
+        return False
+    n_in = int(whole.attempts[a : b + 1].sum())
+    if not n_in:
+        return False
+    seen = 1 - int(whole.converted[a : b + 1].sum()) / n_in
+    for dim in sorted({sr.dim for sr in series if sr.dim is not None and sr.k == whole.k}):
+        expected = covered = 0.0
+        for sr in series:
+            if sr.k != whole.k or sr.dim != dim:
+                continue
+            part_in = int(sr.attempts[a : b + 1].sum())
+            part_out = int(sr.attempts.sum()) - part_in
+            if not part_in or not part_out:
+                continue
+            stayed_out = int(sr.converted.sum()) - int(sr.converted[a : b + 1].sum())
+            expected += part_in * (1 - stayed_out / part_out)
+            covered += part_in
+        if covered >= 0.9 * n_in and seen - expected / covered < min_effect:
+            return True
+    return False
 
 
 def _browsing_loops(
@@ -719,7 +881,7 @@ def _browsing_loops(
 ) -> list[dict[str, Any]]:
     """Going back to a browsing step is how people shop, so it is judged against its own
     baseline: a segment that goes back far more often than everyone else at the same step."""
-    steps = [k for k in range(1, len(f.steps)) if is_browsing(f.steps[k - 1].condition, journey)]
+    steps = _browsing_steps(f, journey)
     if not steps:
         return []
     counts = ", ".join(
@@ -727,7 +889,8 @@ def _browsing_loops(
     )
     rows = s.dicts(
         base.text
-        + f" SELECT r.bd AS grp, {counts} FROM reached r LEFT JOIN {backs} b ON b.cid = r.cid GROUP BY r.bd",
+        + f" SELECT r.bd AS grp, {counts} FROM reached r LEFT JOIN {backs} b ON b.cid = r.cid AND b.ent = r.ent "
+        "GROUP BY r.bd",
         base.params,
     )
     findings = []
@@ -760,7 +923,8 @@ def _trouble_and_loops(
     horizon_end = datetime.fromtimestamp(spec.end.timestamp() + spec.window_seconds + TROUBLE_HORIZON, UTC)
     text = (
         base.text + f", tr AS (SELECT * FROM {trouble} WHERE ts < ?)"
-        f", troubled AS (SELECT r.cid, {', '.join(flags)} FROM reached r JOIN tr ON tr.cid = r.cid GROUP BY r.cid)"
+        f", troubled AS (SELECT r.cid, r.ent, {', '.join(flags)} FROM reached r JOIN tr ON tr.cid = r.cid "
+        "GROUP BY r.cid, r.ent)"
     )
     params: list[Any] = [*base.params, horizon_end.timestamp()]
     sums = [f"count(r.t{k}) AS reached{k}" for k in range(1, n + 1)]
@@ -811,7 +975,7 @@ def _trouble(
         if reached[k - 1] < cfg.min_contacts or rest_n < cfg.min_contacts:
             continue
         share, base_share = trouble[k - 1] / reached[k - 1], rest_x / rest_n
-        z = _tested_z(trouble[k - 1], reached[k - 1], rest_x, rest_n)
+        z = tested_z(trouble[k - 1], reached[k - 1], rest_x, rest_n)
         if z >= cfg.min_z and share - base_share >= cfg.min_effect / 2 and share >= 1.5 * base_share:
             findings.append(
                 _finding(
@@ -823,7 +987,7 @@ def _trouble(
                     evidence={
                         "share_with_trouble": round(share, 4),
                         "baseline_share": round(base_share, 4),
-                        "contacts": reached[k - 1],
+                        NOUNS[f.unit]: reached[k - 1],
                         "events_seen": [
                             {"event": e, "channel": c, "contacts": int(m)} for e, c, m in names()
                         ],
@@ -867,7 +1031,7 @@ def _loops(
         share = back[k - 1] / moved
         base_share = rest_x / rest_n if rest_n else 0.0
         z = (
-            _tested_z(back[k - 1], moved, rest_x, rest_n)
+            tested_z(back[k - 1], moved, rest_x, rest_n)
             if rest_n >= cfg.min_contacts
             else _z_vs(share, moved, 0.01)
         )
@@ -882,24 +1046,12 @@ def _loops(
                     evidence={
                         "share_going_back": round(share, 4),
                         "baseline_share": round(base_share, 4),
-                        "contacts": moved,
+                        NOUNS[f.unit]: moved,
                     },
                     facts={"share": share, "step": f.steps[k - 1].label, "next": f.steps[k].label},
                 )
             )
     return findings
-
-
-#: How many cells the z-tested detectors compared in this call (for Benjamini-Hochberg).
-_TESTS: ContextVar[list[int]] = ContextVar("painpoint_tests")
-
-
-def _tested_z(x1: int, n1: int, x2: int, n2: int) -> float:
-    """:func:`z_test`, counted as one cell tested."""
-    counter = _TESTS.get(None)
-    if counter is not None:
-        counter[0] += 1
-    return z_test(x1, n1, x2, n2)
 
 
 def _false_discoveries_out(findings: list[dict[str, Any]], tested: int, fdr: float) -> list[dict[str, Any]]:
@@ -916,7 +1068,8 @@ def _false_discoveries_out(findings: list[dict[str, Any]], tested: int, fdr: flo
     return [p for p in findings if p["kind"] not in Z_TESTED or id(p) in passed]
 
 
-Z_TESTED = ("dropoff", "slow", "later", "support", "errors", "loop")
+#: every kind judged by a z against its baseline: one family for Benjamini-Hochberg
+Z_TESTED = ("dropoff", "slow", "later", "support", "errors", "loop", "score_drop", "frustration")
 #: The findings of one segment against the rest, reported over one dimension per step.
 SEGMENTED = ("dropoff", "slow", "later", "loop")
 

@@ -4,6 +4,7 @@ difference of shares."""
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 
@@ -31,6 +32,24 @@ def z_test(x1: int, n1: int, x2: int, n2: int) -> float:
         return 0.0
     se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
     return (x1 / n1 - x2 / n2) / se
+
+
+#: How many cells the detectors compared in one search for pain points (set by the search, for
+#: Benjamini-Hochberg over all of them).
+TESTS: ContextVar[list[int] | None] = ContextVar("painpoint_tests", default=None)
+
+
+def tested(z: float) -> float:
+    """``z``, counted as one cell tested when a search for pain points is under way."""
+    counter = TESTS.get()
+    if counter is not None:
+        counter[0] += 1
+    return z
+
+
+def tested_z(x1: int, n1: int, x2: int, n2: int) -> float:
+    """:func:`z_test`, counted as one cell tested."""
+    return tested(z_test(x1, n1, x2, n2))
 
 
 def p_value(z: float) -> float:

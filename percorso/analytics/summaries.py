@@ -132,7 +132,11 @@ _ENGLISH = {
         f"{_pct(f['share'])} of contacts hit an error after {f['step']} (other steps: {_pct(f['baseline'])})"
     ),
     "loop": lambda f: (
-        f"{f['segment']}: {_pct(f['share'])} go back from {f['next']} to {f['step']} within an hour, "
+        f"{f['segment'] + ': from' if f.get('segment') else 'From'} {_day(f['start'], 'en')} to "
+        f"{_day(f['end'], 'en')}, {_pct(f['share'])} go back from {f['next']} to {f['step']} within an hour, "
+        f"against {_pct(f['baseline'])} in the rest of the period"
+        if f.get("start")
+        else f"{f['segment']}: {_pct(f['share'])} go back from {f['next']} to {f['step']} within an hour, "
         f"against {_pct(f['baseline'])} elsewhere"
         if f.get("segment")
         else f"{_pct(f['share'])} of contacts go back from {f['next']} to {f['step']} within an hour"
@@ -173,7 +177,12 @@ _ITALIAN = {
         f"(negli altri passi: {_il(f['baseline'])})"
     ),
     "loop": lambda f: (
-        f"{f['segment']}: {_il(f['share'])} torna da «{f['next']}» a «{f['step']}» entro un'ora, "
+        f"{f['segment'] + ': ' + _dal(f['start']) if f.get('segment') else _dal(f['start']).capitalize()} "
+        f"{_al(f['end'])}, "
+        f"{_il(f['share'])} torna da «{f['next']}» a «{f['step']}» entro un'ora, "
+        f"contro {_il(f['baseline'])} nel resto del periodo"
+        if f.get("start")
+        else f"{f['segment']}: {_il(f['share'])} torna da «{f['next']}» a «{f['step']}» entro un'ora, "
         f"contro {_il(f['baseline'])} degli altri"
         if f.get("segment")
         else f"{_il(f['share'], capital=True)} dei contatti torna da «{f['next']}» a «{f['step']}» entro un'ora"

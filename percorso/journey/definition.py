@@ -147,6 +147,9 @@ class Funnel(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     labels: list[str] = []  # step labels; default: the event names
     order: Literal["ordered", "strict", "any"] = "ordered"  # how later steps count (docs/analytics.md)
     exclude: list[FunnelExclusion] = []
+    #: what one entry is: each contact once, each visit, or every attempt (docs/analytics.md)
+    unit: Literal["contacts", "sessions", "attempts"] = "contacts"
+    session_gap: Duration = "30m"  # a visit ends after this long without an event (unit sessions)
 
 
 class Signals(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

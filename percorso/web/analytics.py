@@ -275,10 +275,21 @@ class FunnelRequest(RequestBody):
     )
     top: int = Field(10, ge=1, le=100)
     period: Literal["day", "week"] = "week"
+    unit: Literal["contacts", "sessions", "attempts"] = Field(
+        "contacts",
+        description="what one entry is: contacts (each once), sessions (each visit) or attempts "
+        "(every step-1 event, until the contact's next)",
+    )
+    session_gap: str = Field(
+        "30m",
+        pattern=DURATION_PATTERN,
+        description="unit sessions: a visit ends after this long without an event",
+    )
 
 
 @router.post(
-    "/funnels", summary="Funnel conversion between steps (ordered, strict, any order), in unique contacts"
+    "/funnels",
+    summary="Funnel conversion between steps (ordered, strict, any order), in contacts, sessions or attempts",
 )
 def funnel_endpoint(
     request: Request,
@@ -313,6 +324,8 @@ def funnel_endpoint(
             order=spec.order,
             exclusions=tuple(exclusions),
             journey=journey,
+            unit=spec.unit,
+            session_gap=_checked_duration(spec.session_gap, "session_gap", start, -1),
         )
         if dropped_at is not None:
             return {"contacts": dropped_contacts(store, funnel_spec, dropped_at)}

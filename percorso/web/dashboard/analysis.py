@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 from percorso.analytics.funnel import (
     BREAKDOWNS,
     ORDERS,
+    UNITS,
     Exclusion,
     FunnelError,
     FunnelSpec,
@@ -60,6 +61,8 @@ def _journey_funnels(store: Store, lang: str) -> list[dict[str, Any]]:
                     "steps": [_condition_text(c) for c in f.steps],
                     "window": f.window,
                     "order": f.order,
+                    "unit": f.unit,
+                    "session_gap": f.session_gap,
                     "exclude": [_exclusion_text(x, len(f.steps)) for x in f.exclude],
                 }
             )
@@ -106,6 +109,8 @@ def funnel_form(request: Request, lang: str) -> dict[str, Any]:
     steps = [s.strip() for s in q.getlist("step") if s.strip()]
     window = q.get("window") or ""
     order = q.get("order") or "ordered"
+    unit = q.get("unit") or ""
+    gap = "30m"
     exclude = [e.strip() for e in q.getlist("exclude") if e.strip()]
     chosen = q.get("funnel")
     journey = q.get("journey") or ""
@@ -120,12 +125,16 @@ def funnel_form(request: Request, lang: str) -> dict[str, Any]:
             raise PageError(f"there is no funnel {chosen!r} in the stored journeys", "funnel")
         steps, window, journey = match["steps"], window or match["window"], match["journey"]
         order = q.get("order") or match["order"]
+        unit, gap = unit or match["unit"], match["session_gap"]
         exclude = exclude or match["exclude"]
     window = window or "14d"
     if not re.fullmatch(DURATION_PATTERN, window):
         raise PageError(f"window: {window!r} is not a duration such as 30m, 12h, 14d or 2w", "window")
     if order not in ORDERS:
         raise PageError(f"order: {order!r} is not one of {', '.join(ORDERS)}", "order")
+    unit = unit or "contacts"
+    if unit not in UNITS:
+        raise PageError(f"unit: {unit[:40]!r} is not one of {', '.join(UNITS)}", "unit")
     dropped = q.get("dropped")
     if dropped and (not dropped.isdigit() or not 1 <= int(dropped) < max(len(steps), 2)):
         raise PageError(
@@ -140,6 +149,8 @@ def funnel_form(request: Request, lang: str) -> dict[str, Any]:
         "steps": steps,
         "window": window,
         "order": order,
+        "unit": unit,
+        "session_gap": gap,
         "exclude": exclude,
         "breakdown": q.get("breakdown") or "",
         "funnel": chosen or "",
@@ -173,6 +184,8 @@ def _spec(request: Request, form: dict[str, Any]) -> FunnelSpec:
             else tuple(parse_exclusion(e) for e in form["exclude"]),
             journey=journey,
             contacts=contacts,
+            unit=form["unit"],
+            session_gap=duration_seconds(form["session_gap"]),
         )
     except (FunnelError, JourneyError, ValueError) as exc:
         raise PageError(str(exc), getattr(exc, "field", "steps")) from None
@@ -186,6 +199,7 @@ def funnels_page(request: Request, session: Viewer) -> Response:
         "form": form,
         "journey_funnels": _journey_funnels(_store(request), lang),
         "orders": list(ORDERS),
+        "units": list(UNITS),
         "breakdowns": BREAKDOWNS,
         "result": None,
         "dropped": None,
@@ -201,7 +215,9 @@ def funnels_page(request: Request, session: Viewer) -> Response:
             if form["dropped"]:
                 # The step table's count, paged: every contact it counts can be listed (one
                 # group's, counted apart, when a pain point in a segment links here).
-                if form["value"] is None:
+                # Counting visits or attempts, a contact may have dropped more than once: the
+                # list counts contacts.
+                if form["value"] is None and spec.unit == "contacts":
                     total = int(entry.value["total"]["steps"][form["dropped"] - 1].get("dropped") or 0)
                 else:
                     total = dropped_count(store, spec, form["dropped"], value=form["value"])

@@ -388,7 +388,7 @@ def map_pdf(jmap: dict[str, Any], t: Translator) -> bytes:
             where = " · ".join(str(x) for x in (p.get("funnel_name"), p.get("step")) if x)
             line = (
                 f"#{p.get('rank', '')} {t('pain.' + p['kind'])} — {p['summary']} ({where}); "
-                f"{t('pain.affects')}: {t.num(p['contacts_affected'])}; z = {t.num(p['z'], 1)}"
+                f"{t('pain.affects_' + p.get('counted_in', 'contacts'))}: {t.num(p['contacts_affected'])}; z = {t.num(p['z'], 1)}"
             )
             pdf.multi_cell(0, 5, _pdf_text(line), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
