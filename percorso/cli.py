@@ -432,6 +432,7 @@ def contacts_erase(
 from percorso.cli_automation import automation_app, worker  # noqa: E402
 from percorso.cli_import import import_file  # noqa: E402
 from percorso.cli_journey import (  # noqa: E402
+    attribution_command,
     funnel_command,
     init,
     journey_app,
@@ -453,6 +454,7 @@ app.command("map")(map_command)
 app.command("paths")(paths_command)
 app.command("transitions")(transitions_command)
 app.command("retention")(retention_command)
+app.command("attribution")(attribution_command)
 app.add_typer(journey_app, name="journey")
 app.add_typer(stages_app, name="stages")
 app.add_typer(automation_app, name="automation")

@@ -706,6 +706,72 @@ def paths_command(
     )
 
 
+def attribution_command(
+    conversion: Annotated[
+        str,
+        typer.Option("--conversion", "-c", help="The conversion, as a funnel step (event name or pattern)"),
+    ] = "Order Completed",
+    by: Annotated[str, typer.Option(help="channel, campaign, source or medium")] = "channel",
+    since: Annotated[
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 182 days before today")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="Last day, included (YYYY-MM-DD); default today")
+    ] = None,
+    lookback: Annotated[str, typer.Option(help="Touches this long before a conversion count")] = "30d",
+    half_life: Annotated[str, typer.Option("--half-life", help="The time-decay model's half-life")] = "7d",
+    visit_gap: Annotated[str, typer.Option("--visit-gap", help="A pause this long ends a visit")] = "30m",
+    revenue: Annotated[bool, typer.Option(help="Credit revenue instead of conversions")] = False,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Which channels or campaigns earn the conversions, by every attribution model."""
+    from percorso.analytics.attribution import MODELS, AttributionError, AttributionSpec, attribution
+    from percorso.analytics.funnel import FunnelError, parse_step
+    from percorso.cli import console, emit, fail, opened, settings_for
+
+    output = _format(fmt)
+    start, end = _period(since, until)
+    try:
+        spec = AttributionSpec(
+            conversion=parse_step(conversion).condition,
+            start=start,
+            end=end,
+            by=by,
+            lookback_seconds=int(_duration(lookback, "--lookback").total_seconds()),
+            half_life_seconds=int(_duration(half_life, "--half-life").total_seconds()),
+            visit_gap=int(_duration(visit_gap, "--visit-gap").total_seconds()),
+        )
+        spec.check()
+        with opened(settings_for(data_dir)) as store:
+            result = attribution(store, spec)
+    except (AttributionError, FunnelError) as exc:
+        raise fail(str(exc), code=2) from None
+    if fmt == "json":
+        sys.stdout.write(
+            json.dumps({"conversion": conversion, **result}, indent=2, ensure_ascii=False) + "\n"
+        )
+        return
+    of = "revenue" if revenue else "conversions"
+    if revenue and result["revenue"] is None:
+        raise fail(f"the conversions ({conversion}) carry no revenue property", code=2)
+    rows = [
+        {by: row["value"], "touches": row["touches"], **{m: round(row[of][m], 2) for m in MODELS}}
+        for row in result["values"]
+    ]
+    emit(
+        rows,
+        output,
+        title=f"{conversion}: {result['conversions']} conversions credited by {by} ({of}), "
+        f"{start.date()} → {(end - timedelta(seconds=1)).date()}, lookback {lookback}",
+    )
+    if fmt == "table":
+        console.print(
+            f"[dim]{result['touches_per_conversion'] or 0} touches per conversion; "
+            f"{result['paths_not_converting']} paths did not convert (they weigh in the Markov model)[/]"
+        )
+
+
 def transitions_command(
     since: Annotated[
         str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default 182 days before today")

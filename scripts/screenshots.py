@@ -101,6 +101,7 @@ def main() -> None:
             "map-it": "/map?persona=loyal-customer",
             "funnels": "/funnels?funnel=checkout&breakdown=platform",
             "paths": "/paths",
+            "attribution": "/attribution",
             "contact": f"/contacts/{contact}",
             "automation": "/automations/registration-reminder",
             "opportunities": "/opportunities",

@@ -306,3 +306,37 @@ def test_editor_pauses_an_automation(page: Any, site: Site) -> None:
         status = s.rows("SELECT status FROM automations WHERE automation_key = 'registration-reminder'")[0][0]
     assert status == "active"
     assert page.errors == []
+
+
+def test_attribution_page_draws_every_model_and_agrees_with_the_api(page: Any, site: Site) -> None:
+    """The demo's orders credited to its channels by the seven models: the chart is drawn, every
+    model hands out exactly the conversions on the tile, and the page, its JSON twin and the
+    REST API give the same numbers; in Italian the models have Italian names."""
+    sign_in(page, site, target="/attribution")
+    page.wait_for_selector(".chart[data-chart=grouped][data-drawn] svg")
+    conversions = int(page.locator("[data-metric=conversions]").inner_text().replace(",", ""))
+    assert conversions > 0
+    rows = page.locator("#attribution-table tbody tr")
+    assert rows.count() >= 3  # the demo's orders come through several channels
+    twin = page.request.get(site.url + "/attribution.json").json()
+    result = twin["result"]
+    assert result["conversions"] == conversions
+    for model in result["models"]:
+        assert sum(v["conversions"][model] for v in result["values"]) == pytest.approx(conversions, abs=0.01)
+    first_value = rows.first.get_attribute("data-value")
+    shown = float(rows.first.locator("td[data-model=linear]").inner_text().replace(",", ""))
+    linear = next(v["conversions"]["linear"] for v in result["values"] if v["value"] == first_value)
+    assert shown == pytest.approx(linear, abs=0.05)
+    _, secret = site.store.create_api_key("secret", "attribution test")
+    period = twin["form"]["period"]
+    api = httpx.get(
+        site.url + "/v1/attribution",
+        params={"from": period["from"], "to": period["to"], "conversion": twin["form"]["conversion"]},
+        auth=(secret, ""),
+    ).json()
+    assert api["conversions"] == conversions and api["values"] == result["values"]
+    page.click("[data-lang-switch=it]")
+    page.wait_for_selector(".chart[data-chart=grouped][data-drawn] svg")
+    assert page.locator("th[data-model=markov]").inner_text() == "Catena di Markov"
+    assert page.locator("th[data-model=first_touch]").inner_text() == "Prima interazione"
+    assert page.errors == []

@@ -394,6 +394,48 @@ def paths_endpoint(
         raise ApiError(400, "invalid_request", str(exc), exc.field) from None
 
 
+@router.get(
+    "/attribution",
+    summary="Which channels or campaigns earn the conversions: first and last touch, linear, time decay, "
+    "position-based, Markov removal effect and Shapley",
+)
+def attribution_endpoint(
+    request: Request,
+    conversion: Annotated[
+        str,
+        Query(min_length=1, max_length=200, pattern=NO_NUL, description="the conversion, as a funnel step"),
+    ] = "Order Completed",
+    since: Since = None,
+    until: Until = None,
+    by: Annotated[Literal["channel", "campaign", "source", "medium"], Query()] = "channel",
+    lookback: Annotated[str, Query(pattern=DURATION_PATTERN, description="touches this long before")] = "30d",
+    half_life: Annotated[str, Query(pattern=DURATION_PATTERN, description="time decay's half-life")] = "7d",
+    visit_gap: Annotated[
+        str, Query(pattern=DURATION_PATTERN, description="a visit ends after this pause")
+    ] = "30m",
+) -> dict[str, Any]:
+    from percorso.analytics.attribution import AttributionError, AttributionSpec, attribution
+
+    start, end = _period(since, until)
+    gap = _checked_duration(visit_gap, "visit_gap", start, -1)
+    try:
+        spec = AttributionSpec(
+            conversion=parse_step(conversion).condition,
+            start=start,
+            end=end,
+            by=by,
+            # touches are read from a lookback and a visit before the period
+            lookback_seconds=_checked_duration(
+                lookback, "lookback", _earlier(start, timedelta(seconds=gap)), -1
+            ),
+            half_life_seconds=duration_seconds(half_life),
+            visit_gap=gap,
+        )
+        return {"conversion": conversion, **attribution(_store(request), spec)}
+    except (AttributionError, FunnelError) as exc:
+        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+
+
 @router.get("/transitions", summary="The transition graph: A → B counts, probability and median time")
 def transitions_endpoint(
     request: Request,

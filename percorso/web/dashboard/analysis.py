@@ -414,3 +414,83 @@ def _int(value: str | None, default: int, low: int, high: int, field: str) -> in
     if not value.isdigit() or not low <= int(value) <= high:
         raise PageError(f"{field}: {value!r} is not a whole number from {low} to {high}", field)
     return int(value)
+
+
+# -- attribution ----------------------------------------------------------------------------------
+@both("/attribution")
+def attribution_page(request: Request, session: Viewer) -> Response:
+    from percorso.analytics.attribution import (
+        DIMENSIONS,
+        MODELS,
+        AttributionError,
+        AttributionSpec,
+        attribution,
+    )
+    from percorso.analytics.customer import order_events
+
+    q = request.query_params
+    chosen = period(request)
+    store = _store(request)
+    journeys = stored_journeys(store)
+    conversion = (q.get("conversion") or "").strip() or order_events(journeys[0] if journeys else None)[0]
+    by = q.get("by") or "channel"
+    lookback = q.get("lookback") or "30d"
+    measure = q.get("measure") or "conversions"
+    if by not in DIMENSIONS:
+        raise PageError(f"by: {by[:40]!r} is not one of {', '.join(DIMENSIONS)}", "by")
+    if not re.fullmatch(DURATION_PATTERN, lookback):
+        raise PageError(f"lookback: {lookback[:20]!r} is not a duration such as 7d or 2w", "lookback")
+    if measure not in ("conversions", "revenue"):
+        raise PageError(f"measure: {measure[:20]!r} is not conversions or revenue", "measure")
+    form = {
+        "conversion": conversion,
+        "by": by,
+        "lookback": lookback,
+        "measure": measure,
+        "period": chosen.as_dict(),
+    }
+    try:
+        spec = AttributionSpec(
+            conversion=parse_step(conversion).condition,
+            start=chosen.start,
+            end=chosen.end,
+            by=by,
+            lookback_seconds=duration_seconds(lookback),
+            contacts=people(store, journey_filters(request))
+            if any(q.get(k) for k in PEOPLE_FILTERS)
+            else None,
+        )
+        spec.check()
+        cache = request.app.state.dashboard_cache
+        result = cache.get(
+            ("attribution", repr(spec), tuple((k, q.get(k)) for k in PEOPLE_FILTERS)),
+            lambda: attribution(store, spec),
+        ).value
+    except (AttributionError, FunnelError) as exc:
+        raise PageError(str(exc), exc.field) from None
+    if measure == "revenue" and result["revenue"] is None:
+        measure = form["measure"] = "conversions"  # nothing to credit: the conversions carry no revenue
+    t = Translator(language(request))
+    chart = {
+        "labels": [row["value"] for row in result["values"]],
+        "series": [
+            {
+                "name": t("attribution.model_" + m),
+                "data": [round(row[measure][m], 2) for row in result["values"]],
+            }
+            for m in MODELS
+        ],
+    }
+    return page(
+        request,
+        "attribution.html",
+        {
+            "form": form,
+            "result": result,
+            "chart": chart,
+            "models": list(MODELS),
+            "dimensions": list(DIMENSIONS),
+            "currency": journeys[0].currency if journeys else None,
+        },
+        active="attribution",
+    )

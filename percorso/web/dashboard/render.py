@@ -26,6 +26,7 @@ NAV = (
     ("opportunities", "/opportunities"),
     ("funnels", "/funnels"),
     ("paths", "/paths"),
+    ("attribution", "/attribution"),
     ("contacts", "/contacts"),
     ("automations", "/automations"),
     ("surveys", "/surveys"),

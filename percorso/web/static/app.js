@@ -41,6 +41,15 @@
       o.series = [{ type: "bar", data: d.values, label: { show: true, position: "top" } }];
       return o;
     },
+    grouped: function (d) {
+      var o = base();
+      o.legend = { top: 0, type: "scroll", data: d.series.map(function (s) { return s.name; }) };
+      o.grid.top = 48;
+      o.xAxis = { type: "category", data: d.labels, axisLabel: { interval: 0, width: 90, overflow: "truncate" } };
+      o.yAxis = { type: "value" };
+      o.series = d.series.map(function (s) { return { name: s.name, type: "bar", data: s.data }; });
+      return o;
+    },
     stacked: function (d) {
       var o = base();
       o.legend = { top: 0, data: d.names };
