@@ -492,7 +492,7 @@ steps:
 
 
 def test_the_examples_are_valid() -> None:
-    from percorso.cli_automation import example_files
+    from percorso.automation.definition import example_files
 
     keys = sorted(load_automation(p.read_text(), str(p)).key for p in example_files())
     assert keys == ["abandoned-registration", "membership-explainer", "registration-reminder"]

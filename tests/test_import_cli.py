@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from percorso.cli import app
-from percorso.cli_import import EXIT_ROWS_SKIPPED
+from percorso.cli.imports import EXIT_ROWS_SKIPPED
 from percorso.store import open_store
 from percorso.store.contacts import contact_profile, contact_timeline, find_contact
 

@@ -611,3 +611,11 @@ __all__ = [
     "load_automation_file",
     "successors",
 ]
+
+
+def example_files() -> list[Path]:
+    """The example automations shipped with percorso (YAML files, by name)."""
+    from importlib import resources
+
+    folder = resources.files("percorso.automation") / "examples"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml"))

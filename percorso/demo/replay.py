@@ -53,9 +53,8 @@ class ReplayReport:
 
 def apply_examples(store: Store) -> list[str]:
     """Stores the three example automations (unchanged ones stay as they are)."""
-    from percorso.automation.definition import load_automation_file
+    from percorso.automation.definition import example_files, load_automation_file
     from percorso.automation.store import save_automation
-    from percorso.cli_automation import example_files
 
     keys = []
     for path in example_files():
@@ -266,7 +265,7 @@ def demo_smtp() -> SmtpSettings:
     return smtp
 
 
-def _answers(host: str, port: int) -> bool:
+def answers(host: str, port: int) -> bool:
     import socket
 
     try:
@@ -286,80 +285,10 @@ def own_inbox() -> LocalInbox | None:
 
     if os.environ.get("PERCORSO_SMTP_HOST") or os.environ.get("PERCORSO_SMTP_PORT"):
         return None
-    if _answers("127.0.0.1", SMTP_PORT):
+    if answers("127.0.0.1", SMTP_PORT):
         return None
-    webhooks = None if _answers("127.0.0.1", WEBHOOK_PORT) else WEBHOOK_PORT
+    webhooks = None if answers("127.0.0.1", WEBHOOK_PORT) else WEBHOOK_PORT
     return LocalInbox(smtp_port=SMTP_PORT, webhook_port=webhooks).start()
-
-
-def replay_command(
-    store: Store, spec: DemoSpec, base_url: str, days: int, responses: bool, inbox: LocalInbox | None = None
-) -> None:
-    """What ``percorso demo`` prints around :func:`replay_demo` (``inbox``: the demo's own)."""
-    import logging
-    import os
-
-    from percorso.automation.inbox import DEMO_WEBHOOK_SECRET, WEBHOOK_SECRET_ENV
-    from percorso.cli import OutputFormat, console, emit, fail, progress_bar
-    from percorso.demo.command import MESSAGES_PER_CONTACT
-
-    if days < 1 or days >= spec.days:
-        raise fail(f"--replay-days must be between 1 and {spec.days - 1} (the demo has {spec.days} days)")
-    smtp = demo_smtp()
-    if not _answers(smtp.host, smtp.port):
-        raise fail(
-            f"no SMTP server answers at {smtp.host}:{smtp.port}. Start the local inbox in another terminal "
-            "(percorso automation inbox), or point PERCORSO_SMTP_HOST/PERCORSO_SMTP_PORT at yours"
-        ) from None
-    os.environ.setdefault(WEBHOOK_SECRET_ENV, DEMO_WEBHOOK_SECRET)  # the membership example signs with it
-    console.print(
-        f"replaying the last {days} days through the example automations on a simulated clock; "
-        + (
-            "emails go to the demo's own inbox (start `percorso automation inbox` first to watch them)"
-            if inbox is not None
-            else f"emails go to {smtp.host}:{smtp.port}"
-        )
-    )
-    # Retries of an unreachable webhook are expected here (and counted in the stats): keep quiet.
-    engine_log = logging.getLogger("percorso.automation")
-    level = engine_log.level
-    engine_log.setLevel(logging.ERROR)
-    try:
-        with progress_bar("loading and replaying") as progress:
-            task = progress.add_task("replay", total=spec.contacts * MESSAGES_PER_CONTACT)
-            report = replay_demo(
-                store,
-                spec,
-                days=days,
-                smtp=smtp,
-                base_url=base_url,
-                responses=responses,
-                progress=lambda n: progress.advance(task, n),
-            )
-            progress.update(
-                task, total=report.history + report.replayed, completed=report.history + report.replayed
-            )
-    finally:
-        engine_log.setLevel(level)
-    console.print(
-        f"loaded {report.history:,} touchpoints, then replayed {report.replayed:,} from "
-        f"{report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC in {report.seconds} s"
-        + (f" ({report.responses} people confirmed after a reminder)" if report.responses else "")
-    )
-    emit(report.automations, OutputFormat.table, "example automations")
-    if inbox is not None:
-        console.print(
-            f"the demo's inbox received {len(inbox.emails):,} emails and {len(inbox.webhooks):,} webhooks; "
-            "each automation's steps, sends and holdout uplift are on the dashboard's Automations page",
-            markup=False,
-        )
-    else:
-        console.print(
-            "per-step stats and the holdout's uplift: percorso automation stats registration-reminder\n"
-            f"(`percorso serve` keeps running them on the real clock, sending to PERCORSO_SMTP_*: "
-            f"export PERCORSO_SMTP_PORT={smtp.port} to keep using the same inbox)",
-            markup=False,
-        )
 
 
 __all__ = [
@@ -368,6 +297,5 @@ __all__ = [
     "apply_examples",
     "demo_smtp",
     "own_inbox",
-    "replay_command",
     "replay_demo",
 ]

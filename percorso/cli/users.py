@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from percorso.cli import DataDir, Format, OutputFormat, console, emit, fail, opened, settings_for
+from percorso.cli.shared import DataDir, Format, OutputFormat, console, emit, fail, opened, settings_for
 from percorso.web.dashboard.users import (
     ROLES,
     UserError,

@@ -39,7 +39,7 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file")] = False,
 ) -> None:
     """Start a journey definition from a template (names in English and Italian)."""
-    from percorso.cli import console, fail
+    from percorso.cli.shared import console, fail
 
     if template not in TEMPLATES:
         raise fail(f"no template {template!r}; choose one of: {', '.join(TEMPLATES)}", code=2)
@@ -58,7 +58,7 @@ def validate(
     check_data: Annotated[bool, typer.Option(help="Warn about event names never seen in the data")] = False,
 ) -> None:
     """Check a journey file; every problem is reported with its line and field."""
-    from percorso.cli import console, opened, settings_for
+    from percorso.cli.shared import console, opened, settings_for
 
     try:
         journey = load_journey_file(path)
@@ -188,7 +188,7 @@ def funnel_command(
         parse_step,
     )
     from percorso.analytics.stages import StageError, get_journey
-    from percorso.cli import OutputFormat, console, emit, fail, opened, settings_for
+    from percorso.cli.shared import OutputFormat, console, emit, fail, opened, settings_for
 
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter("table, csv or json", param_hint="--format")
@@ -286,7 +286,7 @@ def apply(
 ) -> None:
     """Store (or replace) a journey and compute its stage history."""
     from percorso.analytics.stages import save_journey, update
-    from percorso.cli import console, opened, settings_for
+    from percorso.cli.shared import console, opened, settings_for
 
     try:
         journey = load_journey_file(path)
@@ -311,14 +311,14 @@ def list_command(
 ) -> None:
     """The journeys stored, with how far their stage history goes."""
     from percorso.analytics.stages import list_journeys
-    from percorso.cli import emit, opened, settings_for
+    from percorso.cli.shared import emit, opened, settings_for
 
     with opened(settings_for(data_dir)) as store:
         emit(list_journeys(store), _format(fmt), title="journeys")
 
 
 def _format(fmt: str) -> Any:
-    from percorso.cli import OutputFormat
+    from percorso.cli.shared import OutputFormat
 
     try:
         return OutputFormat(fmt)
@@ -354,7 +354,7 @@ def stages_overview(
         ctx.obj = {"journey": journey, "data_dir": data_dir, "fmt": fmt, "stuck_after": stuck_after}
         return
     from percorso.analytics.stages import StageError, get_journey, stage_overview, update
-    from percorso.cli import console, emit, fail, opened, settings_for
+    from percorso.cli.shared import console, emit, fail, opened, settings_for
 
     output = _format(fmt)
     stuck = _duration(stuck_after, "--stuck-after")
@@ -407,7 +407,7 @@ def stages_rebuild(ctx: typer.Context) -> None:
 
 def _stage_run(ctx: typer.Context, *, full: bool) -> None:
     from percorso.analytics.stages import StageError, get_journey, rebuild, update
-    from percorso.cli import console, fail, opened, settings_for
+    from percorso.cli.shared import console, fail, opened, settings_for
 
     options = ctx.obj or {}
     try:
@@ -430,7 +430,7 @@ def stages_stuck(
 ) -> None:
     """Contacts (or accounts) who have been in STAGE longer than --stuck-after (an audience for a nudge)."""
     from percorso.analytics.stages import StageError, get_journey, stuck_contacts
-    from percorso.cli import emit, fail, opened, settings_for
+    from percorso.cli.shared import emit, fail, opened, settings_for
 
     options = ctx.obj or {}
     stuck = _duration(options.get("stuck_after", "30d"), "--stuck-after")
@@ -485,11 +485,11 @@ def painpoints_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Embedded store directory")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
 ) -> None:
-    """Where customers are lost or struggle, found automatically, ranked by contacts affected."""
+    """Where customers are lost or struggle, found automatically, ranked by impact (money at stake, conversions lost, contacts)."""
     from percorso.analytics.funnel import FunnelError
     from percorso.analytics.painpoints import Settings, find_pain_points
     from percorso.analytics.stages import StageError, get_journey
-    from percorso.cli import console, emit, err, fail, opened, settings_for
+    from percorso.cli.shared import console, emit, err, fail, opened, settings_for
 
     output = _format(fmt)
     now = datetime.now(UTC)
@@ -571,7 +571,7 @@ def map_command(
     from percorso.analytics.journeymap import journey_map
     from percorso.analytics.personas import PersonaError
     from percorso.analytics.stages import StageError, get_journey
-    from percorso.cli import console, emit, err, fail, opened, settings_for
+    from percorso.cli.shared import console, emit, err, fail, opened, settings_for
 
     output = _format(fmt)
     if lang not in ("en", "it"):
@@ -660,7 +660,7 @@ def paths_command(
     """The paths contacts take within a session, ready for a Sankey chart."""
     from percorso.analytics.funnel import FunnelError, parse_step
     from percorso.analytics.paths import PathError, PathSpec, paths
-    from percorso.cli import emit, fail, opened, settings_for
+    from percorso.cli.shared import emit, fail, opened, settings_for
 
     output = _format(fmt)
     rules = []
@@ -728,7 +728,7 @@ def attribution_command(
     """Which channels or campaigns earn the conversions, by every attribution model."""
     from percorso.analytics.attribution import MODELS, AttributionError, AttributionSpec, attribution
     from percorso.analytics.funnel import FunnelError, parse_step
-    from percorso.cli import console, emit, fail, opened, settings_for
+    from percorso.cli.shared import console, emit, fail, opened, settings_for
 
     output = _format(fmt)
     start, end = _period(since, until)
@@ -786,7 +786,7 @@ def transitions_command(
 ) -> None:
     """The transition graph: how often each step follows another, with probability and median time."""
     from percorso.analytics.paths import PathError, transitions
-    from percorso.cli import emit, fail, opened, settings_for
+    from percorso.cli.shared import emit, fail, opened, settings_for
 
     output = _format(fmt)
     start, end = _period(since, until)
@@ -838,7 +838,7 @@ def retention_command(
     each later period (counted after identity resolution)."""
     from percorso.analytics.funnel import FunnelError, parse_step
     from percorso.analytics.retention import RetentionError, RetentionSpec, default_range, retention
-    from percorso.cli import console, emit, fail, opened, settings_for
+    from percorso.cli.shared import console, emit, fail, opened, settings_for
 
     output = _format(fmt)
     default_start, default_end = default_range(period)

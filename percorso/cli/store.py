@@ -1,130 +1,34 @@
-"""The ``percorso`` command line: migrate, serve, demo, import, keys, contacts."""
+"""``percorso migrate``, ``serve``, ``keys`` and ``contacts``: the store and its access."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from percorso.config import ConfigError, Settings
+from percorso.cli.shared import (
+    DataDir,
+    Format,
+    OutputFormat,
+    console,
+    emit,
+    fail,
+    opened,
+    proxy_options,
+    serve_store,
+    settings_for,
+)
 from percorso.store import Store, StoreError, open_store
 
-app = typer.Typer(
-    name="percorso",
-    help="Customer journey platform: collect touchpoints, recognise people, map and act on the journey.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 contacts_app = typer.Typer(help="Look up, export and erase contacts.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-app.add_typer(contacts_app, name="contacts")
-
-console = Console()
-err = Console(stderr=True)
-
-
-def _version(shown: bool) -> None:
-    if shown:
-        from importlib.metadata import version
-
-        console.print(f"percorso {version('percorso')}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")
-    ] = False,
-) -> None:
-    """Customer journey platform: collect touchpoints, recognise people, map and act on the journey."""
-
-
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Where the embedded store lives [env: PERCORSO_DATA_DIR]")
-]
-Format = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format")]
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
-def settings_for(data_dir: Path | None = None, **overrides: Any) -> Settings:
-    try:
-        return Settings.from_env(data_dir=data_dir, **overrides)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
-
-
-@contextmanager
-def opened(settings: Settings) -> Iterator[Store]:
-    try:
-        store = open_store(settings)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-def emit(rows: list[dict[str, Any]], fmt: OutputFormat, title: str | None = None) -> None:
-    """Prints rows as a Rich table, JSON or CSV."""
-    if fmt is OutputFormat.json:
-        sys.stdout.write(json.dumps(rows, indent=2, default=str, ensure_ascii=False) + "\n")
-        return
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    if fmt is OutputFormat.csv:
-        import csv
-
-        from percorso.spreadsheet import safe_row
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(safe_row(columns))
-        for row in rows:
-            writer.writerow(safe_row(_csv_value(row.get(c, "")) for c in columns))
-        return
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*[_cell(row.get(c)) for c in columns])
-    console.print(table)
-
-
-def _csv_value(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (dict, list)) else value
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
 
 
 # -- store --------------------------------------------------------------------------------------
-@app.command()
 def migrate(data_dir: DataDir = None) -> None:
     """Apply pending schema migrations to the configured store."""
     settings = settings_for(data_dir)
@@ -140,7 +44,6 @@ def migrate(data_dir: DataDir = None) -> None:
     console.print(f"{settings.engine} store at schema version {version}")
 
 
-@app.command()
 def serve(
     data_dir: DataDir = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on [env: PERCORSO_HOST]")] = None,
@@ -174,43 +77,6 @@ def serve(
         console.print(f"percorso on http://{settings.host}:{settings.port}  (store: {store.describe()})")
         console.print(f"API docs: http://{settings.host}:{settings.port}/docs")
         serve_store(settings, store)
-
-
-def proxy_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's X-Forwarded-For options: believed only from PERCORSO_TRUSTED_PROXIES."""
-    from percorso.web.throttle import proxy_options as options
-
-    try:
-        return options(settings.trusted_proxies)
-    except ValueError as exc:
-        raise fail(f"PERCORSO_TRUSTED_PROXIES: {exc}") from None
-
-
-def serve_store(settings: Settings, store: Store) -> None:
-    """Runs the application on an open store until interrupted."""
-    import uvicorn
-
-    from percorso.web.app import create_app
-
-    uvicorn.run(
-        create_app(settings, store),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        **proxy_options(settings),
-    )
-
-
-def progress_bar(description: str = "{task.description}") -> Progress:
-    """The progress bar long commands show on stderr."""
-    return Progress(
-        TextColumn(f"[bold]{description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-    )
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -426,43 +292,3 @@ def contacts_erase(
         f"erased contact {result['erased']}: {result['events']} events, {result['identities']} identifiers"
         + (f"; the database file was rewritten without them ({compacted['seconds']} s)" if compacted else "")
     )
-
-
-# -- import and demo live in their own modules to keep this file about commands --------------------
-from percorso.cli_automation import automation_app, worker  # noqa: E402
-from percorso.cli_import import import_file  # noqa: E402
-from percorso.cli_journey import (  # noqa: E402
-    attribution_command,
-    funnel_command,
-    init,
-    journey_app,
-    map_command,
-    painpoints_command,
-    paths_command,
-    retention_command,
-    stages_app,
-    transitions_command,
-)
-from percorso.demo.command import demo  # noqa: E402
-
-app.command("import")(import_file)
-app.command("demo")(demo)
-app.command("init")(init)
-app.command("funnel")(funnel_command)
-app.command("painpoints")(painpoints_command)
-app.command("map")(map_command)
-app.command("paths")(paths_command)
-app.command("transitions")(transitions_command)
-app.command("retention")(retention_command)
-app.command("attribution")(attribution_command)
-app.add_typer(journey_app, name="journey")
-app.add_typer(stages_app, name="stages")
-app.add_typer(automation_app, name="automation")
-app.command("worker")(worker)
-
-from percorso.cli_users import user_app  # noqa: E402
-
-app.add_typer(user_app, name="user")
-
-if __name__ == "__main__":
-    app()

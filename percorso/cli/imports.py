@@ -61,7 +61,7 @@ def import_file(
     show_errors: Annotated[int, typer.Option(help="How many bad rows to list")] = 20,
 ) -> None:
     """Import offline touchpoints (store visits, calls, purchases…). Re-importing a file adds nothing."""
-    from percorso.cli import console, fail, opened, progress_bar, settings_for
+    from percorso.cli.shared import console, fail, opened, progress_bar, settings_for
     from percorso.imports import ImportFileError, ImportMapping, count_rows
 
     try:
@@ -122,7 +122,7 @@ def import_file(
 
 
 def _print_rejections(report: LoadReport, limit: int) -> None:
-    from percorso.cli import err
+    from percorso.cli.shared import err
 
     for item in report.rejected[:limit]:
         err.print(f"  line {item.ref}: {item}")
@@ -136,7 +136,7 @@ def _send(
     """Posts rows to a running server's /v1/import, mapping its per-message rejections to lines."""
     import httpx
 
-    from percorso.cli import fail
+    from percorso.cli.shared import fail
 
     if not key:
         raise fail("--url needs --key (or PERCORSO_KEY): a write or secret key of that server")

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from percorso.automation.definition import AutomationError, json_schema, load_automation_file
+from percorso.automation.definition import AutomationError, example_files, json_schema, load_automation_file
 
 automation_app = typer.Typer(
     help="Behaviour-triggered automations: validate, apply, pause, resume, read their stats.",
@@ -29,15 +28,10 @@ def _files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def example_files() -> list[Path]:
-    folder = resources.files("percorso.automation") / "examples"
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
 @automation_app.command("validate")
 def validate(paths: Files) -> None:
     """Check automation files; every problem is printed with file, line and field."""
-    from percorso.cli import console, fail
+    from percorso.cli.shared import console, fail
 
     bad = 0
     for path in _files(paths):
@@ -62,7 +56,7 @@ def apply(
 ) -> None:
     """Store automations (a changed file becomes a new version; contacts inside keep theirs)."""
     from percorso.automation.store import save_automation
-    from percorso.cli import console, fail, opened, settings_for
+    from percorso.cli.shared import console, fail, opened, settings_for
 
     automations = []
     for path in _files(paths):
@@ -99,7 +93,7 @@ def examples(
 ) -> None:
     """Copy the three example automations (registration reminder, abandoned registration,
     membership explainer) into a directory to edit and apply."""
-    from percorso.cli import console
+    from percorso.cli.shared import console
 
     output.mkdir(parents=True, exist_ok=True)
     for path in example_files():
@@ -116,7 +110,7 @@ def list_command(
 ) -> None:
     """Every automation, its version and status, and how many contacts are inside."""
     from percorso.automation.store import list_automations
-    from percorso.cli import OutputFormat, emit, opened, settings_for
+    from percorso.cli.shared import OutputFormat, emit, opened, settings_for
 
     with opened(settings_for(data_dir)) as store:
         rows = list_automations(store)
@@ -136,7 +130,7 @@ def stats(
     """Per-step counts, goal conversion per group and uplift against the holdout."""
     from percorso.automation.stats import automation_stats
     from percorso.automation.store import AutomationNotFound
-    from percorso.cli import OutputFormat, console, emit, fail, opened, settings_for
+    from percorso.cli.shared import OutputFormat, console, emit, fail, opened, settings_for
 
     with opened(settings_for(data_dir)) as store:
         try:
@@ -177,7 +171,7 @@ def stats(
 
 def _status(key: str, status: str, data_dir: Path | None) -> None:
     from percorso.automation.store import AutomationNotFound, set_status
-    from percorso.cli import console, fail, opened, settings_for
+    from percorso.cli.shared import console, fail, opened, settings_for
 
     with opened(settings_for(data_dir)) as store:
         try:
@@ -212,7 +206,7 @@ def inbox(
     every message as it arrives (with the time the engine sent it). Point the engine at it with
     PERCORSO_SMTP_PORT=1025."""
     from percorso.automation.inbox import LocalInbox
-    from percorso.cli import console, fail
+    from percorso.cli.shared import console, fail
 
     box = LocalInbox(
         host,
@@ -257,7 +251,7 @@ def worker(
     On PostgreSQL, run several (``percorso worker`` on each machine) next to
     ``PERCORSO_AUTOMATION_WORKER=0 percorso serve``: they share the work with row locks."""
     from percorso.automation.engine import AutomationWorker, Engine, EngineSettings
-    from percorso.cli import console, opened, settings_for
+    from percorso.cli.shared import console, opened, settings_for
 
     settings = settings_for(data_dir)
     with opened(settings) as store:
