@@ -102,6 +102,7 @@ def main() -> None:
             "funnels": "/funnels?funnel=checkout&breakdown=platform",
             "paths": "/paths",
             "attribution": "/attribution",
+            "experiments": "/experiments",
             "contact": f"/contacts/{contact}",
             "automation": "/automations/registration-reminder",
             "opportunities": "/opportunities",

@@ -313,6 +313,7 @@ def test_attribution_page_draws_every_model_and_agrees_with_the_api(page: Any, s
     model hands out exactly the conversions on the tile, and the page, its JSON twin and the
     REST API give the same numbers; in Italian the models have Italian names."""
     sign_in(page, site, target="/attribution")
+    page.click("[data-lang-switch=en]")  # the language is the user's: an earlier test may have chosen Italian
     page.wait_for_selector(".chart[data-chart=grouped][data-drawn] svg")
     conversions = int(page.locator("[data-metric=conversions]").inner_text().replace(",", ""))
     assert conversions > 0
@@ -328,10 +329,10 @@ def test_attribution_page_draws_every_model_and_agrees_with_the_api(page: Any, s
     linear = next(v["conversions"]["linear"] for v in result["values"] if v["value"] == first_value)
     assert shown == pytest.approx(linear, abs=0.05)
     _, secret = site.store.create_api_key("secret", "attribution test")
-    period = twin["form"]["period"]
+    period = result["period"]  # the page's period, as the instants it covers
     api = httpx.get(
         site.url + "/v1/attribution",
-        params={"from": period["from"], "to": period["to"], "conversion": twin["form"]["conversion"]},
+        params={"from": period["start"], "to": period["end"], "conversion": twin["form"]["conversion"]},
         auth=(secret, ""),
     ).json()
     assert api["conversions"] == conversions and api["values"] == result["values"]
@@ -339,4 +340,5 @@ def test_attribution_page_draws_every_model_and_agrees_with_the_api(page: Any, s
     page.wait_for_selector(".chart[data-chart=grouped][data-drawn] svg")
     assert page.locator("th[data-model=markov]").inner_text() == "Catena di Markov"
     assert page.locator("th[data-model=first_touch]").inner_text() == "Prima interazione"
+    page.click("[data-lang-switch=en]")
     assert page.errors == []

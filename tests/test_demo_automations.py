@@ -19,6 +19,7 @@ from percorso.automation.inbox import WEBHOOK_SECRET_ENV, LocalInbox
 from percorso.automation.stats import automation_stats
 from percorso.demo.generator import DemoSpec, stories
 from percorso.demo.replay import replay_demo
+from percorso.experiments.automation import automation_experiment
 from percorso.store import Store
 from tests.conftest import free_port
 
@@ -26,6 +27,7 @@ SPEC = DemoSpec(contacts=400, seed=7, end=datetime(2026, 11, 20, tzinfo=UTC))
 STEP = timedelta(minutes=10)
 ROME = ZoneInfo("Europe/Rome")
 REMINDER = "one click left to confirm your account"
+REMINDER_B = "your Casa Aurora account is waiting for you"  # the A/B test's second subject line
 BENEFITS = "What your Casa Aurora account gives you"
 
 
@@ -79,7 +81,7 @@ def test_reminders_arrive_at_simulated_times_and_confirmations_stop_them(
         emails = list(inbox.emails)
     assert report.start == datetime(2026, 11, 6, tzinfo=UTC) and report.replayed > 1000
     facts = contact_facts(store)
-    reminders = [m for m in emails if str(m["Subject"]).endswith(REMINDER)]
+    reminders = [m for m in emails if str(m["Subject"]).endswith((REMINDER, REMINDER_B))]
     follow_ups = [m for m in emails if m["Subject"] == BENEFITS]
     assert len(reminders) >= 5 and follow_ups
 
@@ -91,12 +93,12 @@ def test_reminders_arrive_at_simulated_times_and_confirmations_stop_them(
     # Nobody was reminded after confirming, and the held-out group got nothing at all.
     for message in [*reminders, *follow_ups]:
         who = facts[str(message["To"])]
-        assert who["variant"] == "treatment"
+        assert who["variant"] in ("treatment/one-click", "treatment/waiting")
         assert who["confirmed"] is None or who["confirmed"] > sent_at(message)
     # The registered-but-never-confirmed person: the reminder, then the follow-up two days later.
     story = stories(SPEC)[0]
     subjects = [str(m["Subject"]) for m in emails if m["To"] == story.email]
-    assert len(subjects) == 2 and subjects[0].endswith(REMINDER) and subjects[1] == BENEFITS
+    assert len(subjects) == 2 and subjects[0].endswith((REMINDER, REMINDER_B)) and subjects[1] == BENEFITS
     mine = sorted(sent_at(m) for m in emails if m["To"] == story.email)
     assert mine[1] == after_quiet_hours(mine[0] + timedelta(days=2))
     # The newsletter subscriber who abandoned registration got a nudge, on the site and by email.
@@ -109,8 +111,18 @@ def test_reminders_arrive_at_simulated_times_and_confirmations_stop_them(
     steps = {s["id"]: s for s in stats["steps"]}
     assert steps["pause"]["outcomes"]["goal"] > 0  # confirmed before the reminder
     assert steps["confirmed"]["outcomes"]["goal"] > 0  # confirmed after it: no follow-up
-    assert steps["reminder"]["actions"] == {"sent": len(reminders)}
-    assert steps["reminder"]["outcomes"]["held"] > 0  # quiet hours
+    # the subject-line test: each reminder went out by one of its two steps, and both were used
+    sent = [steps[k]["actions"].get("sent", 0) for k in ("reminder", "reminder-named")]
+    assert sum(sent) == len(reminders) and min(sent) > 0
+    assert sum(str(m["Subject"]).endswith(REMINDER_B) for m in reminders) == sent[1]
+    assert (
+        steps["reminder"]["outcomes"].get("held", 0) + steps["reminder-named"]["outcomes"].get("held", 0) > 0
+    )
+    experiment = automation_experiment(store, "registration-reminder")
+    arms = {a["name"]: a for a in experiment["arms"]}
+    assert arms["one-click"]["exposed"] + arms["waiting"]["exposed"] == steps["subject"]["entered"] > 0
+    assert experiment["comparisons"][0]["difference_interval"] is not None
+    assert experiment["verdict"]["en"] and experiment["verdict"]["it"]
     assert steps["control"]["outcomes"]["holdout"] == stats["totals"]["holdout"] > 0
     uplift = stats["uplift"]
     assert uplift is not None and uplift["holdout"]["contacts"] == stats["totals"]["holdout"]
@@ -136,7 +148,7 @@ def test_the_walkthrough_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         result = runner.invoke(app, args, env=env)
         assert result.exit_code == 0, result.output
         assert "registration-reminder" in result.output and "percorso automation stats" in result.output
-        assert any(str(m["Subject"]).endswith(REMINDER) for m in inbox.emails)
+        assert any(str(m["Subject"]).endswith((REMINDER, REMINDER_B)) for m in inbox.emails)
     again = runner.invoke(app, args, env=env)
     assert again.exit_code == 1 and "--fresh" in again.output
     stats = runner.invoke(app, ["automation", "stats", "registration-reminder", "--format", "json"], env=env)

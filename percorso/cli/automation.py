@@ -121,6 +121,52 @@ def list_command(
     )
 
 
+@automation_app.command("experiment")
+def experiment(
+    key: str,
+    step: Annotated[str | None, typer.Option(help="The split step (default: the first)")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv")] = "table",
+) -> None:
+    """The automation's split step read as an A/B test: each arm's conversion to the goal, the
+    difference with its 95% interval, the sample-ratio check, the chance to be best, a verdict."""
+    from percorso.automation.store import AutomationNotFound
+    from percorso.cli.shared import OutputFormat, console, emit, fail, opened, settings_for
+    from percorso.experiments.automation import ExperimentError, automation_experiment
+
+    with opened(settings_for(data_dir)) as store:
+        try:
+            result = automation_experiment(store, key, step)
+        except (AutomationNotFound, ExperimentError) as exc:
+            raise fail(str(exc), code=2) from None
+    if fmt == "json":
+        console.print_json(json.dumps(result, default=str))
+        return
+    against = {c["arm"]: c for c in result["comparisons"]}
+    rows = []
+    for arm in result["arms"]:
+        c = against.get(arm["name"])
+        rows.append(
+            {
+                "arm": arm["name"] + (" (control)" if arm["name"] == result["control"] else ""),
+                "people": arm["exposed"],
+                "converted": arm["converted"],
+                "rate": f"{arm['rate'] * 100:.1f}%" if arm["rate"] is not None else "",
+                "difference": f"{c['difference'] * 100:+.1f} pts"
+                if c and c["difference"] is not None
+                else "",
+                "95% interval": f"{c['difference_interval'][0] * 100:+.1f} to {c['difference_interval'][1] * 100:+.1f}"
+                if c and c["difference_interval"]
+                else "",
+                "p": c["p_value"] if c else "",
+                "chance best": f"{arm['probability_best'] * 100:.0f}%",
+            }
+        )
+    emit(rows, OutputFormat(fmt), f"{key}: split {result['step']}, goal {result['goal']}")
+    if fmt == "table":
+        console.print(result["verdict"]["en"], markup=False, soft_wrap=True)
+
+
 @automation_app.command("stats")
 def stats(
     key: str,

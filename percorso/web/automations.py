@@ -150,6 +150,29 @@ def get_stats(request: Request, key: AutomationKey) -> dict[str, Any]:
         raise _not_found(exc) from None
 
 
+@router.get(
+    "/automations/{key}/experiment",
+    summary="The automation's split step as an A/B test: each arm's goal conversion, the difference with "
+    "its 95% interval, the sample-ratio check, the chance to be best and a verdict",
+    responses=NOT_FOUND,
+)
+def get_experiment(
+    request: Request,
+    key: AutomationKey,
+    step: Annotated[
+        str | None, Query(max_length=64, description="the split step (default: the first)")
+    ] = None,
+) -> dict[str, Any]:
+    from percorso.experiments.automation import ExperimentError, automation_experiment
+
+    try:
+        return automation_experiment(_store(request), key, step)
+    except AutomationNotFound as exc:
+        raise _not_found(exc) from None
+    except ExperimentError as exc:
+        raise ApiError(400, "invalid_request", str(exc), exc.field) from None
+
+
 @router.post(
     "/automations/{key}/pause",
     summary="Pause: nobody enters, nobody inside moves, nothing is sent",

@@ -84,6 +84,42 @@ def automations_page(request: Request, session: Viewer) -> Response:
     return page(request, "automations.html", {"automations": rows}, active="automations")
 
 
+@both("/experiments")
+def experiments_page(request: Request, session: Viewer) -> Response:
+    """Every A/B test running in an automation (a split step with a goal): its arms, the leading
+    arm and the verdict, linking to the automation's page for the whole result."""
+    from percorso.experiments.automation import automation_experiment
+
+    lang = language(request)
+    store = store_of(request)
+    rows = []
+    for a in list_automations(store):
+        automation, _, _ = get_automation(store, a["key"])
+        if automation.goal is None:
+            continue
+        for step in automation.steps:
+            if not step.split:
+                continue
+            result = automation_experiment(store, a["key"], step.id)
+            leader = max(result["arms"], key=lambda arm: arm["probability_best"])
+            rows.append(
+                {
+                    "automation": a["key"],
+                    "name": automation_name(a["name"], lang),
+                    "status": a["status"],
+                    "step": step.id,
+                    "goal": result["goal"],
+                    "arms": result["arms"],
+                    "control": result["control"],
+                    "leader": leader["name"],
+                    "people": sum(arm["exposed"] for arm in result["arms"]),
+                    "verdict": result["verdict"][lang],
+                    "sample_ratio_mismatch": result["sample_ratio"]["mismatch"],
+                }
+            )
+    return page(request, "experiments.html", {"experiments": rows}, active="experiments")
+
+
 def graph_for_chart(automation: Automation, stats: dict[str, Any], t: Translator) -> dict[str, Any]:
     """The step graph with the text each node and edge shows, in the reader's language."""
     graph = step_graph(automation, stats["steps"])
@@ -109,6 +145,15 @@ def _edge_label(label: str, t: Translator) -> str:
     key = "edge." + label
     text = t(key)
     return label if text == key else text
+
+
+def _experiment(store: Any, automation: Any, key: str) -> dict[str, Any] | None:
+    """The split step read as an A/B test, when the automation has a split and a goal."""
+    from percorso.experiments.automation import automation_experiment
+
+    if automation.goal is None or not any(st.split for st in automation.steps):
+        return None
+    return automation_experiment(store, key)
 
 
 def _detail(request: Request, key: str) -> dict[str, Any]:
@@ -138,6 +183,7 @@ def _detail(request: Request, key: str) -> dict[str, Any]:
         "steps": steps,
         "groups": stats["groups"],
         "uplift": stats["uplift"],
+        "experiment": _experiment(store, automation, key),
         "failures": stats["failures"],
         "graph": graph_for_chart(automation, stats, Translator(lang)),
         "source": automation_document(store, key, version) or definition_yaml(automation),

@@ -29,6 +29,7 @@ NAV = (
     ("attribution", "/attribution"),
     ("contacts", "/contacts"),
     ("automations", "/automations"),
+    ("experiments", "/experiments"),
     ("surveys", "/surveys"),
     ("heatmaps", "/heatmaps"),
     ("settings", "/settings"),

@@ -1,0 +1,1 @@
+"""Experiments: assignment, metrics and their statistics."""
