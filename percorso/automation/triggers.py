@@ -57,7 +57,8 @@ from percorso.store import Store
 from percorso.store.base import Session, StoreError
 
 if TYPE_CHECKING:
-    from percorso.automation.engine import Engine, Loaded
+    from percorso.automation.core import EngineCore as Engine
+    from percorso.automation.state import Loaded
     from percorso.journey.definition import Journey
 
 log = logging.getLogger("percorso.automation")

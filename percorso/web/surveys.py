@@ -18,7 +18,7 @@ from percorso.analytics.feedback import (
     survey_results,
 )
 from percorso.analytics.stages import StageError, get_journey
-from percorso.automation.engine import bucket
+from percorso.automation.state import bucket
 from percorso.events import MessageError, new_received_at, parse_message
 from percorso.feedback.audience import in_audience
 from percorso.feedback.definition import (

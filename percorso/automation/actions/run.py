@@ -27,8 +27,9 @@ from percorso.values import read_json
 
 if TYPE_CHECKING:
     from percorso.automation.actions.email import SmtpSession
+    from percorso.automation.core import EngineCore as Engine
     from percorso.automation.definition import Automation, Step
-    from percorso.automation.engine import Batch, Engine, Enrollment
+    from percorso.automation.state import Batch, Enrollment
     from percorso.events import Event
     from percorso.store.base import Session
 
@@ -423,7 +424,7 @@ def _identifiers(s: Session, contacts: set[int]) -> dict[int, dict[str, str]]:
 
 
 def _max_attempts() -> int:
-    from percorso.automation.engine import MAX_ATTEMPTS
+    from percorso.automation.state import MAX_ATTEMPTS
 
     return MAX_ATTEMPTS
 
