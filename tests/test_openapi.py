@@ -57,6 +57,9 @@ SEMANTIC_400: dict[str, str] = {
     "/v1/paths": "from before to; step pattern grammar; REGEX=>REPLACEMENT",
     "/v1/heatmaps": "from before to",
     "/v1/transitions": "from before to",
+    "/v1/attribution": "from before to; step pattern grammar",
+    # An automation measured as an A/B test needs a goal and a split step.
+    "/v1/automations/{key}/experiment": "a goal and a split step",
     "/v1/retention": "from before to; step pattern grammar",
     # A document's key must be the URL's; a schema-valid document can still name unknown stages.
     "/v1/journeys/{key}": "the document's key must be the URL's",
