@@ -28,6 +28,7 @@ arithmetic over the paths, done here.
 from __future__ import annotations
 
 import math
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -277,42 +278,42 @@ def attribution(store: Store, spec: AttributionSpec) -> dict[str, Any]:
         only = f" AND i.contact_id IN ({spec.contacts.text})" if spec.contacts is not None else ""
         only_params = list(spec.contacts.params) if spec.contacts is not None else []
         read_from = spec.start - timedelta(seconds=spec.lookback_seconds + spec.visit_gap)
-        base = (
-            f"WITH conv AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, e.message_id AS mid, {number} AS revenue "
-            f"FROM {RESOLVED_EVENTS} WHERE ({conv.text}) AND e.timestamp >= ? AND e.timestamp < ?{only}), "
-            "numbered AS (SELECT conv.*, lag(ts) OVER (PARTITION BY cid ORDER BY ts, mid) AS prev, "
-            "row_number() OVER (ORDER BY cid, ts, mid) AS n FROM conv), "
-            f"ev AS (SELECT i.contact_id AS cid, {EPOCH} AS ts, e.message_id AS mid, {value} AS v "
-            f"FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? AND {CUSTOMER_EVENT}{only}), "
-            "marked AS (SELECT cid, ts, v, lag(ts) OVER (PARTITION BY cid ORDER BY ts, mid) AS before FROM ev), "
-            f"touches AS (SELECT cid, ts, v FROM marked WHERE before IS NULL OR ts - before > {int(spec.visit_gap)})"
+        # The conversions and the touches are read once, into temporary tables, for both questions.
+        name = f"percorso_attribution_{uuid.uuid4().hex[:12]}"
+        s.execute(
+            f"CREATE TEMPORARY TABLE {name}_conv AS SELECT cid, ts, revenue, "
+            "lag(ts) OVER (PARTITION BY cid ORDER BY ts, mid) AS prev, "
+            "row_number() OVER (ORDER BY cid, ts, mid) AS n FROM ("
+            f"SELECT i.contact_id AS cid, {EPOCH} AS ts, e.message_id AS mid, {number} AS revenue "
+            f"FROM {RESOLVED_EVENTS} WHERE ({conv.text}) AND e.timestamp >= ? AND e.timestamp < ?{only}) c",
+            [*number_params, *conv.params, spec.start, spec.end, *only_params],
         )
-        params = [
-            *number_params,
-            *conv.params,
-            spec.start,
-            spec.end,
-            *only_params,
-            read_from,
-            spec.end,
-            *only_params,
-        ]
+        s.execute(
+            f"CREATE TEMPORARY TABLE {name}_touches AS SELECT cid, ts, v FROM ("
+            "SELECT cid, ts, v, lag(ts) OVER (PARTITION BY cid ORDER BY ts, mid) AS before FROM ("
+            f"SELECT i.contact_id AS cid, {EPOCH} AS ts, e.message_id AS mid, {value} AS v "
+            f"FROM {RESOLVED_EVENTS} WHERE e.timestamp >= ? AND e.timestamp < ? AND {CUSTOMER_EVENT}{only}"
+            f") ev) marked WHERE before IS NULL OR ts - before > {int(spec.visit_gap)}",
+            [read_from, spec.end, *only_params],
+        )
         rows = s.rows(
-            base + " SELECT c.n, c.ts, c.prev, c.revenue, t.ts, t.v FROM numbered c JOIN touches t "
+            f"SELECT c.n, c.ts, c.prev, c.revenue, t.ts, t.v FROM {name}_conv c JOIN {name}_touches t "
             "ON t.cid = c.cid AND t.ts <= c.ts AND t.ts >= c.ts - ? ORDER BY c.n, t.ts, t.v",
-            [*params, spec.lookback_seconds],
+            [spec.lookback_seconds],
         )
-        # The touches after each contact's last conversion (or all, if none) in the period: the
-        # paths that did not convert, as counted transitions of their values.
+        # The touches after each contact's last conversion (or all, if none) in the period:
+        # the paths that did not convert, as counted transitions of their values.
         free = s.rows(
-            base + ", last AS (SELECT cid, max(ts) AS at FROM conv GROUP BY cid), "
-            "tail AS (SELECT t.cid, t.ts, t.v FROM touches t LEFT JOIN last l ON l.cid = t.cid "
+            f"WITH last AS (SELECT cid, max(ts) AS at FROM {name}_conv GROUP BY cid), "
+            f"tail AS (SELECT t.cid, t.ts, t.v FROM {name}_touches t LEFT JOIN last l ON l.cid = t.cid "
             "WHERE t.ts >= ? AND (l.at IS NULL OR t.ts > l.at)), "
             "steps AS (SELECT v, lag(v) OVER (PARTITION BY cid ORDER BY ts, v) AS a, "
             "lead(v) OVER (PARTITION BY cid ORDER BY ts, v) AS b FROM tail) "
             "SELECT a, v, b, count(*) FROM steps GROUP BY a, v, b",
-            [*params, spec.start.timestamp()],
+            [spec.start.timestamp()],
         )
+        s.execute(f"DROP TABLE {name}_touches")  # (on a failure they go with the transaction)
+        s.execute(f"DROP TABLE {name}_conv")
     paths = _paths(rows)
     kept = _kept_values(paths, free)
     paths = [Path(tuple((age, v if v in kept else OTHER) for age, v in p.touches), p.revenue) for p in paths]
