@@ -8,21 +8,19 @@ from typing import Annotated
 import typer
 
 from percorso.cli.shared import DataDir, Format, OutputFormat, console, emit, fail, opened, settings_for
-from percorso.web.dashboard.users import (
-    ROLES,
-    UserError,
-    add_user,
-    list_users,
-    remove_user,
-    set_password,
-    set_role,
+
+# The dashboard's user functions are imported by each command: importing the dashboard loads its
+# pages and their analytics (scipy, statsmodels), a second on every start of the command line.
+ROLES_HELP = (
+    "viewer (reads every page), editor (also edits automations and surveys, saves segments and map notes) "
+    "or admin (also users, API keys, contact export and erasure)"
 )
 
 user_app = typer.Typer(
     help="Dashboard users: add, list, change role or password, remove.", no_args_is_help=True
 )
 
-Role = Annotated[str, typer.Option("--role", help=f"One of: {', '.join(ROLES)}")]
+Role = Annotated[str, typer.Option("--role", help=ROLES_HELP)]
 
 
 def _password(from_stdin: bool) -> str:
@@ -42,6 +40,8 @@ def user_add(
     data_dir: DataDir = None,
 ) -> None:
     """Add a dashboard user (asks for the password unless --password-stdin)."""
+    from percorso.web.dashboard.users import UserError, add_user
+
     password = _password(password_stdin)
     with opened(settings_for(data_dir)) as store:
         try:
@@ -54,6 +54,8 @@ def user_add(
 @user_app.command("list")
 def user_list(data_dir: DataDir = None, fmt: Format = OutputFormat.table) -> None:
     """List dashboard users."""
+    from percorso.web.dashboard.users import list_users
+
     with opened(settings_for(data_dir)) as store:
         rows = list_users(store)
     emit(
@@ -73,10 +75,12 @@ def user_list(data_dir: DataDir = None, fmt: Format = OutputFormat.table) -> Non
 @user_app.command("role")
 def user_role(
     email: str,
-    role: Annotated[str, typer.Argument(help=f"One of: {', '.join(ROLES)}")],
+    role: Annotated[str, typer.Argument(help=ROLES_HELP)],
     data_dir: DataDir = None,
 ) -> None:
     """Change a user's role."""
+    from percorso.web.dashboard.users import UserError, set_role
+
     with opened(settings_for(data_dir)) as store:
         try:
             set_role(store, email, role)
@@ -92,6 +96,8 @@ def user_password(
     data_dir: DataDir = None,
 ) -> None:
     """Set a new password (signs the user out everywhere)."""
+    from percorso.web.dashboard.users import UserError, set_password
+
     password = _password(password_stdin)
     with opened(settings_for(data_dir)) as store:
         try:
@@ -104,6 +110,8 @@ def user_password(
 @user_app.command("remove")
 def user_remove(email: str, data_dir: DataDir = None) -> None:
     """Remove a user and end their sessions."""
+    from percorso.web.dashboard.users import remove_user
+
     with opened(settings_for(data_dir)) as store:
         if not remove_user(store, email):
             raise fail(f"no user {email}; see `percorso user list`")
