@@ -242,7 +242,7 @@ def models(
     ):
         conversions, revenue = split(paths, rule)
         out[name] = {"conversions": conversions, "revenue": revenue}
-    values = sorted({v for p in paths for v in p.values} | {a for a, _ in not_converting} - {START})
+    values = sorted(touch_counts(paths, Counter(not_converting)))
     transitions: dict[tuple[str, str], float] = dict(path_transitions([p.values for p in paths], CONVERSION))
     for pair, n in not_converting.items():
         transitions[pair] = transitions.get(pair, 0.0) + n
@@ -315,16 +315,38 @@ def attribution(store: Store, spec: AttributionSpec) -> dict[str, Any]:
         s.execute(f"DROP TABLE {name}_touches")  # (on a failure they go with the transaction)
         s.execute(f"DROP TABLE {name}_conv")
     paths = _paths(rows)
-    kept = _kept_values(paths, free)
-    paths = [Path(tuple((age, v if v in kept else OTHER) for age, v in p.touches), p.revenue) for p in paths]
     not_converting: Counter[tuple[str, str]] = Counter()
     for a, v, b, n in free:
-        v = v if v in kept else OTHER
         if a is None:
             not_converting[(START, v)] += int(n)
-        not_converting[(v, NULL if b is None else (b if b in kept else OTHER))] += int(n)
+        not_converting[(v, NULL if b is None else b)] += int(n)
+    # At most MAX_VALUES values are told apart: the rest, by touches, are one value.
+    ranked = sorted(touch_counts(paths, not_converting).items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(ranked) > MAX_VALUES:
+        kept = {v for v, _ in ranked[: MAX_VALUES - 1]}
+
+        def fold(v: str) -> str:
+            return v if v in kept or v in (START, NULL) else OTHER
+
+        paths = [Path(tuple((age, fold(v)) for age, v in p.touches), p.revenue) for p in paths]
+        folded: Counter[tuple[str, str]] = Counter()
+        for (a, b), n in not_converting.items():
+            folded[(fold(a), fold(b))] += n
+        not_converting = folded
     credits = models(paths, dict(not_converting), spec.half_life_seconds)
     return _result(spec, paths, not_converting, credits)
+
+
+def touch_counts(paths: Sequence[Path], not_converting: Counter[tuple[str, str]]) -> Counter[str]:
+    """How many touches each value has, on the converting paths and the others (each touch of a
+    path that did not convert is the start of one of its counted transitions)."""
+    touches: Counter[str] = Counter()
+    for p in paths:
+        touches.update(p.values)
+    for (a, _), n in not_converting.items():
+        if a != START:
+            touches[a] += n
+    return touches
 
 
 def _paths(rows: Sequence[Sequence[Any]]) -> list[Path]:
@@ -348,37 +370,21 @@ def _paths(rows: Sequence[Sequence[Any]]) -> list[Path]:
     return out
 
 
-def _kept_values(paths: Sequence[Path], free: Sequence[Sequence[Any]]) -> set[str]:
-    """The values told apart: the :data:`MAX_VALUES` with the most touches."""
-    touches: Counter[str] = Counter()
-    for p in paths:
-        touches.update(p.values)
-    for _, v, _, n in free:
-        touches[v] += int(n)
-    ranked = sorted(touches.items(), key=lambda kv: (-kv[1], kv[0]))
-    if len(ranked) <= MAX_VALUES:
-        return {v for v, _ in ranked}
-    return {v for v, _ in ranked[: MAX_VALUES - 1]}
-
-
 def _result(
     spec: AttributionSpec,
     paths: Sequence[Path],
     not_converting: Counter[tuple[str, str]],
     credits: dict[str, dict[str, dict[str, float]]],
 ) -> dict[str, Any]:
-    values = sorted(
-        {v for p in paths for v in p.values} | {a for a, _ in not_converting} - {START},
-        key=lambda v: (-credits["linear"]["conversions"].get(v, 0.0), v),
-    )
+    touches = touch_counts(paths, not_converting)
+    values = sorted(touches, key=lambda v: (-credits["linear"]["conversions"].get(v, 0.0), v))
     has_revenue = any(p.revenue for p in paths)
     rows = []
     for v in values:
         rows.append(
             {
                 "value": v,
-                "touches": sum(p.values.count(v) for p in paths)
-                + sum(n for (a, _), n in not_converting.items() if a == v),
+                "touches": touches[v],
                 "conversions": {m: round(credits[m]["conversions"].get(v, 0.0), 4) for m in MODELS},
                 "revenue": {m: round(credits[m]["revenue"].get(v, 0.0), 2) for m in MODELS}
                 if has_revenue

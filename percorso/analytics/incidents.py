@@ -334,14 +334,15 @@ def scan(series: Series, min_days: int = MIN_DAYS) -> Scan | None:
     return Scan(series, float(llr[best]), a, b, p, dispersion)
 
 
-def _counts(series: Series, a: int, b: int) -> tuple[int, int, int, int]:
+def run_counts(series: Series, a: int, b: int) -> tuple[int, int, int, int]:
+    """(attempts, conversions) in days ``a..b``, then in the rest of the series."""
     n, x = series.attempts, series.converted
     n_in, x_in = int(n[a : b + 1].sum()), int(x[a : b + 1].sum())
     return n_in, x_in, int(n.sum()) - n_in, int(x.sum()) - x_in
 
 
 def _difference(series: Series, a: int, b: int) -> float:
-    n_in, x_in, n_out, x_out = _counts(series, a, b)
+    n_in, x_in, n_out, x_out = run_counts(series, a, b)
     return x_out / n_out - x_in / n_in if n_in and n_out else 0.0
 
 
@@ -349,7 +350,7 @@ def _spared(rest: Series, a: int, b: int, segment_drop: float, min_attempts: int
     """Whether the rest of the population clearly did not share a segment's drop in days a..b:
     enough attempts, and the upper end of the 95% interval of its own drop under half the
     segment's. A rest too small to tell leaves the incident to everyone."""
-    n_in, x_in, n_out, x_out = _counts(rest, a, b)
+    n_in, x_in, n_out, x_out = run_counts(rest, a, b)
     if n_in < min_attempts or n_out < min_attempts:
         return False
     _, high = confint_proportions_2indep(x_out, n_out, x_in, n_in, method="newcomb", compare="diff")
@@ -380,7 +381,7 @@ def find_incidents(
     keep, _, _, _ = multipletests(p_values, alpha=fdr, method="fdr_bh")
     candidates = []
     for sc, kept in zip(scans, keep[: len(scans)], strict=True):
-        n_in, x_in, n_out, x_out = _counts(sc.series, sc.first, sc.last)
+        n_in, x_in, n_out, x_out = run_counts(sc.series, sc.first, sc.last)
         if kept and n_in >= min_attempts and x_out / n_out - x_in / n_in >= min_effect:
             candidates.append(sc)
     candidates.sort(key=lambda sc: -sc.llr)

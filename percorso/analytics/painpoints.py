@@ -49,11 +49,13 @@ from percorso.analytics.funnel import Exclusion, FunnelSpec, Step, funnel_in, sh
 from percorso.analytics.incidents import (
     DAY,
     VISIT_GAP,
+    Scan,
     Series,
     candidate_dimensions,
     daily_series,
     day_of,
     find_incidents,
+    run_counts,
 )
 from percorso.analytics.significance import TESTS, Settings, p_value, tested_z
 from percorso.analytics.sql import EPOCH, RESOLVED_EVENTS, Sql, condition_sql
@@ -93,7 +95,7 @@ class FunnelDef:
 def journey_funnels(journey: Journey, lang: str = "en") -> list[FunnelDef]:
     out = []
     for f in journey.funnels:
-        labels = f.labels or [_label(c) for c in f.steps]
+        labels = f.labels or [condition_label(c) for c in f.steps]
         out.append(
             FunnelDef(
                 f.key,
@@ -101,7 +103,7 @@ def journey_funnels(journey: Journey, lang: str = "en") -> list[FunnelDef]:
                 [Step(lb, c) for lb, c in zip(labels, f.steps, strict=True)],
                 duration_seconds(f.window),
                 f.order,
-                tuple(Exclusion(Step(_label(x), x), x.after, x.before) for x in f.exclude),
+                tuple(Exclusion(Step(condition_label(x), x), x.after, x.before) for x in f.exclude),
                 f.unit,
                 duration_seconds(f.session_gap),
             )
@@ -109,12 +111,13 @@ def journey_funnels(journey: Journey, lang: str = "en") -> list[FunnelDef]:
     return out
 
 
-def _label(condition: Condition) -> str:
+def condition_label(condition: Condition, fallback: str = "step") -> str:
+    """A condition as a short label: the event (or page, name, type, channel) it matches."""
     for name in ("event", "page", "name", "type", "channel"):
         value = getattr(condition, name)
         if value is not None:
             return value if isinstance(value, str) else " | ".join(value)
-    return "step"
+    return fallback
 
 
 def find_pain_points(
@@ -675,14 +678,8 @@ def _dips(
                 notes.append(_starved_note(f, k, only_early / converted))
     findings = []
     for sc in found:
-        sr, k = sc.series, sc.series.k
-        n_in = int(sr.attempts[sc.first : sc.last + 1].sum())
-        x_in = int(sr.converted[sc.first : sc.last + 1].sum())
-        n_out, x_out = int(sr.attempts.sum()) - n_in, int(sr.converted.sum()) - x_in
+        k, (n_in, x_in, n_out, x_out), segment, when = _run(sc, day0)
         low, high = confint_proportions_2indep(x_out, n_out, x_in, n_in, method="newcomb", compare="diff")
-        first, last = day_of(day0, sc.first), day_of(day0, sc.last)
-        segment = {sr.dim: sr.value} if sr.dim else None
-        days = len(sr.attempts)
         findings.append(
             _finding(
                 "dip",
@@ -691,12 +688,7 @@ def _dips(
                 z=_z_of(sc.p),
                 p=sc.p,
                 segment=segment,
-                when={
-                    "start": first.isoformat(),
-                    "end": last.isoformat(),
-                    "from_period_start": sc.first == 0,
-                    "to_period_end": sc.last == days - 1,
-                },
+                when=when,
                 affected=n_in * (x_out / n_out - x_in / n_in),
                 counted_in="visits",
                 evidence={
@@ -716,12 +708,25 @@ def _dips(
                     "next": f.steps[k].label,
                     "rate": x_in / n_in,
                     "baseline": x_out / n_out,
-                    "start": first,
-                    "end": last,
+                    "start": day_of(day0, sc.first),
+                    "end": day_of(day0, sc.last),
                 },
             )
         )
     return findings
+
+
+def _run(sc: Scan, day0: int) -> tuple[int, tuple[int, int, int, int], dict[str, Any] | None, dict[str, Any]]:
+    """A run of days the scan found: its step, the counts in it and in the rest of the period,
+    its segment and its dates (a dip and a dated loop say them alike)."""
+    sr = sc.series
+    when = {
+        "start": day_of(day0, sc.first).isoformat(),
+        "end": day_of(day0, sc.last).isoformat(),
+        "from_period_start": sc.first == 0,
+        "to_period_end": sc.last == len(sr.attempts) - 1,
+    }
+    return sr.k, run_counts(sr, sc.first, sc.last), ({sr.dim: sr.value} if sr.dim else None), when
 
 
 def _z_of(p: float) -> float:
@@ -799,16 +804,11 @@ def _dated_loops(f: FunnelDef, spec: FunnelSpec, series: list[Series], cfg: Sett
     for sc in found:
         if _mix_explains(sc, series, cfg.min_effect):
             continue
-        sr, k = sc.series, sc.series.k
-        n_in = int(sr.attempts[sc.first : sc.last + 1].sum())
-        back_in = n_in - int(sr.converted[sc.first : sc.last + 1].sum())
-        n_out = int(sr.attempts.sum()) - n_in
-        back_out = n_out - (int(sr.converted.sum()) - (n_in - back_in))
+        k, (n_in, stayed_in, n_out, stayed_out), segment, when = _run(sc, day0)
+        back_in, back_out = n_in - stayed_in, n_out - stayed_out  # the series counts who stayed
         low, high = confint_proportions_2indep(
             back_in, n_in, back_out, n_out, method="newcomb", compare="diff"
         )
-        first, last = day_of(day0, sc.first), day_of(day0, sc.last)
-        segment = {sr.dim: sr.value} if sr.dim else None
         share, baseline = back_in / n_in, back_out / n_out
         findings.append(
             _finding(
@@ -818,12 +818,7 @@ def _dated_loops(f: FunnelDef, spec: FunnelSpec, series: list[Series], cfg: Sett
                 z=_z_of(sc.p),
                 p=sc.p,
                 segment=segment,
-                when={
-                    "start": first.isoformat(),
-                    "end": last.isoformat(),
-                    "from_period_start": sc.first == 0,
-                    "to_period_end": sc.last == len(sr.attempts) - 1,
-                },
+                when=when,
                 affected=n_in * (share - baseline),
                 evidence={
                     "share_going_back": round(share, 4),
@@ -840,35 +835,33 @@ def _dated_loops(f: FunnelDef, spec: FunnelSpec, series: list[Series], cfg: Sett
                     "next": f.steps[k].label,
                     "share": share,
                     "baseline": baseline,
-                    "start": first,
-                    "end": last,
+                    "start": day_of(day0, sc.first),
+                    "end": day_of(day0, sc.last),
                 },
             )
         )
     return findings
 
 
-def _mix_explains(sc: Any, series: list[Series], min_effect: float) -> bool:
+def _mix_explains(sc: Scan, series: list[Series], min_effect: float) -> bool:
     """Whether everyone's rise in days ``sc.first..sc.last`` is only a change of who came: for
     some dimension whose segments cover the run, the share expected from each segment's own
     rate outside the run (direct standardisation) is within ``min_effect`` of the share seen."""
     whole, a, b = sc.series, sc.first, sc.last
     if whole.dim is not None:
         return False
-    n_in = int(whole.attempts[a : b + 1].sum())
+    n_in, stayed_in, _, _ = run_counts(whole, a, b)
     if not n_in:
         return False
-    seen = 1 - int(whole.converted[a : b + 1].sum()) / n_in
+    seen = 1 - stayed_in / n_in
     for dim in sorted({sr.dim for sr in series if sr.dim is not None and sr.k == whole.k}):
         expected = covered = 0.0
         for sr in series:
             if sr.k != whole.k or sr.dim != dim:
                 continue
-            part_in = int(sr.attempts[a : b + 1].sum())
-            part_out = int(sr.attempts.sum()) - part_in
+            part_in, _, part_out, stayed_out = run_counts(sr, a, b)
             if not part_in or not part_out:
                 continue
-            stayed_out = int(sr.converted.sum()) - int(sr.converted[a : b + 1].sum())
             expected += part_in * (1 - stayed_out / part_out)
             covered += part_in
         if covered >= 0.9 * n_in and seen - expected / covered < min_effect:

@@ -10,6 +10,7 @@ from percorso.automation.definition import successors
 from percorso.automation.store import get_automation
 from percorso.journey.definition import display
 from percorso.store import Store
+from percorso.store.base import Session
 
 Z95 = 1.959963984540054
 
@@ -53,11 +54,7 @@ def automation_stats(store: Store, key: str) -> dict[str, Any]:
             "FROM enrollments WHERE automation_key = ?",
             [key],
         )[0]
-        groups = s.rows(
-            "SELECT coalesce(variant, 'all'), count(*), sum(CASE WHEN goal_at IS NOT NULL THEN 1 ELSE 0 END) "
-            "FROM enrollments WHERE automation_key = ? GROUP BY coalesce(variant, 'all') ORDER BY 1",
-            [key],
-        )
+        by_group = goal_groups(s, key)
         # What failed when sent, and what failed before anything could be queued (an email
         # template the render budget stopped, for one): both with the reason.
         failures = s.dicts(
@@ -94,15 +91,6 @@ def automation_stats(store: Store, key: str) -> dict[str, Any]:
                 "next": [{"to": e.target, "label": e.label} for e in successors(automation, position)],
             }
         )
-    by_group = [
-        {
-            "group": group,
-            "contacts": int(n),
-            "converted": int(c or 0),
-            "rate": round(int(c or 0) / int(n), 4) if n else None,
-        }
-        for group, n, c in groups
-    ]
     return {
         "key": key,
         "name": display(automation.name),
@@ -118,6 +106,25 @@ def automation_stats(store: Store, key: str) -> dict[str, Any]:
             for f in failures
         ],
     }
+
+
+def goal_groups(s: Session, key: str) -> list[dict[str, Any]]:
+    """Goal conversion per group of enrolments (``treatment``, ``holdout``, split branches as
+    the engine records them in ``variant``; ``all`` without either)."""
+    rows = s.rows(
+        "SELECT coalesce(variant, 'all'), count(*), sum(CASE WHEN goal_at IS NOT NULL THEN 1 ELSE 0 END) "
+        "FROM enrollments WHERE automation_key = ? GROUP BY coalesce(variant, 'all') ORDER BY 1",
+        [key],
+    )
+    return [
+        {
+            "group": group,
+            "contacts": int(n),
+            "converted": int(c or 0),
+            "rate": round(int(c or 0) / int(n), 4) if n else None,
+        }
+        for group, n, c in rows
+    ]
 
 
 def uplift(groups: list[dict[str, Any]]) -> dict[str, Any] | None:

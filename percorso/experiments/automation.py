@@ -12,8 +12,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from percorso.analytics.painpoints import condition_label
 from percorso.automation.definition import Automation, Step
-from percorso.automation.stats import uplift
+from percorso.automation.stats import goal_groups, uplift
 from percorso.automation.store import get_automation
 from percorso.experiments.stats import (
     ALPHA,
@@ -73,11 +74,7 @@ def automation_experiment(
             "max(entered_at) FROM enrollments WHERE automation_key = ? AND variant IS NOT NULL GROUP BY variant",
             [key],
         )
-        groups = s.rows(
-            "SELECT coalesce(variant, 'all'), count(*), sum(CASE WHEN goal_at IS NOT NULL THEN 1 ELSE 0 END) "
-            "FROM enrollments WHERE automation_key = ? GROUP BY coalesce(variant, 'all') ORDER BY 1",
-            [key],
-        )
+        groups = goal_groups(s, key)  # the holdout's uplift, as the automation's stats give it
     names = [b.name for b in step.split]
     exposed = dict.fromkeys(names, 0)
     converted = dict.fromkeys(names, 0)
@@ -133,7 +130,7 @@ def automation_experiment(
         "version": version,
         "status": status,
         "step": step.id,
-        "goal": _goal_text(automation),
+        "goal": condition_label(automation.goal, "goal"),
         "control": control_name,
         "arms": [
             {
@@ -155,26 +152,13 @@ def automation_experiment(
         "planned_rise": PLANNED_RISE,
         "needed_per_arm": needed,
         "days_left": days_left,
-        "holdout": uplift(
-            [{"group": str(g), "contacts": int(n), "converted": int(x or 0)} for g, n, x in groups]
-        ),
+        "holdout": uplift(groups),
         "method": "fixed-horizon: two-sided score test and Newcombe interval for the difference, log-adjusted "
         "interval for the ratio, Bonferroni over the arms; chi-square sample-ratio check; Beta posteriors "
         "for the chance to be best. Read the result once each arm has needed_per_arm people.",
     }
     result["verdict"] = verdict(result)
     return result
-
-
-def _goal_text(automation: Automation) -> str:
-    goal = automation.goal
-    if goal is None:
-        return ""
-    for name in ("event", "page", "name", "type", "channel"):
-        value = getattr(goal, name, None)
-        if value:
-            return value if isinstance(value, str) else " | ".join(value)
-    return "goal"
 
 
 def _pct(value: float, lang: str, signed: bool = False) -> str:
