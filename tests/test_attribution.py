@@ -262,3 +262,24 @@ def test_cli_attribution(tmp_path):
     assert table.exit_code == 0 and "markov" in table.output and "86.4" in table.output
     bad = runner.invoke(app, [*args, "--by", "colour"])
     assert bad.exit_code == 2 and "by" in bad.output and "Traceback" not in bad.output
+
+
+def test_the_page_follows_the_maps_people_filters(server: LiveServer) -> None:
+    """channel=email keeps the people who came by e-mail (A and C): A's order is the only one,
+    credited over A's own path; a saved segment that does not exist is refused by name."""
+    from percorso.analytics.stages import save_journey
+    from percorso.journey import load_journey, template_text
+
+    load_messages(
+        server.store, enumerate(shop()), classifier=ChannelClassifier(load_rules()), limits=Limits()
+    )
+    save_journey(server.store, load_journey(template_text("five-stages")), "test")
+    add_user(server.store, "u@example.it", "a long enough secret", role="viewer")
+    dashboard = signed_in(server, ("u@example.it", "a long enough secret"))
+    period = {"from": "2026-06-01", "to": "2026-06-10"}
+    result = dashboard.get("/attribution.json", params={**period, "channel": "email"}).json()["result"]
+    assert result["conversions"] == 1 and result["paths_not_converting"] == 1  # C's e-mail → social
+    assert credit(result, "linear") == {"email": 0.5, "search": 0.5, "social": 0.0}
+    assert dashboard.get("/attribution.json", params=period).json()["result"]["conversions"] == 3
+    missing = dashboard.get("/attribution", params={**period, "segment": "nobody-saved-this"})
+    assert missing.status_code == 400 and "nobody-saved-this" in missing.text
